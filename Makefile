@@ -1,0 +1,41 @@
+# One front door for set-up, the main job and the tests. Every target builds the
+# virtual environment first, so a fresh clone needs nothing done by hand.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch is pinned exactly: an unpinned torch pulls a multi-GB CUDA build here.
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CONFIG  ?= configs/default.yaml
+
+export HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_AUTH_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup train test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+train: setup
+	$(BIN)/distmeta train --config $(CONFIG) $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/vmap_vs_loop.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

