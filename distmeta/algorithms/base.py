@@ -1,0 +1,80 @@
+"""What every meta-learner provides: a per-task meta-gradient and a per-task evaluation.
+
+Both are pure functions of ``(meta_params, task)``, so a meta-batch is computed
+either with ``torch.func.vmap`` over stacked tasks or with a plain loop, and the two
+agree (tests check it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from distmeta.algorithms.functional import ModelFn, Params, loss_for
+from distmeta.tasks.materialise import Task, num_tasks, split_task
+
+
+@dataclass
+class InnerSettings:
+    """How the inner loop runs (from ``algorithm.*``)."""
+
+    lr: float
+    steps: int
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+
+
+class Algorithm:
+    """Base meta-learner. Subclasses implement :meth:`task_grad` and :meth:`task_eval`."""
+
+    name = "base"
+
+    def __init__(self, model: ModelFn, kind: str, adapt: list[str], inner: InnerSettings, ways: int) -> None:
+        self.model = model
+        self.kind = kind
+        self.loss = loss_for(kind)
+        self.adapt = list(adapt)
+        self.inner = inner
+        self.ways = ways
+        self.head_only = all(model.is_head(n) for n in self.adapt)
+
+    # ---------------------------------------------------------------- meta-parameters
+    def extra_meta_params(self, model_params: Params) -> Params:
+        """Meta-parameters beyond the network's own (Meta-SGD's learning rates)."""
+        return {}
+
+    def model_params(self, meta: Params) -> Params:
+        return {n: p for n, p in meta.items() if not n.startswith("lr.")}
+
+    # ---------------------------------------------------------------- per task
+    def task_grad(self, meta: Params, task: Task) -> tuple[Params, dict[str, Tensor]]:
+        """Meta-gradient of one task w.r.t. every entry of ``meta``, and its metrics."""
+        raise NotImplementedError
+
+    def task_eval(self, meta: Params, task: Task, inner_steps: int) -> dict[str, Tensor]:
+        """Adapt on the support set, then loss/accuracy on the query set (no meta-gradient)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- many tasks
+    def batch_grad(self, meta: Params, batch: Task, use_vmap: bool = True) -> tuple[Params, dict[str, Tensor]]:
+        """Sum of the tasks' meta-gradients (in task order) and per-task metrics stacked [T]."""
+        if use_vmap:
+            grads, metrics = vmap(self.task_grad, in_dims=(None, 0))(meta, batch)
+            return {n: g.sum(0) for n, g in grads.items()}, metrics
+        total: Params = {}
+        rows: list[dict[str, Tensor]] = []
+        for t in range(num_tasks(batch)):
+            g, m = self.task_grad(meta, split_task(batch, t))
+            total = g if not total else {n: total[n] + g[n] for n in total}
+            rows.append(m)
+        return total, {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def batch_eval(self, meta: Params, batch: Task, inner_steps: int, use_vmap: bool = True) -> dict[str, Tensor]:
+        """Per-task evaluation metrics stacked [T]."""
+        fn = lambda m, t: self.task_eval(m, t, inner_steps)  # noqa: E731
+        if use_vmap:
+            return vmap(fn, in_dims=(None, 0))(meta, batch)
+        rows = [fn(meta, split_task(batch, t)) for t in range(num_tasks(batch))]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

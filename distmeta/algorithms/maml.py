@@ -1,0 +1,83 @@
+"""MAML and its family: second-order MAML, first-order MAML, ANIL and Meta-SGD.
+
+One objective covers them all: adapt the ``adapt`` parameters on the support set
+with a differentiable inner loop, then the loss on the query set.
+- MAML: second order (gradients flow through the inner gradients).
+- FOMAML: inner gradients detached.
+- ANIL: MAML adapting the head only; the body's features are computed once per task.
+- Meta-SGD: a learned learning-rate tensor per adapted parameter (meta-params ``lr.<name>``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from distmeta.algorithms.base import Algorithm
+from distmeta.algorithms.functional import Params, task_metrics
+from distmeta.algorithms.inner import LearningRates, inner_loop
+from distmeta.tasks.materialise import Task
+
+
+class MAML(Algorithm):
+    name = "maml"
+    first_order = False
+
+    def _lrs(self, meta: Params) -> LearningRates:
+        return float(self.inner.lr)
+
+    def _adapt_and_predict(self, meta: Params, task: Task, steps: int, first_order: bool) -> Tensor:
+        """Query predictions of the task-adapted model."""
+        params = self.model_params(meta)
+        full = {**self.model.frozen, **params}
+        fast = {n: full[n] for n in self.adapt}
+        kwargs = dict(
+            lr=self._lrs(meta), steps=steps, optimizer=self.inner.optimizer,
+            momentum=self.inner.momentum, first_order=first_order,
+        )
+        if self.head_only:
+            # Features do not change in the inner loop: compute them once.
+            f_support = self.model(params, task["support_x"], head=False)
+            f_query = self.model(params, task["query_x"], head=False)
+            adapted = inner_loop(lambda h: self.loss(self.model.head(h, f_support), task["support_y"]), fast, **kwargs)
+            return self.model.head(adapted, f_query)
+        support_loss = lambda f: self.loss(self.model({**params, **f}, task["support_x"]), task["support_y"])  # noqa: E731
+        adapted = inner_loop(support_loss, fast, **kwargs)
+        return self.model({**params, **adapted}, task["query_x"])
+
+    def _objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self._adapt_and_predict(meta, task, self.inner.steps, self.first_order)
+        loss = self.loss(out, task["query_y"])
+        return loss, task_metrics(self.kind, loss, out, task["query_y"])
+
+    def task_grad(self, meta: Params, task: Task) -> tuple[Params, dict[str, Tensor]]:
+        return grad(self._objective, has_aux=True)(meta, task)
+
+    def task_eval(self, meta: Params, task: Task, inner_steps: int) -> dict[str, Tensor]:
+        out = self._adapt_and_predict(meta, task, inner_steps, first_order=True)
+        loss = self.loss(out, task["query_y"])
+        return task_metrics(self.kind, loss, out.detach(), task["query_y"])
+
+
+class FOMAML(MAML):
+    name = "fomaml"
+    first_order = True
+
+
+class ANIL(MAML):
+    """MAML with the inner loop restricted to the head (the caller passes head names)."""
+
+    name = "anil"
+
+
+class MetaSGD(MAML):
+    """MAML whose inner learning rates are meta-learned, one tensor per adapted parameter."""
+
+    name = "metasgd"
+
+    def extra_meta_params(self, model_params: Params) -> Params:
+        full = {**self.model.frozen, **model_params}
+        return {f"lr.{n}": torch.full_like(full[n], float(self.inner.lr)) for n in self.adapt}
+
+    def _lrs(self, meta: Params) -> LearningRates:
+        return {n: meta[f"lr.{n}"] for n in self.adapt}
