@@ -1,4 +1,50 @@
-"""distmeta: distributed meta-learning for few-shot NLP."""
+"""distmeta: distributed meta-learning for few-shot NLP.
+
+The front door::
+
+    import distmeta
+    cfg = distmeta.load_config("configs/default.yaml", ["train.steps=100"])
+    with distmeta.Trainer(cfg) as trainer:
+        trainer.fit()
+        trainer.evaluate(episodes=600)
+    ckpt = distmeta.load_checkpoint("runs/default")   # .step, .meta_params
+"""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from distmeta.config import Config, load_config
+from distmeta.errors import CheckpointError, ConfigError, DataError, DistmetaError, RunDirError
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from distmeta.runtime.checkpoint import Checkpoint
+    from distmeta.runtime.driver import Trainer
+    from distmeta.worker import Worker
+
+
+def load_checkpoint(path: str) -> "Checkpoint":
+    """The newest valid checkpoint of a run directory (or one ``step_*`` dir): ``.step``, ``.meta_params``."""
+    from distmeta.runtime.checkpoint import load_checkpoint as _load
+
+    return _load(path)
+
+
+def __getattr__(name: str) -> Any:
+    # Heavy modules (torch, datasets) load on first use, keeping `import distmeta` light.
+    if name == "Trainer":
+        from distmeta.runtime.driver import Trainer
+
+        return Trainer
+    if name == "Worker":
+        from distmeta.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'distmeta' has no attribute {name!r}")
+
+
+__all__ = [
+    "Config", "load_config", "load_checkpoint", "Trainer", "Worker",
+    "DistmetaError", "ConfigError", "DataError", "CheckpointError", "RunDirError",
+]

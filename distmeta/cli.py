@@ -1,0 +1,91 @@
+"""``distmeta train | eval``: the command-line front door."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distmeta.errors import DistmetaError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distmeta", description="Distributed meta-learning for few-shot NLP")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="meta-train a configuration, then meta-test it")
+    t.add_argument("--config", help="YAML config (default: the embedded default, configs/default.yaml)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="move an existing run in run.dir aside and start afresh")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algorithm.inner_lr=0.1")
+
+    e = sub.add_parser("eval", help="meta-test a checkpoint on held-out classes")
+    e.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ or one step_* directory")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--episodes", type=int, default=None, help="episodes per setting (default eval.episodes)")
+    e.add_argument("--settings", default=None, help="comma-separated WAYSxSHOTS, e.g. 5x1,5x5 (default eval.settings)")
+    e.add_argument("--no-baseline", action="store_true", help="skip the before-meta-training baseline")
+    e.add_argument("--output", help="write the results as JSON here")
+    e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. workers=2)")
+    return p
+
+
+def _settings(text: str | None) -> list[tuple[int, int]] | None:
+    if not text:
+        return None
+    out = []
+    for item in text.split(","):
+        try:
+            ways, shots = item.lower().split("x")
+            out.append((int(ways), int(shots)))
+        except ValueError:
+            raise DistmetaError(f"--settings item {item!r} is not WAYSxSHOTS (e.g. 5x1)") from None
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distmeta.config import load_config
+    from distmeta.runtime.driver import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if args.config is None and not saved.exists():
+            raise DistmetaError(f"--resume {run_dir}: no config.yaml there; is it a distmeta run directory?")
+        cfg = load_config(args.config or saved, [*args.overrides, f"run.dir={run_dir}"])
+    else:
+        cfg = load_config(args.config, args.overrides)
+    with Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite) as trainer:
+        results = trainer.fit()
+    print(f"run directory: {trainer.run_dir}  (results.json, metrics.jsonl, tensorboard/, checkpoints/)")
+    return 0 if results else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from distmeta.runtime.driver import Trainer
+
+    with Trainer.from_checkpoint(args.checkpoint, args.overrides) as trainer:
+        results = trainer.evaluate(
+            split=args.split, episodes=args.episodes, settings=_settings(args.settings),
+            baseline=False if args.no_baseline else None,
+        )
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+    except DistmetaError as err:
+        print(f"distmeta {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the latest checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Outer optimisers over a name -> tensor dict of meta-parameters.
+
+Built on ``torch.optim`` (SGD, momentum, Nesterov, Adam) so their update rules and
+state dicts are the well-tested ones; noisy SGD adds annealed Gaussian noise with
+variance ``eta / (1 + t)^gamma`` (Neelakantan et al., 2015), drawn from a generator
+seeded by (seed, step) so runs stay reproducible and resumable.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distmeta.config import OuterConfig
+
+Params = dict[str, Tensor]
+
+
+class OuterOptimizer:
+    """Applies mean meta-gradients to meta-parameters held as leaf tensors."""
+
+    def __init__(self, cfg: OuterConfig, params: Params, seed: int = 0) -> None:
+        self.cfg, self.seed = cfg, seed
+        self.names = list(params)
+        self.params = {n: p.detach().clone() for n, p in params.items()}
+        tensors = [self.params[n] for n in self.names]
+        if cfg.name == "adam":
+            self.opt: torch.optim.Optimizer = torch.optim.Adam(
+                tensors, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            )
+        else:
+            momentum = cfg.momentum if cfg.name in ("momentum", "nesterov") else 0.0
+            self.opt = torch.optim.SGD(
+                tensors, lr=cfg.lr, momentum=momentum, nesterov=cfg.name == "nesterov",
+                weight_decay=cfg.weight_decay,
+            )
+        self.steps = 0
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def noise_std(self, step: int) -> float:
+        return (self.cfg.noise_eta / (1.0 + step) ** self.cfg.noise_gamma) ** 0.5
+
+    @torch.no_grad()
+    def step(self, grads: Params) -> dict[str, float]:
+        """One update from ``grads`` (same names as the params); returns the grad norm."""
+        missing = set(self.names) - set(grads)
+        if missing:
+            raise KeyError(f"meta-gradient lacks {sorted(missing)[:5]}")
+        gen = None
+        if self.cfg.name == "noisy_sgd":
+            seed = int(np.random.SeedSequence([self.seed, self.steps]).generate_state(1)[0])
+            gen = torch.Generator().manual_seed(seed)
+        for n in self.names:
+            g = grads[n].to(self.params[n].dtype).clone()
+            if gen is not None:
+                noise = torch.randn(g.shape, generator=gen, dtype=g.dtype)
+                g += self.noise_std(self.steps) * noise.to(g.device)
+            self.params[n].grad = g
+        tensors = [self.params[n] for n in self.names]
+        norm = torch.nn.utils.clip_grad_norm_(tensors, self.cfg.grad_clip or float("inf"))
+        self.opt.step()
+        self.steps += 1
+        return {"grad_norm": float(norm)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])
+
+    def load_params(self, params: Params) -> None:
+        with torch.no_grad():
+            for n in self.names:
+                self.params[n].copy_(params[n])

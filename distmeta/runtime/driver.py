@@ -1,0 +1,243 @@
+"""The driver: sample tasks, dispatch groups, reduce in group order, update, log, checkpoint.
+
+The same loop runs in-process (``workers: 0``) and over Ray actors; only the backend
+differs. Groups are fixed by the meta-batch, not by the worker count, and their
+results are summed in group order, so every backend gives the same parameters.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distmeta.config import Config, dump_config
+from distmeta.evaluate import format_results, run_episodes, setting_name
+from distmeta.experiment import Experiment, prepare_experiment
+from distmeta.optim import OuterOptimizer
+from distmeta.tasks.materialise import chunks
+from distmeta.worker import DTYPES, GroupResult
+
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.json"
+
+
+def make_backend(cfg: Config, exp: Experiment):
+    """In-process worker for ``workers: 0``, a Ray actor pool otherwise."""
+    if cfg.workers == 0:
+        from distmeta.runtime.local import LocalBackend
+
+        return LocalBackend(cfg, exp.worker_args())
+    from distmeta.runtime.actors import RayBackend
+
+    return RayBackend(cfg, exp.worker_args())
+
+
+def reduce_groups(results: list[GroupResult], names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Sum group gradients in group order: the fixed reduction that makes runs reproducible."""
+    total = {n: torch.from_numpy(np.array(results[0].grad[n], copy=True)).to(dtype) for n in names}
+    for r in results[1:]:
+        for n in names:
+            total[n] += torch.from_numpy(r.grad[n]).to(dtype)
+    return total
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory of a run dir, its ``checkpoints/`` dir or one ``step_*`` dir."""
+    path = path.resolve()
+    if path.name.startswith("step_"):
+        return path.parent.parent
+    if path.name == "checkpoints":
+        return path.parent
+    return path
+
+
+class Trainer:
+    """Meta-trains one configuration: ``Trainer(cfg).fit()``, then ``.evaluate()``."""
+
+    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.overwrite = overwrite
+        self.run_dir = Path(cfg.run.dir)
+        self.exp: Experiment | None = None
+        self.backend: Any = None
+        self.optimizer: OuterOptimizer | None = None
+        self.step = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        """Prepare the run directory, data, backend and optimiser (restoring them on resume)."""
+        from distmeta.runtime.checkpoint import load_checkpoint
+        from distmeta.runtime.rundir import prepare_run_dir, write_text_atomic
+
+        self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
+        self._build(reuse_saved=self.resume)
+        write_text_atomic(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
+        if self.resume:
+            self._restore(load_checkpoint(self.run_dir))
+
+    def _build(self, reuse_saved: bool) -> None:
+        cfg = self.cfg
+        self.exp = prepare_experiment(cfg, self.run_dir, reuse_saved=reuse_saved)
+        self.backend = make_backend(cfg, self.exp)
+        self.initial_meta = {n: t.clone() for n, t in self.backend.initial_meta.items()}
+        self.optimizer = OuterOptimizer(cfg.outer, self.initial_meta, seed=cfg.seed)
+
+    def _restore(self, ckpt: Any) -> None:
+        assert self.optimizer is not None
+        self.optimizer.load_params(ckpt.meta_params)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        torch.set_rng_state(ckpt.rng["torch"])
+        self.step = ckpt.step
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, overrides: list[str] | None = None) -> "Trainer":
+        """A trainer holding a saved run's parameters, ready for :meth:`evaluate` (``distmeta eval``)."""
+        from distmeta.config import apply_overrides, config_from_dict
+        from distmeta.runtime.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        cfg = config_from_dict(apply_overrides(ckpt.config, list(overrides or [])))
+        trainer = cls(cfg)
+        trainer.run_dir = run_dir_of(Path(path))
+        trainer._build(reuse_saved=True)
+        trainer._restore(ckpt)
+        return trainer
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def meta_params(self) -> dict[str, torch.Tensor]:
+        assert self.optimizer is not None, "call fit() first"
+        return {n: p.detach().clone() for n, p in self.optimizer.params.items()}
+
+    def _meta_numpy(self) -> dict[str, np.ndarray]:
+        assert self.optimizer is not None
+        return {n: p.detach().cpu().numpy() for n, p in self.optimizer.params.items()}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Meta-train for ``train.steps`` steps, checkpointing and validating on the way; then meta-test."""
+        from tqdm.auto import tqdm
+
+        from distmeta.runtime.metrics import MetricsLogger
+
+        self._setup()
+        cfg, exp, optimizer = self.cfg, self.exp, self.optimizer
+        assert exp is not None and optimizer is not None
+        sampler = exp.sampler("train")
+        names = optimizer.names
+        dtype = DTYPES[cfg.dtype]
+        logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
+        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress, desc="meta-train", unit="step")
+        try:
+            while self.step < cfg.train.steps:
+                t0 = time.perf_counter()
+                specs = sampler.batch(self.step, cfg.train.meta_batch)
+                groups = [specs[r.start : r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
+                meta = self._meta_numpy()
+                t1 = time.perf_counter()
+                results = self.backend.compute(meta, groups, version=self.step)
+                t2 = time.perf_counter()
+                grad = reduce_groups(results, names, dtype)
+                mean_grad = {n: g / len(specs) for n, g in grad.items()}
+                opt_stats = optimizer.step(mean_grad)
+                self.step += 1
+                t3 = time.perf_counter()
+
+                losses = [x for r in results for x in r.metrics["loss"]]
+                row = {"loss": float(np.mean(losses)), "lr": optimizer.lr, **opt_stats}
+                if "accuracy" in results[0].metrics:
+                    row["accuracy"] = float(np.mean([x for r in results for x in r.metrics["accuracy"]]))
+                step_s = t3 - t0
+                compute_s = [r.compute_s for r in results]
+                row.update(step_time=step_s, tasks_per_s=len(specs) / step_s,
+                           dispatch_s=t2 - t1, driver_s=(t1 - t0) + (t3 - t2),
+                           driver_share=((t1 - t0) + (t3 - t2)) / step_s, max_group_compute_s=max(compute_s))
+                if self.step % cfg.run.log_every == 0 or self.step == cfg.train.steps:
+                    logger.log(self.step, row, prefix="train/")
+                bar.update(1)
+                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "accuracy") if k in row})
+
+                if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self._has_val():
+                    val = self.validate()
+                    logger.log(self.step, val, prefix="val/")
+                    bar.write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "episodes"))
+                if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                    self.save_checkpoint()
+            bar.close()
+            self.save_checkpoint()
+            results = self.evaluate()
+            (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+            for name, r in results["test"].items():
+                logger.log(self.step, {k: v for k, v in r.items()}, prefix=f"test/{name}/")
+            return results
+        finally:
+            bar.close()
+            logger.close()
+
+    # ------------------------------------------------------------------ evaluation
+    def _has_val(self) -> bool:
+        return self.cfg.data.is_regression or bool(self.exp and self.exp.split and self.exp.split.val)
+
+    def validate(self) -> dict[str, float]:
+        """Meta-validation on ``eval.val_episodes`` episodes of the training shape."""
+        assert self.exp is not None
+        sampler = self.exp.sampler("val")
+        return run_episodes(self._eval_fn(self._meta_numpy()), sampler, self.cfg.eval.val_episodes, self.cfg.eval.batch)
+
+    def _eval_fn(self, meta: dict[str, Any]):
+        steps = self.cfg.inner_steps_eval
+        return lambda groups: self.backend.evaluate(meta, groups, steps)
+
+    def evaluate(self, split: str = "test", episodes: int | None = None,
+                 settings: list[tuple[int, int]] | None = None, baseline: bool | None = None) -> dict[str, Any]:
+        """Accuracy ± 95% CI per (ways, shots) on held-out classes; with the before-training baseline on the same episodes."""
+        assert self.exp is not None, "no experiment prepared"
+        cfg = self.cfg
+        episodes = episodes or cfg.eval.episodes
+        baseline = cfg.eval.baseline if baseline is None else baseline
+        if cfg.data.is_regression:
+            settings = [(1, cfg.data.shots)]
+        settings = settings or [tuple(s) for s in cfg.eval.settings]  # type: ignore[misc]
+        metas = {split: self._meta_numpy()}
+        if baseline:
+            metas["before_meta_training"] = {n: t.numpy() for n, t in self.initial_meta.items()}
+        out: dict[str, Any] = {"step": self.step, "split": split}
+        for key, meta in metas.items():
+            table = {}
+            for ways, shots in settings:
+                sampler = self.exp.sampler(split, ways=ways, shots=shots, queries=cfg.eval.queries)
+                name = setting_name(ways, shots) if not cfg.data.is_regression else f"{shots}shot"
+                table[name] = run_episodes(self._eval_fn(meta), sampler, episodes, cfg.eval.batch)
+            out["test" if key == split else key] = table
+        print(format_results(out["test"], out.get("before_meta_training")), flush=True)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save_checkpoint(self) -> Path:
+        from distmeta.runtime.checkpoint import Checkpoint, save_checkpoint
+
+        assert self.optimizer is not None
+        ckpt = Checkpoint(
+            step=self.step,
+            meta_params=self.meta_params,
+            optimizer_state=self.optimizer.state_dict(),
+            state={"sampler": {"seed": self.cfg.seed, "next_step": self.step}},
+            rng={"torch": torch.get_rng_state()},
+            config=self.cfg.model_dump(mode="json"),
+        )
+        return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.run.keep_checkpoints)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None

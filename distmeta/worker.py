@@ -1,0 +1,133 @@
+"""The compute every replica runs: task specs in, summed meta-gradients out.
+
+A :class:`Worker` owns one model replica, its copy of the tokenised corpus and the
+algorithm. It imports nothing from Ray, so the single-process trainer, the Ray actors
+and a GPU box without Ray all run exactly this code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distmeta.algorithms import Algorithm, Params, build_algorithm
+from distmeta.config import Config
+from distmeta.tasks.materialise import SinusoidTaskBuilder, TaskBuilder, TextTaskBuilder
+from distmeta.tasks.specs import TaskSpec, task_key
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class GroupResult:
+    """One task group's summed meta-gradient, per-task metrics and bookkeeping."""
+
+    grad: dict[str, np.ndarray]
+    metrics: dict[str, list[float]]
+    tasks: list[tuple[int, int]]
+    version: int = 0
+    compute_s: float = 0.0
+    finite: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    """``device: auto`` -> CUDA when this process sees a GPU, else CPU."""
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Worker:
+    """One model replica computing meta-gradients and evaluations for task specs."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        token_ids: Tensor | np.ndarray | None = None,
+        vocab_size: int = 0,
+        device: str | torch.device | None = None,
+        threads: int | None = None,
+    ) -> None:
+        from distmeta.models import build_model
+
+        self.cfg = cfg
+        torch.set_num_threads(threads or cfg.threads or max(1, int(cfg.cpus_per_worker)))
+        self.device = torch.device(device) if device is not None else resolve_device(cfg)
+        self.dtype = DTYPES[cfg.dtype]
+        torch.manual_seed(cfg.seed)  # every replica builds the same initial network
+        out_dim = 1 if cfg.data.is_regression else cfg.data.ways
+        module = build_model(cfg, vocab_size, out_dim).to(self.device, self.dtype)
+        self.module = module
+        self.algorithm, init = build_algorithm(cfg, module)
+        self.initial_meta = {n: p.detach().cpu() for n, p in init.items()}
+        self.builder: TaskBuilder
+        if cfg.data.is_regression:
+            self.builder = SinusoidTaskBuilder(self.dtype, self.device)
+        else:
+            if token_ids is None:
+                raise ValueError("a text worker needs the tokenised corpus (token_ids)")
+            ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
+            self.builder = TextTaskBuilder(ids, self.device)
+        self._eval_algorithms: dict[int, Algorithm] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _to_device(self, meta: dict[str, Any]) -> Params:
+        return {n: torch.as_tensor(v).to(self.device, self.dtype if torch.as_tensor(v).is_floating_point() else None) for n, v in meta.items()}
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    # ------------------------------------------------------------------ public
+    def meta_grad(self, meta: dict[str, Any], specs: Sequence[TaskSpec], version: int = 0) -> GroupResult:
+        """Sum of the meta-gradients of ``specs`` (one group, computed as one unit) and per-task metrics."""
+        import time
+
+        t0 = time.perf_counter()
+        params = self._to_device(meta)
+        batch = self.builder.build(specs)
+        with self._autocast():
+            grads, metrics = self.algorithm.batch_grad(params, batch, use_vmap=self.cfg.algorithm.vmap)
+        grad_np = {n: g.detach().to("cpu", self.dtype).numpy() for n, g in grads.items()}
+        finite = all(np.isfinite(g).all() for g in grad_np.values())
+        metric_lists = {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
+        finite = finite and all(np.isfinite(metric_lists["loss"]))
+        return GroupResult(
+            grad=grad_np, metrics=metric_lists, tasks=[task_key(s) for s in specs],
+            version=version, compute_s=time.perf_counter() - t0, finite=finite,
+        )
+
+    def meta_grad_groups(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int = 0) -> list[GroupResult]:
+        """:meth:`meta_grad` for each group, in order."""
+        return [self.meta_grad(meta, g, version) for g in groups]
+
+    def evaluate(self, meta: dict[str, Any], specs: Sequence[TaskSpec], inner_steps: int) -> dict[str, list[float]]:
+        """Per-episode query loss/accuracy after adaptation (no meta-gradient)."""
+        ways = specs[0].ways if hasattr(specs[0], "ways") else 1  # type: ignore[union-attr]
+        algorithm = self._algorithm_for(ways)
+        params = self._to_device(meta)
+        batch = self.builder.build(specs)
+        with self._autocast():
+            metrics = algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.cfg.algorithm.vmap)
+        return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
+
+    def _algorithm_for(self, ways: int) -> Algorithm:
+        if ways == self.algorithm.ways or self.cfg.data.is_regression:
+            return self.algorithm
+        if self.cfg.algorithm.name != "protonet":
+            raise ValueError(
+                f"{self.cfg.algorithm.name} has a {self.algorithm.ways}-way head: it can only be evaluated "
+                f"on {self.algorithm.ways}-way episodes, not {ways}-way (ProtoNet has no such limit)"
+            )
+        if ways not in self._eval_algorithms:
+            import copy
+
+            alg = copy.copy(self.algorithm)
+            alg.ways = ways
+            self._eval_algorithms[ways] = alg
+        return self._eval_algorithms[ways]
