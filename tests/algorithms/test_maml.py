@@ -60,7 +60,7 @@ def test_second_order_maml_matches_finite_differences(tasks):
 
     def loss_at(params):
         leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
-        return float(reference_query_loss(leaves, task, steps=2, lr=0.5))
+        return float(reference_query_loss(leaves, task, steps=2, lr=0.5).detach())
 
     g = torch.Generator().manual_seed(3)
     eps = 1e-6
