@@ -1,0 +1,62 @@
+"""A labelled text corpus in the one shape the rest of distmeta uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distmeta.errors import DataError
+
+
+@dataclass
+class LabelledText:
+    """Texts with integer class ids; class ``i`` is named ``class_names[i]``.
+
+    ``source`` says where the rows came from (``"icd10cm"``, ``"csv:/path/x.csv"``) so
+    errors and run records can name it.
+    """
+
+    texts: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    source: str
+    _rows_by_class: dict[int, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
+            raise DataError(
+                f"{self.source}: {len(self.texts)} texts but labels of shape {self.labels.shape}; need one label per text"
+            )
+        if len(set(self.class_names)) != len(self.class_names):
+            dup = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+            raise DataError(f"{self.source}: class names must be unique, repeated: {dup[:10]}")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise DataError(
+                f"{self.source}: labels must lie in 0..{len(self.class_names) - 1}, "
+                f"got {int(self.labels.min())}..{int(self.labels.max())}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def rows_by_class(self) -> dict[int, np.ndarray]:
+        """Class id -> sorted int64 row indices, for every class; computed once, then cached.
+
+        Episode samplers draw from this on every step, hence the cache.
+        """
+        if self._rows_by_class is None:
+            order = np.argsort(self.labels, kind="stable")
+            bounds = np.searchsorted(self.labels[order], np.arange(len(self.class_names) + 1))
+            self._rows_by_class = {
+                c: order[bounds[c] : bounds[c + 1]].astype(np.int64) for c in range(len(self.class_names))
+            }
+        return self._rows_by_class
+
+    def class_counts(self) -> np.ndarray:
+        """Rows per class id, as an int64 array of length ``len(class_names)``."""
+        return np.bincount(self.labels, minlength=len(self.class_names)).astype(np.int64)

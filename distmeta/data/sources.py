@@ -1,0 +1,192 @@
+"""``data.source`` -> :class:`LabelledText`, every corpus through HF ``datasets``.
+
+Sources:
+
+* ``icd10cm``: ICD-10-CM descriptions by section (:func:`distmeta.data.icd10cm.load_icd10cm`);
+  its columns are always ``text`` and ``label``, whatever ``data.text_column`` says.
+* ``hf:NAME``: ``datasets.load_dataset(NAME, data.hf_config, split=data.hf_split)``, a
+  dataset on the Hugging Face Hub or in the local HF cache. With ``HF_HUB_OFFLINE=1``
+  only cached datasets load; anything else is a :class:`DataError` naming ``NAME``.
+  Integer labels with a ``ClassLabel`` feature are named by that feature's names.
+* ``csv:PATH``, ``json:PATH``, ``jsonl:PATH``, ``parquet:PATH``: a local file through
+  ``datasets.load_dataset("csv" | "json" | "parquet", data_files=PATH, split="train")``
+  (``json`` reads both JSON lines and a JSON list of records).
+
+Texts come from ``data.text_column`` and labels from ``data.label_column``. Labels may
+be strings or integers; class names are ``str(label)`` and class ids follow the sorted
+names, so the same file always gives the same ids. Anything that could not make valid
+few-shot tasks (missing file or column, no rows, empty texts, null labels) is refused
+with a :class:`DataError` naming the file, column and rows.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distmeta.config import DataConfig
+from distmeta.data.labelled import LabelledText
+from distmeta.errors import DataError
+
+FILE_BUILDERS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+"""Source prefix -> the ``datasets`` packaged builder that reads it."""
+
+_SHOW_ROWS = 5
+
+
+def load_source(cfg: DataConfig) -> LabelledText:
+    """Load and check the corpus named by ``cfg.source`` (see the module docstring)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = cfg.source
+    kind, _, rest = source.partition(":")
+    if source == "icd10cm":
+        from distmeta.data.icd10cm import load_icd10cm
+
+        return to_labelled(load_icd10cm(), "text", "label", source, where="the ICD-10-CM corpus")
+    if kind == "hf" and rest:
+        ds = _load_hf(rest, cfg.hf_config, cfg.hf_split)
+        return to_labelled(ds, cfg.text_column, cfg.label_column, source, where=f"HF dataset {rest!r}")
+    if kind in FILE_BUILDERS and rest:
+        path = _check_file(rest)
+        ds = _load_file(FILE_BUILDERS[kind], path)
+        return to_labelled(ds, cfg.text_column, cfg.label_column, source, where=f"file {str(path)!r}")
+    raise DataError(
+        f"data.source={source!r} is not a text source; use icd10cm, hf:NAME, csv:PATH, json:PATH, "
+        "jsonl:PATH or parquet:PATH (sinusoid is a regression family with no texts)"
+    )
+
+
+def _check_file(raw: str) -> Path:
+    """The path of a file source, refused early when it is missing, unreadable or empty."""
+    path = Path(raw).expanduser()
+    if not path.exists():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"data file {str(path)!r} is not readable (check its permissions)")
+    size = path.stat().st_size
+    if size == 0 or (size < 4096 and not path.read_bytes().strip()):
+        raise DataError(f"data file {str(path)!r} is empty")
+    return path
+
+
+def _load_file(builder: str, path: Path) -> Any:
+    """``datasets.load_dataset(builder, data_files=path, split="train")``, failures as DataError."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # datasets raises many types for malformed files; all mean "unreadable"
+        if _means_no_rows(err):
+            raise DataError(f"data file {str(path)!r} has no rows") from None
+        raise DataError(f"data file {str(path)!r} could not be read as {builder}: {_describe(err)}") from None
+
+
+def _load_hf(name: str, config: str | None, split: str) -> Any:
+    """A Hub (or HF-cached) dataset split; unreachable, unknown or malformed ones as DataError."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # offline, unknown name, bad config or split: all reported the same way
+        raise DataError(
+            f"could not load HF dataset {name!r} (data.hf_config={config!r}, data.hf_split={split!r}): {_describe(err)}"
+        ) from None
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(f"HF dataset {name!r} split {split!r} is a {type(ds).__name__}, not a table of rows")
+    return ds
+
+
+def _means_no_rows(err: BaseException) -> bool:
+    """datasets reports a header-only file or an empty JSON list as a split with no data."""
+    return "corresponds to no data" in str(err)
+
+
+def _describe(err: BaseException) -> str:
+    """One line for an exception, using its cause where datasets wraps the real error."""
+    inner = err.__cause__ or err.__context__
+    parts = [f"{type(err).__name__}: {err}"]
+    if inner is not None and str(inner) and str(inner) not in str(err):
+        parts.append(f"{type(inner).__name__}: {inner}")
+    text = " <- ".join(parts).replace("\n", " ")
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _column(ds: Any, name: str) -> list[Any]:
+    """One column as Python values, through arrow (fast, and honours any index mapping)."""
+    return ds.with_format("arrow")[name].to_pylist()
+
+
+def _rows_text(rows: list[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:_SHOW_ROWS])
+    return shown + (", ..." if len(rows) > _SHOW_ROWS else "")
+
+
+def to_labelled(ds: Any, text_column: str, label_column: str, source: str, where: str) -> LabelledText:
+    """Check a loaded Dataset and turn it into a :class:`LabelledText`.
+
+    ``where`` names the origin in messages ("file '/x.csv'"). Row numbers in messages
+    count data rows from 0 (a CSV header line is not a row).
+    """
+    if len(ds) == 0:
+        raise DataError(f"{where} has no rows")
+    available = list(ds.column_names)
+    for role, col in (("text", text_column), ("label", label_column)):
+        if col not in available:
+            raise DataError(
+                f"{where} has no {role} column {col!r} (set data.{role}_column); available columns: {available}"
+            )
+    texts = _column(ds, text_column)
+    bad_type = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
+    if bad_type:
+        i = bad_type[0]
+        raise DataError(
+            f"{where}: text column {text_column!r} holds {type(texts[i]).__name__} values, not strings "
+            f"({len(bad_type)} rows, e.g. row {i}: {texts[i]!r}); is data.text_column the right column?"
+        )
+    empty = [i for i, t in enumerate(texts) if t is None or not t.strip()]
+    if empty:
+        raise DataError(
+            f"{where}: {len(empty)} of {len(texts)} rows have an empty or null text in column {text_column!r} "
+            f"(rows {_rows_text(empty)}, counted from 0)"
+        )
+    raw_labels = _column(ds, label_column)
+    missing = [i for i, y in enumerate(raw_labels) if y is None or (isinstance(y, float) and y != y)]
+    if missing:
+        raise DataError(
+            f"{where}: {len(missing)} of {len(raw_labels)} rows have a null (or NaN) label in column {label_column!r} "
+            f"(rows {_rows_text(missing)}, counted from 0)"
+        )
+    names = _label_names(ds, label_column, raw_labels, where)
+    class_names = sorted(set(names))
+    index = {n: i for i, n in enumerate(class_names)}
+    labels = np.fromiter((index[n] for n in names), dtype=np.int64, count=len(names))
+    return LabelledText(texts=texts, labels=labels, class_names=class_names, source=source)
+
+
+def _label_names(ds: Any, column: str, raw: list[Any], where: str) -> list[str]:
+    """Each row's class name: ``str(label)``, or the ``ClassLabel`` name for HF class ids."""
+    import datasets
+
+    bad = [i for i, y in enumerate(raw) if not isinstance(y, (str, int, float, np.integer, np.floating))]
+    if bad:
+        i = bad[0]
+        raise DataError(
+            f"{where}: label column {column!r} must hold strings or integers, got {type(raw[i]).__name__} "
+            f"at row {i}: {raw[i]!r}"
+        )
+    feature = ds.features.get(column)
+    if isinstance(feature, datasets.ClassLabel):
+        out_of_range = [i for i, y in enumerate(raw) if not 0 <= int(y) < feature.num_classes]
+        if out_of_range:
+            raise DataError(
+                f"{where}: label column {column!r} has ids outside its {feature.num_classes} classes "
+                f"(rows {_rows_text(out_of_range)}, e.g. {raw[out_of_range[0]]!r})"
+            )
+        return [feature.int2str(int(y)) for y in raw]
+    return [str(y) for y in raw]
