@@ -1,0 +1,142 @@
+"""Metrics: one JSON line per :meth:`MetricsLogger.log` in ``metrics.jsonl``, mirrored to TensorBoard.
+
+The jsonl file is the record (greppable, diffable, read back by :func:`read_metrics`);
+TensorBoard (``RUN_DIR/tensorboard``) is the view. On resume, rows past the resumed
+step are dropped from both, so a resumed run reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+_RESERVED = ("step", "time")
+
+
+def _parse_lines(lines: list[str], source: Path) -> list[dict[str, Any]]:
+    """Parse jsonl lines; a truncated last line (a crash mid-write) is skipped, a bad middle line warned about."""
+    rows: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                warnings.warn(f"{source}: skipping malformed line {i + 1}", RuntimeWarning, stacklevel=3)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of ``run_dir/metrics.jsonl`` (or of a jsonl path), in file order; [] if there is none."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    return _parse_lines(path.read_text(encoding="utf-8").split("\n"), path)
+
+
+def _truncate_jsonl(path: Path, resume_step: int | None) -> None:
+    """Make ``path`` safe to append to: drop a torn last line and, on resume, rows with step > resume_step.
+
+    Rewritten atomically, so a crash here leaves the old file.
+    """
+    from distmeta.runtime.rundir import write_text_atomic
+
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    if resume_step is None and (not text or text.endswith("\n")):
+        return
+    rows = _parse_lines(text.split("\n"), path)
+    if resume_step is not None:
+        rows = [r for r in rows if not (isinstance(r.get("step"), int) and r["step"] > resume_step)]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _as_float(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}: {value!r}") from e
+
+
+class MetricsLogger:
+    """Append metrics to ``RUN_DIR/metrics.jsonl`` (flushed every call) and to TensorBoard.
+
+    ``resume_step=S`` first drops rows (and TensorBoard events) with step > S, left by
+    the run being resumed after its last checkpoint.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / METRICS_FILE
+        _truncate_jsonl(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._writer: Any = None
+        if tensorboard:
+            self._writer = self._open_tensorboard(resume_step)
+
+    def _open_tensorboard(self, resume_step: int | None) -> Any:
+        """A SummaryWriter; on resume ``purge_step`` hides the old run's events past the checkpoint."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            warnings.warn(f"TensorBoard logging disabled ({e}); metrics still go to {self.path}", RuntimeWarning,
+                          stacklevel=3)
+            return None
+        purge = resume_step + 1 if resume_step is not None else None
+        return SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR), purge_step=purge)
+
+    def log(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+        """One row ``{"step", "time", prefix+key: value}`` to the jsonl and one scalar per key to TensorBoard."""
+        if self._file.closed:
+            raise ValueError(f"MetricsLogger for {self.run_dir} is closed")
+        values = {prefix + k: _as_float(prefix + k, v) for k, v in metrics.items()}
+        for name in _RESERVED:
+            if name in values:
+                raise ValueError(f"metric name {name!r} is reserved; log it under a prefix")
+        row = {"step": int(step), "time": time.time(), **values}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for tag, v in values.items():
+                self._writer.add_scalar(tag, v, int(step))
+            self._writer.flush()
+
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
+        """A text note (e.g. the resolved config) in TensorBoard's Text tab; no-op without TensorBoard."""
+        if self._writer is not None:
+            self._writer.add_text(tag, text, int(step))
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close both sinks; safe to call twice."""
+        if not self._file.closed:
+            self._file.flush()
+            try:
+                os.fsync(self._file.fileno())
+            except OSError:
+                pass
+            self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
