@@ -325,9 +325,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+#: The embedded default run (``distmeta train`` with no ``--config``); ``configs/default.yaml`` links here.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw = read_yaml(path) if path is not None else {}
+    """Load a YAML config (the embedded default when ``path`` is None) and apply ``key=value`` overrides.
+
+    Keys a file leaves out take the schema defaults of :class:`Config`.
+    """
+    raw = read_yaml(path if path is not None else DEFAULT_CONFIG)
     return config_from_dict(apply_overrides(raw, list(overrides or [])))
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from distmeta.config import Config, dump_config, load_config
+from distmeta.config import DEFAULT_CONFIG, Config, dump_config, load_config
 from distmeta.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_default_yaml_is_the_embedded_default():
     # `distmeta train` without --config and `--config configs/default.yaml` must be the same run.
-    assert load_config(ROOT / "configs" / "default.yaml") == Config()
+    assert load_config(ROOT / "configs" / "default.yaml") == load_config(None)
+    assert (ROOT / "configs" / "default.yaml").read_text() == DEFAULT_CONFIG.read_text()
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -1,0 +1,65 @@
+"""The command line and the Python front door, end to end on tiny data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import distmeta
+from distmeta.cli import main
+from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
+
+
+def test_train_then_eval_and_load_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*text_tiny(write_tiny_csv(tmp_path / "d.csv")), *QUIET, "algorithm.name=protonet", f"run.dir={run}"]
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    assert "3way_1shot: accuracy" in out
+    for name in ("config.yaml", "split.json", "tokenizer.json", "metrics.jsonl", "results.json"):
+        assert (run / name).exists(), name
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["train"]) & set(split["test"])
+
+    ckpt = distmeta.load_checkpoint(str(run))
+    assert ckpt.step == 3 and set(ckpt.meta_params) and all(isinstance(v, torch.Tensor) for v in ckpt.meta_params.values())
+
+    out_json = tmp_path / "results.json"
+    assert main(["eval", "--checkpoint", str(run), "--split", "test", "--episodes", "12", "--output", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    r = res["test"]["3way_1shot"]
+    assert 0.0 <= r["accuracy"] <= 1.0 and r["ci95"] > 0 and r["episodes"] == 12
+
+
+def test_second_train_into_the_same_run_dir_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*SINUSOID_TINY, *QUIET, f"run.dir={run}"]
+    assert main(["train", *args]) == 0
+    assert main(["train", *args]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path):
+    straight, split = tmp_path / "a", tmp_path / "b"
+    base = [*SINUSOID_TINY, *QUIET, "run.checkpoint_every=2"]
+    assert main(["train", *base, "train.steps=4", f"run.dir={straight}"]) == 0
+    assert main(["train", *base, "train.steps=2", f"run.dir={split}"]) == 0
+    assert main(["train", "--resume", str(split), "train.steps=4"]) == 0
+    a, b = distmeta.load_checkpoint(str(straight)), distmeta.load_checkpoint(str(split))
+    assert a.step == b.step == 4
+    for n in a.meta_params:
+        assert torch.equal(a.meta_params[n], b.meta_params[n]), n
+
+
+def test_bad_override_exits_with_a_named_error(capsys):
+    assert main(["train", "algorithm.inner_lr=-1"]) == 2
+    assert "algorithm.inner_lr" in capsys.readouterr().err
+
+
+def test_python_api_trainer_fit_and_evaluate(tmp_path):
+    cfg = distmeta.load_config(None, [*SINUSOID_TINY, *QUIET, f"run.dir={tmp_path / 'r'}"])
+    with distmeta.Trainer(cfg) as trainer:
+        trainer.fit()
+        res = trainer.evaluate(episodes=6)
+    assert res["test"]["5shot"]["episodes"] == 6 and res["step"] == 3
