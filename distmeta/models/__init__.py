@@ -1,0 +1,85 @@
+"""The networks: small trainable text encoders, pretrained MiniLM, the sinusoid MLP.
+
+Every model follows one contract, so the algorithms never look inside:
+``forward(x, head=True)`` gives outputs (or the pooled embedding with ``head=False``),
+``layer_groups()`` lists parameter names input -> output with the ``head`` group last,
+and ``embed_dim`` is the embedding width. All are pure enough for ``torch.func``
+(vmap over parameter sets, nested grad for second-order MAML).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distmeta.config import Config
+from distmeta.errors import ConfigError
+from distmeta.models.bag import BagEncoder
+from distmeta.models.minilm import load_minilm, minilm_model_dir
+from distmeta.models.mlp import SinusoidMLP
+from distmeta.models.transformer import TransformerEncoder
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_model(cfg: Config, vocab_size: int, out_dim: int) -> nn.Module:
+    """The network named by ``cfg.model.name``, in ``cfg.dtype``; initialisation follows ``torch.manual_seed``."""
+    m = cfg.model
+    if m.name in ("bag", "transformer") and vocab_size < 1:
+        raise ConfigError(f"model.name={m.name} needs the tokenizer's vocabulary size, got {vocab_size}")
+    if m.name == "bag":
+        model: nn.Module = BagEncoder(vocab_size, m.dim, out_dim)
+    elif m.name == "transformer":
+        if m.dim % m.heads:
+            raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+        model = TransformerEncoder(vocab_size, m.dim, m.layers, m.heads, m.ff_dim, cfg.data.max_length, out_dim)
+    elif m.name == "minilm":
+        model = load_minilm(m.path, out_dim)
+        own = model.embeddings.word.num_embeddings
+        if vocab_size and vocab_size != own:
+            raise ConfigError(f"model.name=minilm has a {own}-token vocabulary but the tokenizer has {vocab_size}")
+    elif m.name == "mlp":
+        model = SinusoidMLP(list(m.hidden))
+    else:  # unreachable: the config validates the name
+        raise ConfigError(f"unknown model.name {m.name!r}")
+    return model.to(DTYPES[cfg.dtype])
+
+
+def layer_groups(model: nn.Module) -> list[list[str]]:
+    """``model.layer_groups()``; for other modules, one group per top-level child with ``head`` last."""
+    if hasattr(model, "layer_groups"):
+        return model.layer_groups()
+    names = [n for n, _ in model.named_parameters()]
+    children = [c for c, _ in model.named_children() if c != "head"] + ["head"]
+    groups = [[n for n in names if n.split(".", 1)[0] == c] for c in children]
+    return [g for g in groups[:-1] if g] + [groups[-1]]
+
+
+def select_params(model: nn.Module, selector: str) -> list[str]:
+    """Parameter names picked by ``all`` | ``head`` | ``last:N`` (N groups before the head, plus the head).
+
+    Names come back in ``named_parameters()`` order.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if selector == "all":
+        return names
+    groups = layer_groups(model)
+    if selector == "head":
+        chosen = groups[-1]
+    elif selector.startswith("last:") and selector[5:].isdigit():
+        n, body = int(selector[5:]), groups[:-1]
+        if n > len(body):
+            raise ConfigError(
+                f"parameter selector {selector!r} asks for {n} groups before the head, but "
+                f"{type(model).__name__} has only {len(body)} (groups: {len(groups)} including the head)"
+            )
+        chosen = [name for g in body[len(body) - n :] for name in g] + groups[-1]
+    else:
+        raise ConfigError(f"parameter selector must be 'all', 'head' or 'last:N', got {selector!r}")
+    keep = set(chosen)
+    return [n for n in names if n in keep]
+
+
+__all__ = [
+    "BagEncoder", "SinusoidMLP", "TransformerEncoder", "build_model", "layer_groups", "load_minilm",
+    "minilm_model_dir", "select_params",
+]

@@ -1,0 +1,27 @@
+"""Pieces shared by the text encoders: pad masks, masked mean pooling, name groups.
+
+Everything here is written to stay valid under ``torch.func`` transforms (vmap and
+nested grad): no in-place updates, no data-dependent Python control flow.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+PAD_ID = 0  # distmeta.text.PAD_ID; the models treat x == 0 as padding
+
+
+def pad_mask(x: Tensor) -> Tensor:
+    """``True`` at real tokens of a ``[B, L]`` id tensor."""
+    return x != PAD_ID
+
+
+def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``h [B, L, D]`` over the positions where ``mask [B, L]`` is true (0 for an all-pad row)."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    count = m.sum(-2).clamp(min=1.0)
+    return (h * m).sum(-2) / count
+
+
+def names_under(module: nn.Module, prefix: str) -> list[str]:
+    """``named_parameters()`` names of ``module`` that belong to the submodule ``prefix``."""
+    return [n for n, _ in module.named_parameters() if n == prefix or n.startswith(prefix + ".")]
