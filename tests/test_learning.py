@@ -10,18 +10,18 @@ import pytest
 from distmeta.config import load_config
 from distmeta.runtime.driver import Trainer
 
-QUIET = ["run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "threads=2"]
+QUIET = ["run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "threads=1"]
 
 SINUSOID = [
     "data.source=sinusoid", "model.name=mlp", "data.shots=10", "data.queries=10",
-    "train.meta_batch=8", "algorithm.group_size=8", "eval.episodes=200", "eval.batch=50",
+    "train.meta_batch=8", "algorithm.group_size=8", "train.steps=300", "eval.episodes=100", "eval.batch=50",
 ]
 SINUSOID_RUNS = {
-    "maml": ["train.steps=300", "algorithm.inner_lr=0.01", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=5"],
-    "fomaml": ["train.steps=300", "algorithm.inner_lr=0.01", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=5"],
-    "anil": ["train.steps=300", "algorithm.inner_lr=0.01", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=5"],
-    "metasgd": ["train.steps=300", "algorithm.inner_lr=0.01", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=5"],
-    "reptile": ["train.steps=300", "algorithm.inner_lr=0.02", "algorithm.inner_steps=5", "outer.name=sgd", "outer.lr=0.5", "eval.inner_steps=5"],
+    "maml": ["algorithm.inner_lr=0.05", "algorithm.inner_steps=1", "outer.lr=0.01", "eval.inner_steps=5"],
+    "fomaml": ["algorithm.inner_lr=0.05", "algorithm.inner_steps=1", "outer.lr=0.01", "eval.inner_steps=5"],
+    "anil": ["algorithm.inner_lr=0.05", "algorithm.inner_steps=5", "outer.lr=0.01"],
+    "metasgd": ["algorithm.inner_lr=0.05", "algorithm.inner_steps=1", "outer.lr=0.01"],
+    "reptile": ["algorithm.inner_lr=0.02", "algorithm.inner_steps=5", "outer.name=sgd", "outer.lr=1.0"],
 }
 
 
