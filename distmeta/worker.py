@@ -73,6 +73,9 @@ class Worker:
             ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
             self.builder = TextTaskBuilder(ids, self.device)
         self._eval_algorithms: dict[int, Algorithm] = {}
+        self._feature_key: str | None = None
+        self._features: Tensor | None = None
+        self._have = torch.zeros(0, dtype=torch.bool)
 
     # ------------------------------------------------------------------ helpers
     def _to_device(self, meta: dict[str, Any]) -> Params:
@@ -106,15 +109,48 @@ class Worker:
         """:meth:`meta_grad` for each group, in order."""
         return [self.meta_grad(meta, g, version) for g in groups]
 
-    def evaluate(self, meta: dict[str, Any], specs: Sequence[TaskSpec], inner_steps: int) -> dict[str, list[float]]:
-        """Per-episode query loss/accuracy after adaptation (no meta-gradient)."""
+    def evaluate(
+        self, meta: dict[str, Any], specs: Sequence[TaskSpec], inner_steps: int, cache_key: str | None = None
+    ) -> dict[str, list[float]]:
+        """Per-episode query loss/accuracy after adaptation (no meta-gradient).
+
+        With ``cache_key`` (one key per parameter set) and an algorithm whose adaptation
+        leaves the encoder fixed (ProtoNet, head-only MAML/ANIL), each example is encoded
+        once per key and reused by every episode that draws it.
+        """
         ways = specs[0].ways if hasattr(specs[0], "ways") else 1  # type: ignore[union-attr]
         algorithm = self._algorithm_for(ways)
         params = self._to_device(meta)
-        batch = self.builder.build(specs)
         with self._autocast():
+            if cache_key is not None and algorithm.uses_fixed_features and isinstance(self.builder, TextTaskBuilder):
+                batch = self._feature_batch(algorithm, params, specs, cache_key)
+            else:
+                batch = self.builder.build(specs)
             metrics = algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.cfg.algorithm.vmap)
         return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def _feature_batch(self, algorithm: Algorithm, params: Params, specs: Sequence[TaskSpec], key: str) -> dict[str, Tensor]:
+        """Episodes as cached pooled features instead of token ids (see :meth:`evaluate`)."""
+        assert isinstance(self.builder, TextTaskBuilder)
+        ids = self.builder.token_ids
+        if self._feature_key != key:
+            self._feature_key, self._features, self._have = key, None, torch.zeros(len(ids), dtype=torch.bool)
+        sx, sy, qx, qy = self.builder.rows(specs)
+        rows = torch.tensor(sorted({r for part in (sx, qx) for task in part for r in task}), dtype=torch.long)
+        missing = rows[~self._have[rows]]
+        model_params = algorithm.model_params(params)
+        for chunk in missing.split(256):
+            feats = algorithm.model(model_params, ids[chunk.to(ids.device)], head=False).to(self.dtype)
+            if self._features is None:
+                self._features = torch.zeros(len(ids), feats.shape[-1], dtype=self.dtype, device=feats.device)
+            self._features[chunk.to(feats.device)] = feats
+            self._have[chunk] = True
+        bank = self._features
+        assert bank is not None
+        take = lambda rs: bank[torch.tensor(rs, device=bank.device)]  # noqa: E731
+        lab = lambda ls: torch.tensor(ls, dtype=torch.long, device=bank.device)  # noqa: E731
+        return {"support_f": take(sx), "support_y": lab(sy), "query_f": take(qx), "query_y": lab(qy)}
 
     def _algorithm_for(self, ways: int) -> Algorithm:
         if ways == self.algorithm.ways or self.cfg.data.is_regression:

@@ -53,3 +53,20 @@ def test_specs_are_a_pure_function_of_seed_step_index(tmp_path):
     assert s1[3] == s2[0] and s1[1] == s2[1]
     assert exp.sampler("train").batch(6, 4) != s1
     assert set(exp.sampler("test").sample(0, 0).classes) <= set(exp.split.test)
+
+
+def test_cached_features_give_the_same_evaluation(tmp_path):
+    # ProtoNet and head-only adaptation reuse encoder features across episodes; the numbers must not change.
+    csv_path = write_tiny_csv(tmp_path / "d.csv")
+    for algorithm in ("protonet", "anil"):
+        cfg = load_config(None, [*text_tiny(csv_path), "dtype=float64", f"algorithm.name={algorithm}"])
+        exp = prepare_experiment(cfg)
+        worker = Worker(cfg, **exp.worker_args())
+        meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
+        specs = exp.sampler("test").batch(0, 6)
+        plain = worker.evaluate(meta, specs, inner_steps=2)
+        cached = worker.evaluate(meta, specs, inner_steps=2, cache_key="k")
+        again = worker.evaluate(meta, specs[:3], inner_steps=2, cache_key="k")
+        np.testing.assert_allclose(cached["loss"], plain["loss"], rtol=1e-9)
+        np.testing.assert_allclose(cached["accuracy"], plain["accuracy"])
+        np.testing.assert_allclose(again["loss"], plain["loss"][:3], rtol=1e-9)

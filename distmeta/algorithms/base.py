@@ -48,6 +48,16 @@ class Algorithm:
     def model_params(self, meta: Params) -> Params:
         return {n: p for n, p in meta.items() if not n.startswith("lr.")}
 
+    @property
+    def uses_fixed_features(self) -> bool:
+        """True when adaptation never changes the encoder, so evaluation may reuse cached features."""
+        return self.head_only
+
+    def features(self, params: Params, task: Task, part: str) -> Tensor:
+        """Pooled features of ``part`` ("support" / "query"): precomputed ``{part}_f`` if the task has them."""
+        cached = task.get(f"{part}_f")
+        return cached if cached is not None else self.model(params, task[f"{part}_x"], head=False)
+
     # ---------------------------------------------------------------- per task
     def task_grad(self, meta: Params, task: Task) -> tuple[Params, dict[str, Tensor]]:
         """Meta-gradient of one task w.r.t. every entry of ``meta``, and its metrics."""

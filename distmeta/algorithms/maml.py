@@ -37,8 +37,8 @@ class MAML(Algorithm):
         )
         if self.head_only:
             # Features do not change in the inner loop: compute them once.
-            f_support = self.model(params, task["support_x"], head=False)
-            f_query = self.model(params, task["query_x"], head=False)
+            f_support = self.features(params, task, "support")
+            f_query = self.features(params, task, "query")
             adapted = inner_loop(lambda h: self.loss(self.model.head(h, f_support), task["support_y"]), fast, **kwargs)
             return self.model.head(adapted, f_query)
         support_loss = lambda f: self.loss(self.model({**params, **f}, task["support_x"]), task["support_y"])  # noqa: E731

@@ -26,10 +26,14 @@ def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: in
 class ProtoNet(Algorithm):
     name = "protonet"
 
+    @property
+    def uses_fixed_features(self) -> bool:
+        return True
+
     def _logits(self, meta: Params, task: Task) -> Tensor:
         params = self.model_params(meta)
-        support = self.model(params, task["support_x"], head=False)
-        query = self.model(params, task["query_x"], head=False)
+        support = self.features(params, task, "support")
+        query = self.features(params, task, "query")
         return prototype_logits(support, task["support_y"], query, self.ways)
 
     def _objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:

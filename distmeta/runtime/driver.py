@@ -192,11 +192,13 @@ class Trainer:
         """Meta-validation on ``eval.val_episodes`` episodes of the training shape."""
         assert self.exp is not None
         sampler = self.exp.sampler("val")
-        return run_episodes(self._eval_fn(self._meta_numpy()), sampler, self.cfg.eval.val_episodes, self.cfg.eval.batch)
+        fn = self._eval_fn(self._meta_numpy(), f"val-{self.step}")
+        return run_episodes(fn, sampler, self.cfg.eval.val_episodes, self.cfg.eval.batch)
 
-    def _eval_fn(self, meta: dict[str, Any]):
+    def _eval_fn(self, meta: dict[str, Any], cache_key: str):
+        """Evaluate episode groups on the backend; ``cache_key`` names this parameter set for feature reuse."""
         steps = self.cfg.inner_steps_eval
-        return lambda groups: self.backend.evaluate(meta, groups, steps)
+        return lambda groups: self.backend.evaluate(meta, groups, steps, cache_key=cache_key)
 
     def evaluate(self, split: str = "test", episodes: int | None = None,
                  settings: list[tuple[int, int]] | None = None, baseline: bool | None = None) -> dict[str, Any]:
@@ -217,7 +219,8 @@ class Trainer:
             for ways, shots in settings:
                 sampler = self.exp.sampler(split, ways=ways, shots=shots, queries=cfg.eval.queries)
                 name = setting_name(ways, shots) if not cfg.data.is_regression else f"{shots}shot"
-                table[name] = run_episodes(self._eval_fn(meta), sampler, episodes, cfg.eval.batch)
+                fn = self._eval_fn(meta, f"{key}-{self.step}")
+                table[name] = run_episodes(fn, sampler, episodes, cfg.eval.batch)
             out["test" if key == split else key] = table
         print(format_results(out["test"], out.get("before_meta_training")), flush=True)
         return out

@@ -22,8 +22,10 @@ class LocalBackend:
     def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int) -> list[GroupResult]:
         return self.worker.meta_grad_groups(meta, groups, version)
 
-    def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int) -> list[dict[str, list[float]]]:
-        return [self.worker.evaluate(meta, g, inner_steps) for g in groups]
+    def evaluate(
+        self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int, cache_key: str | None = None
+    ) -> list[dict[str, list[float]]]:
+        return [self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups]
 
     def close(self) -> None:
         pass

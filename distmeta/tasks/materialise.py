@@ -29,7 +29,8 @@ class TextTaskBuilder:
             labels.extend([label] * len(group))
         return rows, labels
 
-    def build(self, specs: Sequence[TaskSpec]) -> Task:
+    def rows(self, specs: Sequence[TaskSpec]) -> tuple[list[list[int]], list[list[int]], list[list[int]], list[list[int]]]:
+        """Support rows, support labels, query rows, query labels of each episode (class-major)."""
         sx, sy, qx, qy = [], [], [], []
         for spec in specs:
             assert isinstance(spec, EpisodeSpec), f"text builder got {type(spec).__name__}"
@@ -39,6 +40,10 @@ class TextTaskBuilder:
             r, l = self._rows(spec.query)
             qx.append(r)
             qy.append(l)
+        return sx, sy, qx, qy
+
+    def build(self, specs: Sequence[TaskSpec]) -> Task:
+        sx, sy, qx, qy = self.rows(specs)
         ids = lambda rows: self.token_ids[torch.tensor(rows, device=self.device)]  # noqa: E731
         lab = lambda ls: torch.tensor(ls, dtype=torch.long, device=self.device)  # noqa: E731
         return {"support_x": ids(sx), "support_y": lab(sy), "query_x": ids(qx), "query_y": lab(qy)}
