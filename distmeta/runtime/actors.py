@@ -1,0 +1,550 @@
+"""The Ray backend: a pool of :class:`~distmeta.worker.Worker` replicas, one per actor.
+
+What travels, and when:
+
+* once per backend: the config and ``worker_args`` (the tokenised corpus), one
+  ``ray.put``. Every actor, and every restart of one, builds its Worker from that object
+  (zero-copy numpy on the same node), so the dataset never travels per step. Calls carry
+  only ``[ref, generation]`` (a few dozen bytes), which lets a restarted actor rebuild;
+* once per step: the meta-parameters, one ``ray.put`` of a dict of numpy arrays that
+  actors on the same node read zero-copy;
+* per step and actor: one call carrying that actor's contiguous block of task specs
+  (a few hundred bytes per task) and the parameter version; back come the block's
+  :class:`~distmeta.worker.GroupResult` s (one summed gradient per group).
+
+Group ``g`` of ``G`` goes to actor ``k = the block holding g`` where actor ``k`` owns
+groups ``[k*G//n, (k+1)*G//n)``: deterministic and balanced to within one group.
+Results are returned in group order whatever order actors finish in, so the driver's
+fixed-order reduction gives bit-identical parameters for any number of actors.
+
+Failures: an actor that dies (``RayActorError``), hangs past ``ray.step_timeout`` or
+answers for the wrong parameter version has its block re-run on another actor (actors
+are restarted by Ray, ``max_restarts=-1``), at most ``ray.max_retries`` times per block;
+each group's slot is filled exactly once. Past that, :class:`WorkerFailedError` names
+the actor, its node and the tasks.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from distmeta.config import Config
+from distmeta.errors import ConfigError, DistmetaError
+from distmeta.runtime.ray_session import RaySession, connect, set_ray_env
+from distmeta.tasks.specs import TaskSpec, task_key
+from distmeta.worker import GroupResult
+
+set_ray_env()
+
+import ray  # noqa: E402
+from ray.exceptions import (  # noqa: E402
+    GetTimeoutError,
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# A call that failed with one of these is re-run elsewhere: the actor, its process or its
+# node went away. Anything else (an exception raised by the Worker code) is a bug or a bad
+# input that would fail again, so it is raised at once.
+RETRIABLE = (RayActorError, WorkerCrashedError, ObjectLostError, NodeDiedError)
+
+_READONLY_WARNING = "The given NumPy array is not writable"
+# Starting an actor (a Python process importing torch) and building its Worker; ray.step_timeout if longer.
+STARTUP_TIMEOUT = 300.0
+
+
+class WorkerFailedError(DistmetaError, RuntimeError):
+    """A block of task groups could not be computed by any actor within ``ray.max_retries`` retries."""
+
+
+# ---------------------------------------------------------------------- planning
+
+
+def assign_blocks(num_groups: int, num_actors: int) -> list[range]:
+    """Actor ``k`` gets groups ``[k*G//n, (k+1)*G//n)``: contiguous, deterministic, sizes differ by at most one."""
+    return [range(k * num_groups // num_actors, (k + 1) * num_groups // num_actors) for k in range(num_actors)]
+
+
+def plan_workers(cfg: Config, resources: dict[str, float]) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for ``cfg.workers`` on a cluster with ``resources``.
+
+    ``workers: auto`` is one actor per GPU (per ``gpus_per_worker`` GPUs when that is set)
+    when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs.
+    """
+    cpus, gpus = float(cfg.cpus_per_worker), float(cfg.gpus_per_worker)
+    if cfg.workers != "auto":
+        return int(cfg.workers), cpus, gpus
+    total_cpu = float(resources.get("CPU", 0.0))
+    total_gpu = float(resources.get("GPU", 0.0))
+    by_cpu = int(total_cpu / cpus + 1e-9)
+    if total_gpu > 0:
+        gpus = gpus or 1.0
+        n = min(int(total_gpu / gpus + 1e-9), by_cpu)
+    else:
+        n = by_cpu
+    if n < 1:
+        raise ConfigError(
+            f"workers=auto: the Ray cluster ({_fmt_resources(resources)}) cannot hold one worker of "
+            f"cpus_per_worker={cpus:g}, gpus_per_worker={gpus:g}"
+        )
+    return n, cpus, gpus
+
+
+def _fmt_resources(r: dict[str, float]) -> str:
+    return ", ".join(f"{k}={r.get(k, 0):g}" for k in ("CPU", "GPU"))
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+
+
+def _describe_tasks(groups: Sequence[Sequence[TaskSpec]], block: range) -> str:
+    keys = [task_key(s) for i in block for s in groups[i]]
+    shown = ", ".join(f"(step {s}, task {t})" for s, t in keys[:6])
+    more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+    return f"groups {block.start}..{block.stop - 1} = tasks {shown}{more}"
+
+
+# ---------------------------------------------------------------------- the actor
+
+
+class WorkerActor:
+    """One Ray actor holding one :class:`~distmeta.worker.Worker` (made an actor by ``ray.remote`` in :class:`RayBackend`).
+
+    The constructor takes only small values. The Worker is built by :meth:`setup` from
+    ``args = [ref, generation]``, ``ref`` pointing at ``{"cfg", "worker_args"}`` in the
+    object store; in a list, the ref is not resolved on the way in. Every call carries
+    ``args`` (a few dozen bytes), and the actor fetches the object only when it holds no
+    Worker of that generation: after Ray restarted it, or after
+    :meth:`RayBackend.reconfigure`. (A ref among constructor arguments of a restartable
+    actor is not lineage-counted by Ray, ray-project/ray#53727, so none is passed there.)
+    """
+
+    def __init__(self, index: int, device: str, threads: int) -> None:
+        # Objects from the store are zero-copy, read-only numpy arrays; the Worker only reads them.
+        warnings.filterwarnings("ignore", message=_READONLY_WARNING)
+        self.index, self.device, self.threads = index, device, threads
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.worker: Any = None
+        self.generation = -1
+        self.builds = 0
+        self._fault: tuple[str, int, float] | None = None
+
+    def setup(self, args: list[Any]) -> dict[str, Any]:
+        """Build the Worker (unless this process has one of ``args``' generation) and describe the replica."""
+        ref, generation = args
+        if self.worker is None or self.generation != generation:
+            from distmeta.worker import Worker
+
+            self.worker = None  # free the old replica first
+            payload = ray.get(ref)
+            self.worker = Worker(payload["cfg"], **payload["worker_args"], device=self.device, threads=self.threads)
+            self.generation = generation
+            self.builds += 1
+        return {
+            "actor": self.index, "node": self.node_id, "pid": os.getpid(), "device": str(self.worker.device),
+            "threads": torch.get_num_threads(), "builds": self.builds,
+        }
+
+    def initial_meta(self, args: list[Any]) -> dict[str, np.ndarray]:
+        self.setup(args)
+        return {n: t.numpy() for n, t in self.worker.initial_meta.items()}
+
+    def compute(self, args: list[Any], meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> list[GroupResult]:
+        self.setup(args)
+        fault = self._take_fault()
+        t0 = time.perf_counter()
+        results = self.worker.meta_grad_groups(meta, groups, version)
+        block_s = time.perf_counter() - t0
+        for r in results:
+            r.extra.update(actor=self.index, node=self.node_id, pid=os.getpid(), actor_compute_s=block_s)
+            if fault == "stale":
+                r.version = version - 1
+        return results
+
+    def evaluate(self, args: list[Any], meta: dict[str, Any], groups: list[list[TaskSpec]], inner_steps: int,
+                 cache_key: str | None = None) -> list[dict[str, list[float]]]:
+        self.setup(args)
+        self._take_fault()
+        return [self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups]
+
+    # ------------------------------------------------------------------ fault injection (tests)
+    def inject_fault(self, kind: str, times: int = 1, seconds: float = 60.0) -> None:
+        """Make the next ``times`` compute/evaluate calls of this process fail.
+
+        ``exit``: the process dies (Ray restarts the actor); ``hang``: sleep ``seconds``
+        first; ``stale``: answer for the previous parameter version; ``raise``: an
+        exception from the compute itself; ``none``: clear.
+        """
+        if kind not in ("exit", "hang", "stale", "raise", "none"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self._fault = None if kind == "none" else (kind, times, seconds)
+
+    def _take_fault(self) -> str | None:
+        if self._fault is None:
+            return None
+        kind, times, seconds = self._fault
+        self._fault = (kind, times - 1, seconds) if times > 1 else None
+        if kind == "exit":
+            os._exit(1)
+        if kind == "hang":
+            time.sleep(seconds)
+        if kind == "raise":
+            raise RuntimeError(f"injected fault in actor {self.index}")
+        return kind
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+# ---------------------------------------------------------------------- the backend
+
+
+@dataclass
+class _Call:
+    block: int
+    actor: int
+    attempt: int
+    deadline: float
+
+
+@dataclass
+class StepStats:
+    """What the last :meth:`RayBackend.compute` moved and how long each actor worked."""
+
+    meta_bytes: int = 0
+    spec_bytes: int = 0  # pickled task specs sent (measured only with ``measure_spec_bytes``)
+    result_bytes: int = 0  # gradient bytes returned
+    calls: int = 0
+    retries: int = 0
+    actor_compute_s: dict[int, float] = field(default_factory=dict)
+    actor_nodes: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+class RayBackend:
+    """Ray actor pool with the :class:`~distmeta.runtime.local.LocalBackend` interface."""
+
+    def __init__(self, cfg: Config, worker_args: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.actors: list[Any] = []
+        self.infos: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []  # every failed attempt, for logs and the fault-tolerance layer
+        self.last_step = StepStats()
+        self.measure_spec_bytes = False
+        self._pg = None
+        self._args_ref: Any = None
+        self._generation = 0
+        self._suspect: set[int] = set()  # actors that failed a call and have not answered since
+        self._closed = False
+        self._session: RaySession | None = connect(cfg)
+        try:
+            self._start(worker_args)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ set-up
+    def _start(self, worker_args: dict[str, Any]) -> None:
+        cfg = self.cfg
+        resources = ray.cluster_resources()
+        n, cpus, gpus = plan_workers(cfg, resources)
+        if cfg.device == "cuda" and gpus == 0:
+            raise ConfigError("device=cuda with Ray workers needs gpus_per_worker > 0 (Ray hides GPUs from actors without one)")
+        device = "cuda" if gpus > 0 else "cpu"
+        threads = cfg.threads or max(1, int(cpus))
+        self.num_workers = n
+        self.resources_per_worker = _bundle(cpus, gpus)
+
+        # Reserve every actor's share at once, spread over nodes; an impossible request fails now, not as a hang.
+        need = {k: v * n for k, v in self.resources_per_worker.items()}
+        short = {k: v for k, v in need.items() if v > resources.get(k, 0.0) + 1e-9}
+        remote_cluster = bool(cfg.ray.address or os.environ.get("RAY_ADDRESS")) and cfg.ray.address != "local"
+        if short and not remote_cluster:
+            raise ConfigError(
+                f"workers={cfg.workers} needs {n} x (cpus_per_worker={cpus:g}, gpus_per_worker={gpus:g}) = "
+                f"{_fmt_resources(need)}, but the Ray cluster has {_fmt_resources(resources)}; "
+                f"lower workers or cpus_per_worker/gpus_per_worker"
+            )
+        self._pg = placement_group([dict(self.resources_per_worker) for _ in range(n)], strategy="SPREAD")
+        try:
+            ray.get(self._pg.ready(), timeout=cfg.ray.step_timeout)
+        except GetTimeoutError:
+            raise WorkerFailedError(
+                f"the Ray cluster ({_fmt_resources(ray.cluster_resources())}) did not grant {n} workers of "
+                f"{_fmt_resources(self.resources_per_worker)} within ray.step_timeout={cfg.ray.step_timeout:g}s"
+            ) from None
+
+        self._plan = (n, cpus, gpus)
+        actor_cls = ray.remote(WorkerActor)
+        self.actors = [
+            actor_cls.options(
+                num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self._pg, placement_group_bundle_index=k),
+            ).remote(k, device, threads)
+            for k in range(n)
+        ]
+        self._load(cfg, worker_args)
+        log.info("RayBackend: %d actors (%s each, %d torch threads) on nodes %s", n,
+                 _fmt_resources(self.resources_per_worker), threads, sorted({i["node"][:8] for i in self.infos}))
+
+    def _load(self, cfg: Config, worker_args: dict[str, Any]) -> None:
+        """Put config and dataset in the object store (once for all actors and restarts); every actor builds its Worker."""
+        self._generation += 1
+        self._args_ref = ray.put({"cfg": cfg, "worker_args": worker_args})
+        self.cfg = cfg
+        timeout = max(cfg.ray.step_timeout, STARTUP_TIMEOUT)
+        refs = [a.setup.remote(self._args()) for a in self.actors]
+        infos = []
+        for k, ref in enumerate(refs):
+            try:
+                infos.append(ray.get(ref, timeout=timeout))
+            except (RayActorError, RayTaskError, GetTimeoutError) as err:
+                raise WorkerFailedError(f"Ray actor {k} failed to build its Worker: {err}") from err
+        self.infos = infos
+        meta = ray.get(self.actors[0].initial_meta.remote(self._args()), timeout=timeout)
+        self._initial_meta = {name: torch.from_numpy(np.array(v, copy=True)) for name, v in meta.items()}
+
+    def _args(self) -> list[Any]:
+        return [self._args_ref, self._generation]
+
+    def reconfigure(self, cfg: Config, worker_args: dict[str, Any]) -> None:
+        """Rebuild every actor's Worker for another config on the same actors (sweeps, Tune trials, tests).
+
+        Saves the process start-up (seconds per actor: Python, torch); the config must
+        ask for the same number and size of actors.
+        """
+        if self._closed:
+            raise WorkerFailedError("the Ray backend is closed")
+        plan = plan_workers(cfg, ray.cluster_resources())
+        if plan != self._plan:
+            raise ConfigError(f"reconfigure needs the same actors (workers, cpus, gpus) {self._plan}, got {plan}")
+        self._load(cfg, worker_args)
+
+    @property
+    def initial_meta(self) -> dict[str, torch.Tensor]:
+        return self._initial_meta
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [i["node"] for i in self.infos]
+
+    # ------------------------------------------------------------------ the step
+    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int) -> list[GroupResult]:
+        """Summed meta-gradients of every group, in group order, all computed at parameter ``version``."""
+        t0 = time.perf_counter()
+        groups = [list(g) for g in groups]
+        stats = StepStats(meta_bytes=sum(np.asarray(v).nbytes for v in meta.values()))
+        meta_ref = ray.put(meta)
+
+        def check(block: range, value: Any) -> str | None:
+            if not isinstance(value, list) or len(value) != len(block):
+                return f"returned {len(value) if isinstance(value, list) else type(value).__name__} results for {len(block)} groups"
+            for i, r in zip(block, value):
+                if r.version != version:
+                    return f"stale result for group {i}: parameter version {r.version}, expected {version}"
+                if r.tasks != [task_key(s) for s in groups[i]]:
+                    return f"result for group {i} is for tasks {r.tasks[:3]}..., not the tasks sent"
+            return None
+
+        results = self._dispatch("compute", meta_ref, groups, (version,), check, stats)
+        del meta_ref
+        for r in results:
+            stats.result_bytes += sum(g.nbytes for g in r.grad.values())
+            stats.actor_compute_s[r.extra["actor"]] = r.extra["actor_compute_s"]
+            stats.actor_nodes[r.extra["actor"]] = r.extra["node"]
+        stats.wall_s = time.perf_counter() - t0
+        self.last_step = stats
+        return results
+
+    def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int,
+                 cache_key: str | None = None) -> list[dict[str, list[float]]]:
+        """Per-episode metrics of each episode group, in group order (``cache_key``: see :meth:`Worker.evaluate`)."""
+        groups = [list(g) for g in groups]
+        meta_ref = ray.put(meta)
+
+        def check(block: range, value: Any) -> str | None:
+            if not isinstance(value, list) or len(value) != len(block):
+                return f"returned {len(value) if isinstance(value, list) else type(value).__name__} results for {len(block)} groups"
+            for i, r in zip(block, value):
+                n = len(next(iter(r.values()))) if r else 0
+                if n != len(groups[i]):
+                    return f"group {i}: {n} episode results for {len(groups[i])} episodes"
+            return None
+
+        return self._dispatch("evaluate", meta_ref, groups, (inner_steps, cache_key), check, StepStats())
+
+    def _dispatch(self, method: str, meta_ref: Any, groups: list[list[TaskSpec]], args: tuple,
+                  check: Callable[[range, Any], str | None], stats: StepStats) -> list[Any]:
+        """One call per actor with its block; re-run failed blocks elsewhere; results in group order."""
+        if not self.actors:
+            raise WorkerFailedError("the Ray backend is closed")
+        n = len(self.actors)
+        timeout = self.cfg.ray.step_timeout
+        blocks = assign_blocks(len(groups), n)
+        out: list[Any] = [None] * len(groups)
+        filled = [False] * len(groups)
+        attempts = [0] * n
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        pending: dict[Any, _Call] = {}
+
+        def submit(b: int, actor: int) -> None:
+            block = [groups[i] for i in blocks[b]]
+            if self.measure_spec_bytes:
+                stats.spec_bytes += len(pickle.dumps(block, protocol=5))
+            ref = getattr(self.actors[actor], method).remote(self._args(), meta_ref, block, *args)
+            pending[ref] = _Call(b, actor, attempts[b], time.monotonic() + timeout)
+            stats.calls += 1
+
+        def failed(call: _Call, reason: str) -> None:
+            b = call.block
+            info = self.infos[call.actor] if call.actor < len(self.infos) else {}
+            where = f"actor {call.actor} (node {str(info.get('node', '?'))[:12]}, pid {info.get('pid', '?')})"
+            reasons[b].append(f"attempt {call.attempt + 1} on {where}: {reason}")
+            self.failures.append({"method": method, "block": b, "actor": call.actor, "attempt": call.attempt,
+                                  "groups": (blocks[b].start, blocks[b].stop), "reason": reason, "time": time.time()})
+            self._suspect.add(call.actor)
+            attempts[b] += 1
+            if attempts[b] > self.cfg.ray.max_retries:
+                raise WorkerFailedError(
+                    f"{method}: {_describe_tasks(groups, blocks[b])} failed on every attempt "
+                    f"(ray.max_retries={self.cfg.ray.max_retries}):\n  " + "\n  ".join(reasons[b])
+                )
+            # The next actor that answers (with one actor: the same one, once Ray has restarted it).
+            nxt = self._pick((call.actor + 1) % n, time.monotonic() + timeout)
+            log.warning("%s: %s; re-running its %d groups on actor %d", method, reasons[b][-1], len(blocks[b]), nxt)
+            stats.retries += 1
+            submit(b, nxt)
+
+        deadline = time.monotonic() + timeout
+        for b in range(n):
+            if len(blocks[b]):
+                submit(b, self._pick(b, deadline))  # actor b, unless it is dead or restarting
+        while pending:
+            now = time.monotonic()
+            wait_s = max(0.0, min(c.deadline for c in pending.values()) - now)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            if not ready:
+                now = time.monotonic()
+                for ref, call in list(pending.items()):
+                    if call.deadline <= now and ref in pending:
+                        del pending[ref]  # a late answer is never read: each group is counted once
+                        try:
+                            ray.kill(self.actors[call.actor], no_restart=False)  # Ray restarts the hung actor
+                        except Exception:  # pragma: no cover - already gone
+                            pass
+                        failed(call, f"no answer within ray.step_timeout={timeout:g}s")
+                continue
+            ref = ready[0]
+            call = pending.pop(ref)
+            try:
+                value = ray.get(ref)
+            except RETRIABLE as err:
+                failed(call, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                continue
+            except RayTaskError as err:
+                raise WorkerFailedError(
+                    f"{method} raised on actor {call.actor} for {_describe_tasks(groups, blocks[call.block])}: {err}"
+                ) from err
+            problem = check(blocks[call.block], value)
+            if problem is not None:
+                failed(call, problem)
+                continue
+            for i, r in zip(blocks[call.block], value):
+                assert not filled[i], f"group {i} answered twice"
+                filled[i] = True
+                out[i] = r
+                if isinstance(r, GroupResult):
+                    r.extra["attempt"] = call.attempt
+                    self.infos[call.actor]["pid"] = r.extra["pid"]  # a restarted actor has a new process
+        return out
+
+    # ------------------------------------------------------------------ actor health
+    def _healthy(self, wait_s: float = 1.0) -> list[int]:
+        """Actors believed alive. A suspect (it failed a call) is cleared when it answers a ping within ``wait_s``.
+
+        A restarting actor refuses calls at once (``ActorUnavailableError``), a hung one
+        does not answer: both stay suspect, and get no new work until they answer.
+        """
+        if self._suspect:
+            pings = {self.actors[k].ping.remote(): k for k in sorted(self._suspect)}
+            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=wait_s)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except RETRIABLE + (RayTaskError,):
+                    continue
+                self._suspect.discard(pings[ref])
+        return [k for k in range(len(self.actors)) if k not in self._suspect]
+
+    def _pick(self, preferred: int, deadline: float) -> int:
+        """``preferred`` if it is healthy, else the next healthy actor after it; waits (until ``deadline``) if none is."""
+        n = len(self.actors)
+        order = [(preferred + j) % n for j in range(n)]
+        while True:
+            healthy = set(self._healthy())
+            for k in order:
+                if k in healthy:
+                    return k
+            if time.monotonic() > deadline:
+                raise WorkerFailedError(
+                    f"none of the {n} Ray actors is available (dead or restarting) "
+                    f"within ray.step_timeout={self.cfg.ray.step_timeout:g}s"
+                )
+            time.sleep(0.25)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every actor answers (after restarts); :class:`WorkerFailedError` past ``timeout``."""
+        deadline = time.monotonic() + (timeout if timeout is not None else max(self.cfg.ray.step_timeout, STARTUP_TIMEOUT))
+        self._suspect.update(range(len(self.actors)))
+        while self._healthy() != list(range(len(self.actors))):
+            if time.monotonic() > deadline:
+                raise WorkerFailedError(f"Ray actors {sorted(self._suspect)} did not come back within {timeout}s")
+            time.sleep(0.25)
+
+    # ------------------------------------------------------------------ tear-down
+    def close(self) -> None:
+        """Kill the actors, free the placement group, and shut Ray down only if this backend started it."""
+        if self._closed:
+            return
+        self._closed = True
+        if ray.is_initialized():
+            for a in self.actors:
+                try:
+                    ray.kill(a, no_restart=True)
+                except Exception:  # pragma: no cover - already dead
+                    pass
+            if self._pg is not None:
+                try:
+                    remove_placement_group(self._pg)
+                except Exception:  # pragma: no cover
+                    pass
+        self.actors = []
+        self._pg = None
+        self._args_ref = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort when a caller forgets close()
+        try:
+            if not self._closed and self.actors and ray.is_initialized():
+                for a in self.actors:
+                    ray.kill(a, no_restart=True)
+        except Exception:
+            pass

@@ -1,0 +1,303 @@
+"""The Ray backend gives the single-process trainer's parameters bit for bit, and survives dead, hung and stale actors."""
+from __future__ import annotations
+
+import csv
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import distmeta
+from distmeta.config import load_config
+from distmeta.runtime.actors import RayBackend, WorkerFailedError, assign_blocks, plan_workers
+from distmeta.runtime.driver import make_backend as REAL_MAKE_BACKEND
+
+SINUSOID = [
+    "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.steps=3", "train.meta_batch=8",
+    "algorithm.group_size=2", "run.checkpoint_every=0", "run.eval_every=0", "eval.episodes=10",
+    "eval.baseline=false", "run.progress=false", "cpus_per_worker=0.25", "eval.batch=4",
+]
+
+WORDS = ("river stone cloud apple engine paper violin garden winter rocket copper forest "
+         "silver market doctor island camera letter bridge candle thunder pencil desert "
+         "orange window planet tunnel jacket mirror meadow").split()
+
+
+@pytest.fixture(scope="module")
+def text_csv(tmp_path_factory):
+    """15 classes x 20 short texts: each class has its own three words among shared fillers."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for c in range(15):
+            own = WORDS[2 * c: 2 * c + 2] + [WORDS[(2 * c + 5) % len(WORDS)]]
+            for _ in range(20):
+                words = [rng.choice(own) for _ in range(3)] + [rng.choice(WORDS) for _ in range(2)]
+                rng.shuffle(words)
+                w.writerow([" ".join(words), f"class_{c:02d}"])
+    return path
+
+
+def protonet_overrides(path) -> list[str]:
+    return [
+        f"data.source=csv:{path}", "model.name=bag", "model.dim=16", "tokenizer.vocab_size=200",
+        "algorithm.name=protonet", "data.small_classes=drop", "data.ways=3", "data.shots=1", "data.queries=3",
+        "eval.settings=[[3,1]]", "eval.queries=3", "train.steps=3", "train.meta_batch=6", "algorithm.group_size=2",
+        "run.checkpoint_every=0", "run.eval_every=0", "eval.episodes=10", "eval.baseline=false",
+        "run.progress=false", "cpus_per_worker=0.25", "eval.batch=4",
+    ]
+
+
+class _Borrowed:
+    """A kept backend lent to one Trainer: its ``close()`` leaves the actors for the next run."""
+
+    def __init__(self, backend: RayBackend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def actor_pools(ray_local):
+    """One RayBackend per actor count, kept for the module and closed at its end.
+
+    An actor costs seconds to start (a Python process importing torch); the runs of this
+    module share them: the first run with N actors builds the backend as ``make_backend``
+    does, later runs call :meth:`RayBackend.reconfigure` (every Worker rebuilt for the
+    new config from a new object-store entry, as after a restart).
+    """
+    pools: dict[int, RayBackend] = {}
+    yield pools
+    for backend in pools.values():
+        backend.close()
+        assert backend.actors == [] and ray_local.is_initialized(), "close() kills the actors, leaves a reused Ray up"
+
+
+def pooled_backend(pools: dict[int, RayBackend], cfg, exp) -> RayBackend:
+    """The module's backend with ``cfg.workers`` actors, built as the driver does or rebuilt for ``cfg``."""
+    if cfg.workers in pools:
+        pools[cfg.workers].reconfigure(cfg, exp.worker_args())
+    else:
+        pools[cfg.workers] = REAL_MAKE_BACKEND(cfg, exp)
+    assert isinstance(pools[cfg.workers], RayBackend)
+    return pools[cfg.workers]
+
+
+@pytest.fixture
+def pooled(actor_pools, monkeypatch):
+    """Trainers get ``make_backend``'s real backends, kept in ``actor_pools`` across runs."""
+    from distmeta.runtime import driver
+
+    def make_backend(cfg, exp):
+        if cfg.workers == 0:
+            return REAL_MAKE_BACKEND(cfg, exp)
+        return _Borrowed(pooled_backend(actor_pools, cfg, exp))
+
+    monkeypatch.setattr(driver, "make_backend", make_backend)
+    return actor_pools
+
+
+def train(run_dir, overrides: list[str], workers: int):
+    """Meta-train; return final parameters, meta-test results and the actors of the last step's results."""
+    cfg = load_config(None, overrides + [f"workers={workers}", f"run.dir={run_dir}"])
+    with distmeta.Trainer(cfg) as trainer:
+        results = trainer.fit()
+        actors = sorted(trainer.backend.last_step.actor_compute_s) if workers else []
+        return trainer.meta_params, results["test"], actors
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert a.keys() == b.keys()
+    for n in a:
+        assert a[n].dtype == b[n].dtype
+        assert torch.equal(a[n], b[n]), f"{what}: parameter {n} differs (max |diff| {(a[n] - b[n]).abs().max():.3g})"
+
+
+# ---------------------------------------------------------------------- no Ray needed
+
+
+def test_blocks_are_contiguous_balanced_and_cover_every_group_once():
+    for groups in range(0, 12):
+        for actors in range(1, 6):
+            blocks = assign_blocks(groups, actors)
+            assert len(blocks) == actors
+            assert [i for b in blocks for i in b] == list(range(groups))
+            sizes = [len(b) for b in blocks]
+            assert max(sizes) - min(sizes) <= 1
+    assert assign_blocks(4, 3) == [range(0, 1), range(1, 2), range(2, 4)]
+
+
+def test_auto_workers_one_per_gpu_else_per_cpu_share():
+    cfg = load_config(None, SINUSOID + ["workers=auto", "cpus_per_worker=2"])
+    assert plan_workers(cfg, {"CPU": 8.0}) == (4, 2.0, 0.0)
+    assert plan_workers(cfg, {"CPU": 16.0, "GPU": 4.0}) == (4, 2.0, 1.0)
+    half = load_config(None, SINUSOID + ["workers=auto", "cpus_per_worker=1", "gpus_per_worker=0.5"])
+    assert plan_workers(half, {"CPU": 16.0, "GPU": 2.0}) == (4, 1.0, 0.5)
+    assert plan_workers(load_config(None, SINUSOID + ["workers=3"]), {"CPU": 1.0}) == (3, 0.25, 0.0)
+
+
+# ---------------------------------------------------------------------- bit-identical training
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_maml_sinusoid_bit_identical_for_any_actor_count(pooled, tmp_path, dtype):
+    overrides = SINUSOID + [f"dtype={dtype}"]
+    ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
+    assert ref["head.weight"].dtype == getattr(torch, dtype)
+    for n in (1, 2, 3):
+        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
+        assert actors == list(range(n)), "every actor computed a block"
+        assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
+        assert test == ref_test, "meta-test through the actors equals the in-process evaluation"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_protonet_text_bit_identical_for_any_actor_count(pooled, tmp_path, text_csv, dtype):
+    overrides = protonet_overrides(text_csv) + [f"dtype={dtype}"]
+    ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
+    for n in (1, 2, 3):
+        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
+        assert actors == list(range(n))
+        assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
+        assert test == ref_test
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def _groups(cfg, step: int = 0):
+    from distmeta.experiment import prepare_experiment
+    from distmeta.tasks.materialise import chunks
+
+    exp = prepare_experiment(cfg)
+    specs = exp.sampler("train").batch(step, cfg.train.meta_batch)
+    return exp, [specs[r.start: r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
+
+
+def _same(a, b) -> None:
+    assert [r.tasks for r in a] == [r.tasks for r in b]
+    for x, y in zip(a, b):
+        assert x.grad.keys() == y.grad.keys()
+        assert all(np.array_equal(x.grad[n], y.grad[n]) for n in x.grad)
+        assert x.metrics == y.metrics
+
+
+@pytest.mark.ray
+def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools):
+    import ray
+
+    cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2"])
+    exp, groups = _groups(cfg)
+    meta = {n: t.numpy() for n, t in distmeta.Worker(cfg).initial_meta.items()}
+    backend = pooled_backend(actor_pools, cfg, exp)
+    f0 = len(backend.failures)  # (the module's pool closes the backend at its end)
+    assert backend.num_workers == 2 and all(i["device"] == "cpu" and i["threads"] == 1 for i in backend.infos)
+    ref = backend.compute(meta, groups, version=5)
+    assert [r.extra["actor"] for r in ref] == [0, 0, 1, 1]  # 4 groups, contiguous blocks
+    assert all(r.version == 5 for r in ref)
+    stats = backend.last_step
+    assert stats.meta_bytes == sum(v.nbytes for v in meta.values())
+    assert stats.calls == 2 and stats.retries == 0
+    pid1 = backend.infos[1]["pid"]
+
+    for kind in ("exit", "stale", "hang"):
+        if kind == "hang":
+            backend.cfg.ray.step_timeout = 5.0  # warm now: a short deadline keeps the test short
+        ray.get(backend.actors[1].inject_fault.remote(kind, 1, 60.0))
+        got = backend.compute(meta, groups, version=5)
+        _same(ref, got)
+        assert backend.last_step.retries == 1, kind
+        assert [r.extra["actor"] for r in got] == [0, 0, 0, 0], f"{kind}: block 1 re-ran on actor 0"
+        assert backend.failures[-1]["actor"] == 1 and backend.failures[-1]["groups"] == (2, 4)
+        backend.wait_ready(120)  # actor 1 restarted (exit, hang) before the next fault
+    failures = backend.failures[f0:]
+    assert "Actor" in failures[0]["reason"]  # ActorDiedError / ActorUnavailableError
+    assert "stale" in failures[1]["reason"] and "within ray.step_timeout" in failures[2]["reason"]
+
+    # The dead and the killed actor came back (new processes, Worker rebuilt from the object store).
+    after = backend.compute(meta, groups, version=6)
+    assert [r.extra["actor"] for r in after] == [0, 0, 1, 1] and after[2].extra["pid"] != pid1
+    assert backend.last_step.retries == 0
+    evals = backend.evaluate(meta, groups, inner_steps=1)
+    assert [len(e["loss"]) for e in evals] == [len(g) for g in groups]
+
+    # A block that fails on every attempt: a clear error naming actors and tasks.
+    for a in backend.actors:
+        ray.get(a.inject_fault.remote("stale", 10))
+    with pytest.raises(WorkerFailedError) as err:
+        backend.compute(meta, groups, version=7)
+    msg = str(err.value)
+    assert "ray.max_retries=2" in msg and "actor 0" in msg and "actor 1" in msg
+    assert re.search(r"groups (0\.\.1|2\.\.3) = tasks \(step 0, task [04]\)", msg), msg
+    for a in backend.actors:
+        ray.get(a.inject_fault.remote("none"))
+
+    # An exception raised by the compute itself is not retried: it would fail again.
+    ray.get(backend.actors[0].inject_fault.remote("raise"))
+    with pytest.raises(WorkerFailedError, match="injected fault in actor 0"):
+        backend.compute(meta, groups, version=8)
+
+
+@pytest.mark.ray
+def test_impossible_request_fails_fast_and_names_resources(ray_local):
+    from distmeta.errors import ConfigError
+
+    cfg = load_config(None, SINUSOID + ["workers=3", "cpus_per_worker=1"])
+    with pytest.raises(ConfigError, match=r"needs 3 x \(cpus_per_worker=1"):
+        RayBackend(cfg, {})
+
+
+# ---------------------------------------------------------------------- multi-node
+
+
+@pytest.mark.ray
+def test_two_node_cluster_spreads_actors_and_matches_one_node(tmp_path):
+    """Own Ray (a 2-node ``cluster_utils.Cluster``), so in a subprocess; the session's Ray is left alone."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ray_cluster_check.py")
+    overrides = [o for o in SINUSOID if not o.startswith("cpus_per_worker")]
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref, _, _ = train(tmp_path / "local", overrides, workers=0)  # meanwhile, the one-process reference
+    stdout, stderr = proc.communicate(timeout=400)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert len(set(out["actor_nodes"])) == 2, "SPREAD put one actor on each node (either could hold both)"
+    assert out["result_nodes"] == out["actor_nodes"], "the results' extra names the node of each actor"
+    assert_bit_identical(ref, torch.load(tmp_path / "params.pt"), "2 actors on 2 nodes vs workers=0")
+    assert out["ray_initialized_after_close"] is False, "a connection this backend opened is closed with it"
+
+
+# ---------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.ray
+def test_gpu_actor_keeps_replica_on_cuda_and_matches_cpu(ray_local, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    overrides = SINUSOID + ["dtype=float64"]
+    cpu, _, _ = train(tmp_path / "cpu", overrides + ["device=cpu"], workers=0)
+    cfg = load_config(None, overrides + ["workers=1", "gpus_per_worker=1", f"run.dir={tmp_path / 'gpu'}"])
+    with distmeta.Trainer(cfg) as trainer:
+        trainer.fit()
+        assert trainer.backend.infos[0]["device"].startswith("cuda")
+        gpu = trainer.meta_params
+    for n in cpu:
+        assert gpu[n].device.type == "cpu"
+        torch.testing.assert_close(gpu[n], cpu[n], rtol=1e-9, atol=1e-9)
