@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import vmap
+from torch.func import grad, vmap
 
 from distmeta.algorithms.functional import ModelFn, Params, loss_for
 from distmeta.tasks.materialise import Task, num_tasks, split_task
@@ -27,7 +27,7 @@ class InnerSettings:
 
 
 class Algorithm:
-    """Base meta-learner. Subclasses implement :meth:`task_grad` and :meth:`task_eval`."""
+    """Base meta-learner. Subclasses implement :meth:`objective` (or :meth:`task_grad`) and :meth:`task_eval`."""
 
     name = "base"
 
@@ -61,15 +61,34 @@ class Algorithm:
     # ---------------------------------------------------------------- per task
     def task_grad(self, meta: Params, task: Task) -> tuple[Params, dict[str, Tensor]]:
         """Meta-gradient of one task w.r.t. every entry of ``meta``, and its metrics."""
+        return grad(self.objective, has_aux=True)(meta, task)
+
+    def objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
+        """The task's differentiable query loss and metrics; algorithms without one override task_grad."""
         raise NotImplementedError
 
     def task_eval(self, meta: Params, task: Task, inner_steps: int) -> dict[str, Tensor]:
         """Adapt on the support set, then loss/accuracy on the query set (no meta-gradient)."""
         raise NotImplementedError
 
+    @property
+    def has_objective(self) -> bool:
+        """Whether the meta-gradient is the gradient of :meth:`objective` (not a custom task_grad, e.g. Reptile)."""
+        cls = type(self)
+        return cls.objective is not Algorithm.objective and cls.task_grad is Algorithm.task_grad
+
     # ---------------------------------------------------------------- many tasks
     def batch_grad(self, meta: Params, batch: Task, use_vmap: bool = True) -> tuple[Params, dict[str, Tensor]]:
         """Sum of the tasks' meta-gradients (in task order) and per-task metrics stacked [T]."""
+        if use_vmap and self.has_objective:
+            # Differentiate the group's summed loss: autograd accumulates one gradient per
+            # meta-parameter instead of materialising a per-task copy (a [T, vocab, dim]
+            # embedding gradient, say) and summing it afterwards.
+            def total(m: Params) -> tuple[Tensor, dict[str, Tensor]]:
+                losses, metrics = vmap(self.objective, in_dims=(None, 0))(m, batch)
+                return losses.sum(), metrics
+
+            return grad(total, has_aux=True)(meta)
         if use_vmap:
             grads, metrics = vmap(self.task_grad, in_dims=(None, 0))(meta, batch)
             return {n: g.sum(0) for n, g in grads.items()}, metrics

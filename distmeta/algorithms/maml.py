@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad
 
 from distmeta.algorithms.base import Algorithm
 from distmeta.algorithms.functional import Params, task_metrics
@@ -45,13 +44,10 @@ class MAML(Algorithm):
         adapted = inner_loop(support_loss, fast, **kwargs)
         return self.model({**params, **adapted}, task["query_x"])
 
-    def _objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
+    def objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
         out = self._adapt_and_predict(meta, task, self.inner.steps, self.first_order)
         loss = self.loss(out, task["query_y"])
         return loss, task_metrics(self.kind, loss, out, task["query_y"])
-
-    def task_grad(self, meta: Params, task: Task) -> tuple[Params, dict[str, Tensor]]:
-        return grad(self._objective, has_aux=True)(meta, task)
 
     def task_eval(self, meta: Params, task: Task, inner_steps: int) -> dict[str, Tensor]:
         out = self._adapt_and_predict(meta, task, inner_steps, first_order=True)

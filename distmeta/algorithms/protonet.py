@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad
 
 from distmeta.algorithms.base import Algorithm
 from distmeta.algorithms.functional import Params, task_metrics
@@ -36,13 +35,10 @@ class ProtoNet(Algorithm):
         query = self.features(params, task, "query")
         return prototype_logits(support, task["support_y"], query, self.ways)
 
-    def _objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
+    def objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self._logits(meta, task)
         loss = self.loss(logits, task["query_y"])
         return loss, task_metrics(self.kind, loss, logits, task["query_y"])
-
-    def task_grad(self, meta: Params, task: Task) -> tuple[Params, dict[str, Tensor]]:
-        return grad(self._objective, has_aux=True)(meta, task)
 
     def task_eval(self, meta: Params, task: Task, inner_steps: int) -> dict[str, Tensor]:
         with torch.no_grad():

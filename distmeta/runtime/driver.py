@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,16 @@ def make_backend(cfg: Config, exp: Experiment):
 
 
 def reduce_groups(results: list[GroupResult], names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Sum group gradients in group order: the fixed reduction that makes runs reproducible."""
-    total = {n: torch.from_numpy(np.array(results[0].grad[n], copy=True)).to(dtype) for n in names}
-    for r in results[1:]:
-        for n in names:
-            total[n] += torch.from_numpy(r.grad[n]).to(dtype)
+    """Sum group gradients in group order: the fixed reduction that makes runs reproducible.
+
+    Arrays from Ray's object store are read-only; they are only read here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        total = {n: torch.from_numpy(results[0].grad[n]).to(dtype, copy=True) for n in names}
+        for r in results[1:]:
+            for n in names:
+                total[n] += torch.from_numpy(r.grad[n]).to(dtype)
     return total
 
 
