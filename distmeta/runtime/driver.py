@@ -10,7 +10,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,11 +61,21 @@ def run_dir_of(path: Path) -> Path:
     return path
 
 
-class Trainer:
-    """Meta-trains one configuration: ``Trainer(cfg).fit()``, then ``.evaluate()``."""
+#: ``callback(event, trainer, payload)``; events: "validation" (payload: val metrics),
+#: "checkpoint" (payload: {"path": Path}), "end" (payload: the test results). Ray Tune hooks in here.
+Callback = Callable[[str, "Trainer", dict], None]
 
-    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False) -> None:
+
+class Trainer:
+    """Meta-trains one configuration: ``Trainer(cfg).fit()``, then ``.evaluate()``.
+
+    Use it as a context manager (or call :meth:`close`) so Ray actors are released.
+    """
+
+    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
+                 callbacks: list[Callback] | None = None) -> None:
         self.cfg = cfg
+        self.callbacks = list(callbacks or [])
         self.resume = resume
         self.overwrite = overwrite
         self.run_dir = Path(cfg.run.dir)
@@ -168,6 +178,11 @@ class Trainer:
                 row.update(step_time=step_s, tasks_per_s=len(specs) / step_s,
                            dispatch_s=t2 - t1, driver_s=(t1 - t0) + (t3 - t2),
                            driver_share=((t1 - t0) + (t3 - t2)) / step_s, max_group_compute_s=max(compute_s))
+                per_actor: dict[str, float] = {}
+                for r in results:
+                    key = f"actor{r.extra.get('actor', 0)}_compute_s"
+                    per_actor[key] = per_actor.get(key, 0.0) + r.compute_s
+                row.update(per_actor)
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.train.steps:
                     logger.log(self.step, row, prefix="train/")
                 bar.update(1)
@@ -177,18 +192,24 @@ class Trainer:
                     val = self.validate()
                     logger.log(self.step, val, prefix="val/")
                     bar.write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "episodes"))
+                    self._emit("validation", val)
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    self._emit("checkpoint", {"path": self.save_checkpoint()})
             bar.close()
-            self.save_checkpoint()
+            self._emit("checkpoint", {"path": self.save_checkpoint()})
             results = self.evaluate()
             (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
             for name, r in results["test"].items():
                 logger.log(self.step, {k: v for k, v in r.items()}, prefix=f"test/{name}/")
+            self._emit("end", results)
             return results
         finally:
             bar.close()
             logger.close()
+
+    def _emit(self, event: str, payload: dict) -> None:
+        for callback in self.callbacks:
+            callback(event, self, payload)
 
     # ------------------------------------------------------------------ evaluation
     def _has_val(self) -> bool:
