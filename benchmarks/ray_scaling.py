@@ -7,15 +7,16 @@ For each case, on the same tasks and with one torch thread per process:
   every meta-batch at the same time; meta-parameters and gradients go over pipes;
 * ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors, driven by the
   same loop as the trainer (sample, dispatch, fixed-order reduce, outer update);
-* ``torch loop``: MAML as tutorials write it: a Python loop over tasks with
-  ``torch.autograd.grad(create_graph=True)`` and ``torch.optim.SGD``.
+* ``torch loop``: the algorithm as tutorials write it: a Python loop over tasks with
+  ``torch.autograd.grad(create_graph=True)`` inner steps (MAML) or the prototype loss
+  (ProtoNet), one backward per task, and ``torch.optim.SGD``.
 
 Printed per case: tasks/s of each, their ratio to ``1 proc``, the driver's share of a
 Ray step (sampling, reduce, update), Ray's transport share (dispatch time not spent
 computing by the slowest actor) and the bytes that travel per step. Machine noise hits
 all rows of a case alike: read the ratios, not the absolute numbers. Usage:
 
-    .venv/bin/python benchmarks/ray_scaling.py [--steps 5] [--cases sinusoid,bag,transformer]
+    .venv/bin/python benchmarks/ray_scaling.py [--steps 5] [--cases default,sinusoid,bag250k,transformer2m]
 """
 from __future__ import annotations
 
@@ -39,16 +40,19 @@ from distmeta.runtime.driver import reduce_groups  # noqa: E402
 from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
 from distmeta.worker import DTYPES, Worker  # noqa: E402
 
-COMMON = ["threads=1", "cpus_per_worker=1", "outer.name=sgd"]
+COMMON = ["workers=0", "threads=1", "cpus_per_worker=1", "outer.name=sgd"]
 CASES = {
+    "default": ("the default: icd10cm embedding bag, protonet (configs/default.yaml)",
+                ["train.meta_batch=16", "algorithm.group_size=8"]),
     "sinusoid": ("sinusoid mlp 1-40-40-1, maml",
                  ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.meta_batch=32", "algorithm.group_size=8"]),
-    "bag": ("icd10cm bag (1.0M params), maml",
-            ["data.source=icd10cm", "data.small_classes=drop", "model.name=bag", "algorithm.name=maml",
-             "train.meta_batch=16", "algorithm.group_size=4"]),
-    "transformer": ("icd10cm transformer d64 x2, maml",
-                    ["data.source=icd10cm", "data.small_classes=drop", "model.name=transformer", "model.dim=64",
-                     "model.layers=2", "model.ff_dim=128", "algorithm.name=maml", "train.meta_batch=8", "algorithm.group_size=2"]),
+    "bag250k": ("icd10cm bag d64 (~260K params), maml",
+                ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml",
+                 "algorithm.inner_lr=0.5", "data.queries=5", "train.meta_batch=16", "algorithm.group_size=4"]),
+    "transformer2m": ("icd10cm transformer d192 x3 (~2M params), maml",
+                      ["model.name=transformer", "model.dim=192", "model.heads=4", "model.layers=3", "model.ff_dim=384",
+                       "tokenizer.vocab_size=6000", "algorithm.name=maml", "algorithm.inner_lr=0.1", "data.queries=5",
+                       "train.meta_batch=8", "algorithm.group_size=2"]),
 }
 RAY_TEMP_DIR = "/tmp/dmray_bench"
 
@@ -142,14 +146,15 @@ class TwoProcesses:
             p.join(timeout=30)
 
 
-# ---------------------------------------------------------------------- MAML as tutorials write it
+# ---------------------------------------------------------------------- the tutorials' plain PyTorch loop
 
 
 def torch_loop(cfg, exp, steps: int, warmup: int = 1) -> dict[str, float]:
-    """Per-task Python loop, autograd.grad(create_graph=True) inner steps, torch.optim.SGD outer step."""
+    """Per-task Python loop with torch.optim.SGD: MAML with autograd.grad(create_graph=True) inner
+    steps, or ProtoNet's prototype loss, each task's loss backpropagated on its own."""
     worker = Worker(cfg, **exp.worker_args(), threads=1)  # the same network, initialisation and tasks
     model = worker.module
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if n in worker.initial_meta}
     for p in params.values():
         p.requires_grad_(True)
     opt = torch.optim.SGD(params.values(), lr=cfg.outer.lr)
@@ -165,14 +170,19 @@ def torch_loop(cfg, exp, steps: int, warmup: int = 1) -> dict[str, float]:
         opt.zero_grad()
         for i in range(n_tasks):
             task = split_task(batch, i)
-            fast = dict(params)
-            for _ in range(inner):
-                out = torch.func.functional_call(model, fast, (task["support_x"],))
-                loss = loss_fn(out, task["support_y"])
-                grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
-                fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads)}
-            out = torch.func.functional_call(model, fast, (task["query_x"],))
-            (loss_fn(out, task["query_y"]) / n_tasks).backward()
+            if cfg.algorithm.name == "protonet":
+                support = model(task["support_x"], head=False)
+                query = model(task["query_x"], head=False)
+                protos = torch.stack([support[task["support_y"] == c].mean(0) for c in range(cfg.data.ways)])
+                loss = loss_fn(-torch.cdist(query, protos) ** 2, task["query_y"])
+            else:
+                fast = dict(params)
+                for _ in range(inner):
+                    out = torch.func.functional_call(model, fast, (task["support_x"],))
+                    grads = torch.autograd.grad(loss_fn(out, task["support_y"]), list(fast.values()), create_graph=True)
+                    fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads)}
+                loss = loss_fn(torch.func.functional_call(model, fast, (task["query_x"],)), task["query_y"])
+            (loss / n_tasks).backward()
         opt.step()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
@@ -207,7 +217,7 @@ def main() -> None:
     try:
         for key in args.cases.split(","):
             title, overrides = CASES[key]
-            cfg = load_config(None, [*overrides, *COMMON])
+            cfg = load_config(None, [*COMMON, *overrides])
             exp = prepare_experiment(cfg)
             n_params = sum(v.numel() for v in Worker(cfg, **exp.worker_args(), threads=1).initial_meta.values())
             groups = len(chunks(cfg.train.meta_batch, cfg.algorithm.group_size))

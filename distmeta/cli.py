@@ -75,8 +75,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_warnings() -> None:
+    """Warnings as ``warning: message`` lines: a terminal user needs the message, not our source line."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"  # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _one_line_warnings()
     try:
         return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
     except DistmetaError as err:

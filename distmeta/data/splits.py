@@ -52,10 +52,10 @@ class ClassSplit:
         return self.names(data)
 
 
-def _list_classes(data: LabelledText, ids: list[int], counts: np.ndarray) -> str:
-    """``'name' (n), ...`` for the first few classes, then how many more."""
-    shown = ", ".join(f"{data.class_names[c]!r} ({int(counts[c])})" for c in ids[:_SHOW_CLASSES])
-    more = len(ids) - _SHOW_CLASSES
+def _list_classes(data: LabelledText, ids: list[int], counts: np.ndarray, limit: int = _SHOW_CLASSES) -> str:
+    """``'name' (n), ...`` for the first ``limit`` classes, then how many more."""
+    shown = ", ".join(f"{data.class_names[c]!r} ({int(counts[c])})" for c in ids[:limit])
+    more = len(ids) - limit
     return shown + (f", ... and {more} more" if more > 0 else "")
 
 
@@ -86,7 +86,7 @@ def usable_classes(data: LabelledText, min_examples: int, policy: str) -> list[i
         )
     warnings.warn(
         f"{data.source}: dropped {len(small)} of {data.num_classes} classes with fewer than {min_examples} "
-        f"examples (data.small_classes=drop): {listing}",
+        f"examples (data.small_classes=drop), e.g. {_list_classes(data, small, counts, limit=3)}",
         stacklevel=2,
     )
     return keep
