@@ -70,3 +70,19 @@ def test_cached_features_give_the_same_evaluation(tmp_path):
         np.testing.assert_allclose(cached["loss"], plain["loss"], rtol=1e-9)
         np.testing.assert_allclose(cached["accuracy"], plain["accuracy"])
         np.testing.assert_allclose(again["loss"], plain["loss"][:3], rtol=1e-9)
+
+
+def test_bf16_autocast_gradient_is_close_to_fp32(tmp_path):
+    csv_path = write_tiny_csv(tmp_path / "d.csv")
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        cfg = load_config(None, [*text_tiny(csv_path), "algorithm.name=maml", f"precision={precision}"])
+        exp = prepare_experiment(cfg)
+        worker = Worker(cfg, **exp.worker_args())
+        meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
+        result = worker.meta_grad(meta, exp.sampler("train").batch(0, 4))
+        assert result.finite
+        grads[precision] = np.concatenate([g.ravel() for g in result.grad.values()])
+    cos = grads["fp32"] @ grads["bf16"] / (np.linalg.norm(grads["fp32"]) * np.linalg.norm(grads["bf16"]))
+    assert cos > 0.95, cos
+    assert not np.array_equal(grads["fp32"], grads["bf16"])  # autocast really ran in bf16
