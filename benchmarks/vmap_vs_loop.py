@@ -22,9 +22,9 @@ from distmeta.worker import Worker  # noqa: E402
 
 CASES = {
     "sinusoid mlp, maml": ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=10", "data.queries=10"],
-    "icd10cm bag, maml": ["data.source=icd10cm", "data.small_classes=drop", "model.name=bag", "algorithm.name=maml"],
     "icd10cm bag, protonet (default)": [],
-    "icd10cm transformer, maml": ["model.name=transformer", "algorithm.name=maml", "model.dim=64", "model.layers=2", "model.ff_dim=128"],
+    "icd10cm bag d64, maml (~260K)": ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml", "data.queries=5"],
+    "icd10cm transformer d64, maml": ["model.name=transformer", "algorithm.name=maml", "model.dim=64", "model.layers=2", "model.ff_dim=128", "data.queries=5", "train.meta_batch=8"],
 }
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     print(f"meta-batch {args.meta_batch}, {args.repeats} repeats each, interleaved; median seconds per meta-batch")
     print(f"{'case':36} {'params':>9} {'vmap s':>8} {'loop s':>8} {'loop/vmap':>9}")
     for name, overrides in CASES.items():
-        cfg = load_config(args.config, [*overrides, "threads=1"])
+        cfg = load_config(args.config, [*overrides, "threads=1", "workers=0"])
         exp = prepare_experiment(cfg)
         specs = exp.sampler("train").batch(0, args.meta_batch)
         workers = {}
