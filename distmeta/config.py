@@ -178,6 +178,32 @@ class RayConfig(_Section):
     max_retries: int = Field(3, ge=0)
 
 
+class FaultConfig(_Section):
+    """One injected fault, for tests, benchmarks and drills (``faults: [...]``; see :mod:`distmeta.runtime.faults`).
+
+    ``kind``: ``kill`` (SIGKILL the actor's process; with ``workers: 0`` that is the driver
+    itself), ``stall`` (sleep ``seconds`` before computing: past ``ray.step_timeout`` the
+    actor is replaced), ``stale`` (answer for the previous parameter version; Ray only),
+    ``nan`` (task ``task`` of the step, default the first task the actor gets, has a NaN
+    loss and meta-gradient). It hits the first ``times`` calls actor ``actor`` (or ``all``)
+    gets for step ``step`` (0-based, the meta-batch index); a retry that lands on it again counts.
+    """
+
+    kind: Literal["kill", "stall", "stale", "nan"]
+    step: int = Field(ge=0)
+    actor: Union[int, Literal["all"]] = 0
+    times: int = Field(1, ge=1)
+    seconds: float = Field(3600.0, gt=0, description="stall: how long the actor sleeps")
+    task: int | None = Field(None, ge=0, description="nan: index of the poisoned task in the meta-batch")
+
+    @field_validator("actor")
+    @classmethod
+    def _actor(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("faults[].actor must be >= 0 or 'all'")
+        return v
+
+
 class Config(_Section):
     """A whole run. Field names are the public config vocabulary (``train.steps`` ...)."""
 
@@ -198,6 +224,10 @@ class Config(_Section):
     outer: OuterConfig = OuterConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
+    nan_policy: Literal["raise", "skip_task", "skip_step"] = Field(
+        "raise", description="a task with a non-finite loss or meta-gradient: raise (name it and stop, parameters "
+        "untouched) | skip_task (leave it out; the mean divides by the tasks used) | skip_step (no update this step)")
+    faults: list[FaultConfig] = Field(default_factory=list, description="injected faults (tests, drills): none by default")
 
     @field_validator("workers")
     @classmethod
@@ -219,6 +249,17 @@ class Config(_Section):
             raise ValueError("model.name=minilm uses its own vocabulary: set tokenizer.kind=pretrained")
         if self.tokenizer.kind == "pretrained" and self.model.name != "minilm":
             raise ValueError("tokenizer.kind=pretrained needs a pretrained model (model.name=minilm)")
+        return self
+
+    @model_validator(mode="after")
+    def _faults_fit_workers(self) -> "Config":
+        for i, f in enumerate(self.faults):
+            if self.workers == 0 and f.actor not in (0, "all"):
+                raise ValueError(f"faults.{i}.actor={f.actor}: workers=0 has one in-process worker, actor 0")
+            if isinstance(self.workers, int) and self.workers > 0 and isinstance(f.actor, int) and f.actor >= self.workers:
+                raise ValueError(f"faults.{i}.actor={f.actor}: there are only workers={self.workers} actors (0..{self.workers - 1})")
+            if self.workers == 0 and f.kind == "stale":
+                raise ValueError(f"faults.{i}.kind=stale needs Ray workers (workers >= 1): the in-process worker has no versions")
         return self
 
     @property

@@ -30,8 +30,14 @@ class GroupResult:
     tasks: list[tuple[int, int]]
     version: int = 0
     compute_s: float = 0.0
-    finite: bool = True
+    finite: bool = True  # every task's loss and meta-gradient were finite
     extra: dict[str, Any] = field(default_factory=dict)
+    bad_tasks: list[tuple[int, int]] = field(default_factory=list)  # keys of the tasks that were not
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # keys left out of ``grad`` (nan_policy=skip_task)
+
+
+def _all_finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(np.isfinite(a).all() for a in arrays.values())
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -76,6 +82,7 @@ class Worker:
         self._feature_key: str | None = None
         self._features: Tensor | None = None
         self._have = torch.zeros(0, dtype=torch.bool)
+        self.poisoned: set[tuple[int, int]] = set()  # fault injection: these tasks get a NaN loss and gradient
 
     # ------------------------------------------------------------------ helpers
     def _to_device(self, meta: dict[str, Any]) -> Params:
@@ -88,22 +95,70 @@ class Worker:
 
     # ------------------------------------------------------------------ public
     def meta_grad(self, meta: dict[str, Any], specs: Sequence[TaskSpec], version: int = 0) -> GroupResult:
-        """Sum of the meta-gradients of ``specs`` (one group, computed as one unit) and per-task metrics."""
+        """Sum of the meta-gradients of ``specs`` (one group, computed as one unit) and per-task metrics.
+
+        A task whose loss or meta-gradient is not finite is named in ``bad_tasks``. With
+        ``nan_policy: skip_task`` the group is recomputed without those tasks (the sum
+        is one unit: nothing is subtracted) and they are listed in ``skipped``.
+        """
         import time
 
         t0 = time.perf_counter()
         params = self._to_device(meta)
+        grad_np, metric_lists = self._group_grad(params, specs)
+        keys = [task_key(s) for s in specs]
+        bad = self._nonfinite_tasks(params, specs, grad_np, metric_lists["loss"])
+        skipped: list[tuple[int, int]] = []
+        if bad and self.cfg.nan_policy == "skip_task":
+            keep = [i for i in range(len(specs)) if i not in bad]
+            grad_np = {n: np.zeros_like(g) for n, g in grad_np.items()}
+            if keep:
+                grad_np, kept_metrics = self._group_grad(params, [specs[i] for i in keep])
+                for k, values in kept_metrics.items():
+                    for i, v in zip(keep, values):
+                        metric_lists[k][i] = v
+            skipped = [keys[i] for i in sorted(bad)]
+        return GroupResult(
+            grad=grad_np, metrics=metric_lists, tasks=keys, version=version,
+            compute_s=time.perf_counter() - t0, finite=not bad,
+            bad_tasks=[keys[i] for i in sorted(bad)], skipped=skipped,
+        )
+
+    def _group_grad(self, params: Params, specs: Sequence[TaskSpec]) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+        """The group's summed meta-gradient (numpy) and per-task metric lists."""
         batch = self.builder.build(specs)
         with self._autocast():
             grads, metrics = self.algorithm.batch_grad(params, batch, use_vmap=self.cfg.algorithm.vmap)
         grad_np = {n: g.detach().to("cpu", self.dtype).numpy() for n, g in grads.items()}
-        finite = all(np.isfinite(g).all() for g in grad_np.values())
         metric_lists = {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
-        finite = finite and all(np.isfinite(metric_lists["loss"]))
-        return GroupResult(
-            grad=grad_np, metrics=metric_lists, tasks=[task_key(s) for s in specs],
-            version=version, compute_s=time.perf_counter() - t0, finite=finite,
-        )
+        poisoned = [i for i, s in enumerate(specs) if task_key(s) in self.poisoned]
+        if poisoned:  # fault injection: as if these tasks had diverged
+            grad_np = {n: g + np.float32("nan") for n, g in grad_np.items()}
+            for i in poisoned:
+                metric_lists["loss"][i] = float("nan")
+        return grad_np, metric_lists
+
+    def _nonfinite_tasks(self, params: Params, specs: Sequence[TaskSpec], grad: dict[str, np.ndarray],
+                         losses: list[float]) -> set[int]:
+        """Indices of the tasks whose loss or meta-gradient is not finite (empty on the usual path: one check).
+
+        A non-finite summed gradient is traced to its tasks by computing the others
+        without the ones already known bad and, if that is still not finite, one at a time.
+        If no single task is to blame (the sum overflowed), the whole group is.
+        """
+        bad = {i for i, x in enumerate(losses) if not np.isfinite(x)}
+        if _all_finite(grad):
+            return bad
+        rest = [i for i in range(len(specs)) if i not in bad]
+        if bad and rest and _all_finite(self._group_grad(params, [specs[i] for i in rest])[0]):
+            return bad
+        if not bad and len(specs) == 1:
+            return {0}
+        for i in rest:
+            g, m = self._group_grad(params, [specs[i]])
+            if not (_all_finite(g) and np.isfinite(m["loss"]).all()):
+                bad.add(i)
+        return bad or set(range(len(specs)))
 
     def meta_grad_groups(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int = 0) -> list[GroupResult]:
         """:meth:`meta_grad` for each group, in order."""

@@ -38,6 +38,7 @@ import torch
 
 from distmeta.config import Config
 from distmeta.errors import ConfigError, DistmetaError
+from distmeta.runtime.faults import ACTOR_KIND, FaultPlan
 from distmeta.runtime.ray_session import RaySession, connect, set_ray_env
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import GroupResult
@@ -144,6 +145,7 @@ class WorkerActor:
         self.generation = -1
         self.builds = 0
         self._fault: tuple[str, int, float] | None = None
+        self._nan_task: tuple[int, int] | None = None
 
     def setup(self, args: list[Any]) -> dict[str, Any]:
         """Build the Worker (unless this process has one of ``args``' generation) and describe the replica."""
@@ -169,7 +171,12 @@ class WorkerActor:
         self.setup(args)
         fault = self._take_fault()
         t0 = time.perf_counter()
-        results = self.worker.meta_grad_groups(meta, groups, version)
+        if fault == "nan":
+            self.worker.poisoned = {self._nan_task}
+        try:
+            results = self.worker.meta_grad_groups(meta, groups, version)
+        finally:
+            self.worker.poisoned = set()
         block_s = time.perf_counter() - t0
         for r in results:
             r.extra.update(actor=self.index, node=self.node_id, pid=os.getpid(), actor_compute_s=block_s)
@@ -184,16 +191,19 @@ class WorkerActor:
         return [self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups]
 
     # ------------------------------------------------------------------ fault injection (tests)
-    def inject_fault(self, kind: str, times: int = 1, seconds: float = 60.0) -> None:
+    def inject_fault(self, kind: str, times: int = 1, seconds: float = 60.0, task: tuple[int, int] | None = None) -> None:
         """Make the next ``times`` compute/evaluate calls of this process fail.
 
-        ``exit``: the process dies (Ray restarts the actor); ``hang``: sleep ``seconds``
-        first; ``stale``: answer for the previous parameter version; ``raise``: an
-        exception from the compute itself; ``none``: clear.
+        ``exit``: the process dies (Ray restarts the actor); ``kill``: it SIGKILLs itself;
+        ``hang``: sleep ``seconds`` first; ``stale``: answer for the previous parameter
+        version; ``nan``: task ``task`` (a key) gets a NaN loss and meta-gradient;
+        ``raise``: an exception from the compute itself; ``none``: clear.
+        The ``faults`` config switch (:mod:`distmeta.runtime.faults`) drives this.
         """
-        if kind not in ("exit", "hang", "stale", "raise", "none"):
+        if kind not in ("exit", "kill", "hang", "stale", "nan", "raise", "none"):
             raise ValueError(f"unknown fault kind {kind!r}")
         self._fault = None if kind == "none" else (kind, times, seconds)
+        self._nan_task = tuple(task) if task is not None else None  # type: ignore[assignment]
 
     def _take_fault(self) -> str | None:
         if self._fault is None:
@@ -202,6 +212,10 @@ class WorkerActor:
         self._fault = (kind, times - 1, seconds) if times > 1 else None
         if kind == "exit":
             os._exit(1)
+        if kind == "kill":
+            from distmeta.runtime.faults import kill_self
+
+            kill_self()
         if kind == "hang":
             time.sleep(seconds)
         if kind == "raise":
@@ -306,6 +320,10 @@ class RayBackend:
     def _load(self, cfg: Config, worker_args: dict[str, Any]) -> None:
         """Put config and dataset in the object store (once for all actors and restarts); every actor builds its Worker."""
         self._generation += 1
+        self._faults = FaultPlan(cfg.faults)  # the config's injected faults, counted here so restarts are not hit again
+        for i, f in enumerate(cfg.faults):
+            if isinstance(f.actor, int) and f.actor >= len(self.actors):
+                raise ConfigError(f"faults.{i}.actor={f.actor}: this backend has {len(self.actors)} actors")
         self._args_ref = ray.put({"cfg": cfg, "worker_args": worker_args})
         self.cfg = cfg
         timeout = max(cfg.ray.step_timeout, STARTUP_TIMEOUT)
@@ -407,6 +425,8 @@ class RayBackend:
             block = [groups[i] for i in blocks[b]]
             if self.measure_spec_bytes:
                 stats.spec_bytes += len(pickle.dumps(block, protocol=5))
+            if method == "compute" and self._faults:
+                self._inject(args[0], actor, block)
             ref = getattr(self.actors[actor], method).remote(self._args(), meta_ref, block, *args)
             pending[ref] = _Call(b, actor, attempts[b], time.monotonic() + timeout)
             stats.calls += 1
@@ -473,6 +493,14 @@ class RayBackend:
                     r.extra["attempt"] = call.attempt
                     self.infos[call.actor]["pid"] = r.extra["pid"]  # a restarted actor has a new process
         return out
+
+    def _inject(self, version: int, actor: int, block: list[list[TaskSpec]]) -> None:
+        """Arm the configured fault (if any) for the call about to go to ``actor`` (calls run in order)."""
+        hit = self._faults.take(version, actor, [task_key(s) for g in block for s in g])
+        if hit is not None:
+            fault, task = hit
+            log.warning("injecting fault %s into actor %d at step %d", fault.kind, actor, version)
+            self.actors[actor].inject_fault.remote(ACTOR_KIND[fault.kind], 1, fault.seconds, task)
 
     # ------------------------------------------------------------------ actor health
     def _healthy(self, wait_s: float = 1.0) -> list[int]:

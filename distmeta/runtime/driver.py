@@ -16,10 +16,13 @@ import numpy as np
 import torch
 
 from distmeta.config import Config, dump_config
+from distmeta.errors import CheckpointError, DistmetaError
 from distmeta.evaluate import format_results, run_episodes, setting_name
 from distmeta.experiment import Experiment, prepare_experiment
 from distmeta.optim import OuterOptimizer
+from distmeta.runtime.faults import with_faults
 from distmeta.tasks.materialise import chunks
+from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import DTYPES, GroupResult
 
 CONFIG_FILE = "config.yaml"
@@ -51,6 +54,29 @@ def reduce_groups(results: list[GroupResult], names: list[str], dtype: torch.dty
     return total
 
 
+class NonFiniteError(DistmetaError, FloatingPointError):
+    """A task's loss or meta-gradient is NaN/Inf under ``nan_policy: raise``; the message names the tasks and actors."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """Tasks (``skip_task``) or a whole step (``skip_step``) left out because of a NaN/Inf."""
+
+
+def check_tasks(results: list[GroupResult], specs: list[TaskSpec], step: int) -> None:
+    """Every task of the meta-batch came back exactly once, in order: never a silently smaller meta-batch."""
+    got = [k for r in results for k in r.tasks]
+    want = [task_key(s) for s in specs]
+    if got != want:
+        lost = sorted(set(want) - set(got))
+        twice = sorted({k for k in got if got.count(k) > 1})
+        raise DistmetaError(f"step {step}: the backend returned {len(got)} task results for a meta-batch of "
+                            f"{len(want)} (missing {lost[:8]}, repeated {twice[:8]}); nothing was applied")
+
+
+def _all_finite(grads: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(g).all()) for g in grads.values())
+
+
 def run_dir_of(path: Path) -> Path:
     """The run directory of a run dir, its ``checkpoints/`` dir or one ``step_*`` dir."""
     path = path.resolve()
@@ -61,8 +87,10 @@ def run_dir_of(path: Path) -> Path:
     return path
 
 
-#: ``callback(event, trainer, payload)``; events: "validation" (payload: val metrics),
-#: "checkpoint" (payload: {"path": Path}), "end" (payload: the test results). Ray Tune hooks in here.
+#: ``callback(event, trainer, payload)``; events: "step" (payload: {"step": the meta-batch index,
+#: "tasks": the task keys reduced, "skipped": those left out, "results": the GroupResults, "row": the
+#: metrics}), "validation" (payload: val metrics), "checkpoint" (payload: {"path": Path}), "end"
+#: (payload: the test results). Ray Tune hooks in here.
 Callback = Callable[[str, "Trainer", dict], None]
 
 
@@ -91,15 +119,17 @@ class Trainer:
         from distmeta.runtime.rundir import prepare_run_dir, write_text_atomic
 
         self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
+        # Verified and safely deserialised before any worker starts: a bad checkpoint costs no actors.
+        ckpt = load_checkpoint(self.run_dir) if self.resume else None
         self._build(reuse_saved=self.resume)
         write_text_atomic(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
-        if self.resume:
-            self._restore(load_checkpoint(self.run_dir))
+        if ckpt is not None:
+            self._restore(ckpt)
 
     def _build(self, reuse_saved: bool) -> None:
         cfg = self.cfg
         self.exp = prepare_experiment(cfg, self.run_dir, reuse_saved=reuse_saved)
-        self.backend = make_backend(cfg, self.exp)
+        self.backend = with_faults(make_backend(cfg, self.exp), cfg)
         self.initial_meta = {n: t.clone() for n, t in self.backend.initial_meta.items()}
         self.optimizer = OuterOptimizer(cfg.outer, self.initial_meta, seed=cfg.seed)
 
@@ -163,16 +193,27 @@ class Trainer:
                 t1 = time.perf_counter()
                 results = self.backend.compute(meta, groups, version=self.step)
                 t2 = time.perf_counter()
-                grad = reduce_groups(results, names, dtype)
-                mean_grad = {n: g / len(specs) for n, g in grad.items()}
-                opt_stats = optimizer.step(mean_grad)
+                check_tasks(results, specs, self.step)
+                skipped = self._nan_policy(results, len(specs))  # raises under nan_policy=raise
+                used = [r for r in results if len(r.skipped) < len(r.tasks)] if len(skipped) < len(specs) else []
+                opt_stats: dict[str, float] = {}
+                if used:
+                    grad = reduce_groups(used, names, dtype)
+                    mean_grad = {n: g / (len(specs) - len(skipped)) for n, g in grad.items()}
+                    if not _all_finite(mean_grad):  # finite groups, non-finite sum: never applied
+                        raise NonFiniteError(f"step {self.step}: the summed meta-gradient is not finite although every "
+                                             f"task's is (overflow); stopped before the update")
+                    opt_stats = optimizer.step(mean_grad)
                 self.step += 1
                 t3 = time.perf_counter()
 
-                losses = [x for r in results for x in r.metrics["loss"]]
-                row = {"loss": float(np.mean(losses)), "lr": optimizer.lr, **opt_stats}
-                if "accuracy" in results[0].metrics:
-                    row["accuracy"] = float(np.mean([x for r in results for x in r.metrics["accuracy"]]))
+                left_out = set(skipped)
+                row: dict[str, float] = {"lr": optimizer.lr, **opt_stats, "skipped_tasks": len(skipped)}
+                for metric in ("loss", "accuracy"):
+                    values = [x for r in results if metric in r.metrics
+                              for k, x in zip(r.tasks, r.metrics[metric]) if k not in left_out]
+                    if values:
+                        row[metric] = float(np.mean(values))
                 step_s = t3 - t0
                 compute_s = [r.compute_s for r in results]
                 row.update(step_time=step_s, tasks_per_s=len(specs) / step_s,
@@ -183,10 +224,14 @@ class Trainer:
                     key = f"actor{r.extra.get('actor', 0)}_compute_s"
                     per_actor[key] = per_actor.get(key, 0.0) + r.compute_s
                 row.update(per_actor)
+                if hasattr(self.backend, "last_step"):
+                    row["retries"] = self.backend.last_step.retries
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.train.steps:
                     logger.log(self.step, row, prefix="train/")
                 bar.update(1)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "accuracy") if k in row})
+                self._emit("step", {"step": self.step - 1, "results": results, "skipped": skipped, "row": row,
+                                    "tasks": [k for r in used for k in r.tasks if k not in left_out]})
 
                 if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self._has_val():
                     val = self.validate()
@@ -206,6 +251,28 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+
+    def _nan_policy(self, results: list[GroupResult], n_tasks: int) -> list[tuple[int, int]]:
+        """The task keys this step leaves out for a NaN/Inf ([] on the usual path); raises under ``nan_policy: raise``."""
+        bad = [(k, r.extra.get("actor", 0)) for r in results for k in r.bad_tasks]
+        if not bad:
+            return []
+        policy = self.cfg.nan_policy
+        where = ", ".join(f"(step {s}, task {t}) on actor {a}" for (s, t), a in bad[:8])
+        where += f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        if policy == "raise":
+            raise NonFiniteError(
+                f"non-finite loss or meta-gradient in task {where}; nan_policy=raise: stopped before the update, "
+                f"the parameters are those after {self.step} steps (nan_policy=skip_task or skip_step goes on past such tasks)")
+        if policy == "skip_task" and len(bad) < n_tasks:
+            if any(r.skipped != r.bad_tasks for r in results):  # the worker recomputed its groups without them
+                raise NonFiniteError(f"nan_policy=skip_task: a worker did not recompute its group without task {where}")
+            warnings.warn(f"nan_policy=skip_task: leaving out task {where}; the meta-batch mean divides by "
+                          f"{n_tasks - len(bad)} tasks", NonFiniteWarning, stacklevel=3)
+            return [k for k, _ in bad]
+        warnings.warn(f"nan_policy={policy}: skipping step {self.step} (no update) for task {where}",
+                      NonFiniteWarning, stacklevel=3)
+        return [k for r in results for k in r.tasks]
 
     def _emit(self, event: str, payload: dict) -> None:
         for callback in self.callbacks:
@@ -265,7 +332,16 @@ class Trainer:
             rng={"torch": torch.get_rng_state()},
             config=self.cfg.model_dump(mode="json"),
         )
-        return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.run.keep_checkpoints)
+        try:
+            return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.run.keep_checkpoints)
+        except CheckpointError as e:
+            from distmeta.runtime.checkpoint import latest_checkpoint
+
+            kept = latest_checkpoint(self.run_dir)
+            raise CheckpointError(
+                f"{e}; training stopped at step {self.step}. The newest intact checkpoint is "
+                f"{kept if kept is not None else 'none'}; fix the cause, then `distmeta train --resume {self.run_dir}`"
+            ) from e
 
     def close(self) -> None:
         if self.backend is not None:
