@@ -114,6 +114,24 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
 
 
+def _worker_bundles(bundles: list[dict[str, float]], n: int, per_worker: dict[str, float]) -> int:
+    """Index of the first of the last ``n`` bundles of a given placement group, checked to hold one worker each.
+
+    A Ray Tune trial's group is ``[driver bundle (absent when empty), worker bundle x n]``
+    (``distmeta.tune.trial_resources``), so the workers take its last ``n`` bundles.
+    """
+    first = len(bundles) - n
+    small = [i for i in range(max(first, 0), len(bundles))
+             if any(bundles[i].get(k, 0.0) + 1e-9 < v for k, v in per_worker.items())]
+    if first < 0 or small:
+        raise ConfigError(
+            f"this process runs in a placement group with bundles {bundles}, which has no room for "
+            f"workers={n} of {_fmt_resources(per_worker)} in its last {n} bundles; size it as "
+            f"[driver bundle] + {n} x {per_worker} (distmeta.tune.trial_resources does)"
+        )
+    return first
+
+
 def _describe_tasks(groups: Sequence[Sequence[TaskSpec]], block: range) -> str:
     keys = [task_key(s) for i in block for s in groups[i]]
     shown = ", ".join(f"(step {s}, task {t})" for s, t in keys[:6])
@@ -262,6 +280,7 @@ class RayBackend:
         self.last_step = StepStats()
         self.measure_spec_bytes = False
         self._pg = None
+        self._owns_pg = True  # False when the actors live in a placement group made by someone else (a Tune trial)
         self._args_ref: Any = None
         self._generation = 0
         self._suspect: set[int] = set()  # actors that failed a call and have not answered since
@@ -285,6 +304,31 @@ class RayBackend:
         self.num_workers = n
         self.resources_per_worker = _bundle(cpus, gpus)
 
+        # Inside a placement group (a Ray Tune trial's): the actors go into its last n bundles, no new group.
+        trial_pg = ray.util.get_current_placement_group()
+        if trial_pg is not None:
+            self._pg, self._owns_pg = trial_pg, False
+            first = _worker_bundles(trial_pg.bundle_specs, n, self.resources_per_worker)
+        else:
+            self._reserve(n, cpus, gpus, resources)
+            first = 0
+        self._plan = (n, cpus, gpus)
+        actor_cls = ray.remote(WorkerActor)
+        self.actors = [
+            actor_cls.options(
+                num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=first + k),
+            ).remote(k, device, threads)
+            for k in range(n)
+        ]
+        self._load(cfg, worker_args)
+        log.info("RayBackend: %d actors (%s each, %d torch threads) on nodes %s", n,
+                 _fmt_resources(self.resources_per_worker), threads, sorted({i["node"][:8] for i in self.infos}))
+
+    def _reserve(self, n: int, cpus: float, gpus: float, resources: dict[str, float]) -> None:
+        """A placement group of n worker bundles of this backend's own."""
+        cfg = self.cfg
         # Reserve every actor's share at once, spread over nodes; an impossible request fails now, not as a hang.
         need = {k: v * n for k, v in self.resources_per_worker.items()}
         short = {k: v for k, v in need.items() if v > resources.get(k, 0.0) + 1e-9}
@@ -303,19 +347,6 @@ class RayBackend:
                 f"the Ray cluster ({_fmt_resources(ray.cluster_resources())}) did not grant {n} workers of "
                 f"{_fmt_resources(self.resources_per_worker)} within ray.step_timeout={cfg.ray.step_timeout:g}s"
             ) from None
-
-        self._plan = (n, cpus, gpus)
-        actor_cls = ray.remote(WorkerActor)
-        self.actors = [
-            actor_cls.options(
-                num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self._pg, placement_group_bundle_index=k),
-            ).remote(k, device, threads)
-            for k in range(n)
-        ]
-        self._load(cfg, worker_args)
-        log.info("RayBackend: %d actors (%s each, %d torch threads) on nodes %s", n,
-                 _fmt_resources(self.resources_per_worker), threads, sorted({i["node"][:8] for i in self.infos}))
 
     def _load(self, cfg: Config, worker_args: dict[str, Any]) -> None:
         """Put config and dataset in the object store (once for all actors and restarts); every actor builds its Worker."""
@@ -557,7 +588,7 @@ class RayBackend:
                     ray.kill(a, no_restart=True)
                 except Exception:  # pragma: no cover - already dead
                     pass
-            if self._pg is not None:
+            if self._pg is not None and self._owns_pg:
                 try:
                     remove_placement_group(self._pg)
                 except Exception:  # pragma: no cover

@@ -1,0 +1,116 @@
+"""Ray Tune searches over 2-worker distributed meta-training runs on the session's 2-CPU Ray.
+
+Each search runs the shipped sinusoid config shrunk to a few steps (SINUSOID_TRIAL); every
+test waits for its trials' placement groups and actors to be released before the next.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from ray.tune import Callback
+
+from distmeta.tune import BEST_CONFIG_FILE, BEST_FILE, load_search, run_search
+from tests.tune.conftest import SINUSOID_TRIAL, wait_released
+
+pytestmark = pytest.mark.ray
+
+
+def search_overrides(storage: str, name: str, **spec) -> list[str]:
+    settings = {"storage_path": storage, "name": name, "driver_cpus": 0, "verbose": 0, "search_seed": 0, **spec}
+    return [*SINUSOID_TRIAL, *(f"{k}={v}" for k, v in settings.items())]
+
+
+def rows_of(result) -> list[dict]:
+    """Every report of a trial, in order (result.json in its trial directory)."""
+    path = Path(result.path) / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class InterruptOnce(Callback):
+    """A Tune callback that kills the search (raises in the driver loop) once a trial has reported a checkpoint.
+
+    It fires once per marker file: ``Tuner.restore`` brings the callback back, and it must not fire again.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.armed = False
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if not os.path.exists(self.marker) and not (trial.last_result or {}).get("final"):
+            self.armed = True  # registered in the experiment state at the end of this loop iteration
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.armed and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            raise RuntimeError("simulated crash of the search driver")
+
+
+def test_asha_search_is_cut_off_then_restored_and_reports_the_best_trial(ray_local, tune_storage, monkeypatch, capsys):
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved every loop: a crash loses nothing
+    over = search_overrides(tune_storage, "asha", num_samples=4, max_concurrent_trials=2,
+                            **{"scheduler.max_t": 3, "scheduler.grace_period": 1, "scheduler.reduction_factor": 2})
+    marker = os.path.join(tune_storage, "interrupted")
+    with pytest.raises(Exception, match="failed|crash"):
+        run_search("configs/tune_sinusoid_asha.yaml", over, callbacks=[InterruptOnce(marker)])
+    assert os.path.exists(marker)
+    wait_released(ray_local)
+    state = load_search("configs/tune_sinusoid_asha.yaml", over).experiment_path
+    before = {p.name: len((p / "result.json").read_text().splitlines()) for p in state.glob("trial_*")
+              if (p / "result.json").exists()}
+    assert before and not (state / BEST_FILE).exists()
+
+    summary = run_search("configs/tune_sinusoid_asha.yaml", over, resume=True)
+    wait_released(ray_local)
+    grid = summary["result_grid"]
+    assert len(grid) == 4 and grid.num_errors == 0
+    resumed = 0
+    for result in grid:
+        rows = rows_of(result)
+        trial_id = rows[-1]["trial_id"]
+        assert rows[-1]["final"] or rows[-1]["training_iteration"] < 3, "finished, or stopped early by ASHA"
+        assert all(r["workers_in_trial_pg"] and r["ray_workers"] == 2 for r in rows), "actors in the trial's group"
+        steps = [r["step"] for r in rows]
+        assert steps == list(range(2, 2 * len(rows) + 1, 2)), "no step reported twice or skipped"
+        done_before = before.get(f"trial_{trial_id}", 0)
+        if 0 < done_before < len(rows):  # cut off mid-run: continued from its own checkpoint, not from scratch
+            first_new = rows[done_before]
+            assert first_new["trial_id_origin"] == trial_id and first_new["restored_from_step"] == steps[done_before - 1]
+            resumed += 1
+        else:
+            assert all(r["restored_from_step"] == -1 for r in rows)
+    assert resumed >= 1, f"a trial cut off by the crash was resumed ({before})"
+
+    best = json.loads((state / BEST_FILE).read_text())
+    assert best["metric"] == "val_neg_mse" and best["trials"] == 4 and best["errored_trials"] == 0
+    assert set(best["best_params"]) == {"algorithm.inner_lr", "algorithm.inner_steps", "outer.lr"}
+    assert best["test"]["test_10shot_mse"] > 0 and best["test"]["test_10shot_mse_ci95"] > 0
+    assert best["best_value"] == max(rows_of(r)[-1]["val_neg_mse"] for r in grid)
+    from distmeta.config import load_config
+
+    cfg = load_config(state / BEST_CONFIG_FILE)  # the resolved best config trains as it is
+    assert cfg.algorithm.inner_lr == best["best_params"]["algorithm.inner_lr"] and cfg.workers == 2
+    assert "meta-test 10shot: mse" in capsys.readouterr().out
+
+
+def test_pbt_exploits_another_trials_checkpoint(ray_local, tune_storage):
+    over = search_overrides(
+        tune_storage, "pbt", num_samples=1, max_concurrent_trials=2,
+        **{"scheduler": "{name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, resample_probability: 0.0, "
+                        "synch: true, hyperparam_mutations: [algorithm.inner_lr, outer.lr]}",
+           "search_space": "{algorithm.inner_lr: {grid: [0.0005, 0.05]}, outer.lr: {loguniform: [0.001, 0.003]}}"})
+    summary = run_search("configs/tune_sinusoid_asha.yaml", over)
+    wait_released(ray_local)
+    grid = summary["result_grid"]
+    assert len(grid) == 2 and grid.num_errors == 0
+    ids = {rows_of(r)[-1]["trial_id"] for r in grid}
+    exploits = [(rows_of(r)[-1]["trial_id"], row) for r in grid for row in rows_of(r)
+                if row["trial_id_origin"] not in ("", row["trial_id"])]
+    assert exploits, "the weaker trial continued from the stronger one's checkpoint"
+    for trial_id, row in exploits:
+        assert row["trial_id_origin"] in ids - {trial_id}
+        assert row["restored_from_step"] == 4 and row["step"] == 6, "resumed at the clone's step, parameters and all"
+    assert all(rows_of(r)[-1]["final"] and rows_of(r)[-1]["step"] == 6 for r in grid)
