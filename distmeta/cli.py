@@ -1,4 +1,4 @@
-"""``distmeta train | eval``: the command-line front door."""
+"""``distmeta train | eval | tune | grid``: the command-line front door."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-baseline", action="store_true", help="skip the before-meta-training baseline")
     e.add_argument("--output", help="write the results as JSON here")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. workers=2)")
+
+    tu = sub.add_parser("tune", help="Ray Tune search over meta-training runs (configs/tune_*.yaml)")
+    tu.add_argument("--config", required=True, help="tune YAML: base config, search_space, metric, scheduler, ...")
+    tu.add_argument("--resume", action="store_true", help="restore the search's experiment (Tuner.restore) and finish it")
+    tu.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="tune keys (num_samples=8, scheduler.max_t=4) or base-config keys (train.steps=500)")
+
+    g = sub.add_parser("grid", help="meta-train and meta-test every cell of a task-distribution grid (configs/grid_*.yaml)")
+    g.add_argument("--config", required=True, help="grid YAML: base config and axes, e.g. data.ways x data.shots")
+    g.add_argument("overrides", nargs="*", metavar="key=value", help="grid keys (name=..., episodes=...) or base-config keys")
     return p
 
 
@@ -75,6 +85,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ray.tune import TuneError
+
+    from distmeta.tune import run_search
+
+    try:
+        summary = run_search(args.config, args.overrides, resume=args.resume)
+    except TuneError as err:
+        print(f"distmeta tune: the search stopped: {err}\n(continue it with: distmeta tune --config {args.config} "
+              f"--resume)", file=sys.stderr)
+        return 1
+    return 0 if summary["errored_trials"] == 0 else 1
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from distmeta.grid import run_grid
+
+    run_grid(args.config, args.overrides)
+    return 0
+
+
 def _one_line_warnings() -> None:
     """Warnings as ``warning: message`` lines: a terminal user needs the message, not our source line."""
     import warnings
@@ -86,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _one_line_warnings()
     try:
-        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "grid": cmd_grid}[args.command](args)
     except DistmetaError as err:
         print(f"distmeta {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -552,6 +552,13 @@ def pooled_backend(cfg: Config, exp: Any, make: Callable[[Config, Any], Any]) ->
     return _Borrowed(backend)
 
 
+def release_pool() -> None:
+    """Close this process's pooled backend (a grid's driver does at its end; trial processes just exit)."""
+    held = _POOL.pop("backend", None)
+    if held is not None:
+        held[1].close()
+
+
 def placement() -> dict[str, Any]:
     """Where this trial's workers are: its placement group, and whether the pooled backend's actors are in it."""
     import ray

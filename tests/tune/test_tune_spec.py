@@ -95,3 +95,16 @@ def test_workers_take_the_last_bundles_of_a_trial_placement_group():
         _worker_bundles([w, w], 3, w)
     with pytest.raises(ConfigError, match="no room for workers=2"):
         _worker_bundles([{"CPU": 1.0}, {"CPU": 0.25}, w], 2, w)
+
+
+def test_cli_tune_refuses_a_bad_search_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from distmeta.cli import main
+
+    bad = tmp_path / "tune.yaml"
+    bad.write_text(yaml.safe_dump(spec(search_space={"outer.lr": {"loguniform": [0.1, 0.01]}})))
+    started = ray.is_initialized()
+    assert main(["tune", "--config", str(bad)]) == 2
+    assert "search_space.outer.lr.loguniform: low must be below high" in capsys.readouterr().err
+    assert ray.is_initialized() == started
