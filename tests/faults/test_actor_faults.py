@@ -107,3 +107,24 @@ def test_spent_retry_budget_with_killed_actors(pooled, tmp_path):
     faults = "faults=[{kind: kill, actor: all, step: 1, times: 10}]"
     with pytest.raises(WorkerFailedError, match=r"ray.max_retries=1"):
         fit([*BASE, *RAY2, faults, "ray.max_retries=1", "ray.step_timeout=120"], tmp_path / "run")
+
+
+def test_driver_refuses_a_meta_batch_with_a_task_missing_or_counted_twice():
+    """Whatever a backend returns, the driver applies nothing unless every task came back exactly once."""
+    import numpy as np
+
+    from distmeta.errors import DistmetaError
+    from distmeta.runtime.driver import check_tasks
+    from distmeta.tasks.specs import SinusoidSpec
+    from distmeta.worker import GroupResult
+
+    specs = [SinusoidSpec(3, i, 1.0, 0.0, (0.0,), (1.0,)) for i in range(4)]
+
+    def group(*idx):
+        return GroupResult(grad={"w": np.zeros(1)}, metrics={"loss": [0.0] * len(idx)}, tasks=[(3, i) for i in idx])
+
+    check_tasks([group(0, 1), group(2, 3)], specs, 3)
+    with pytest.raises(DistmetaError, match=r"3 task results for a meta-batch of 4 \(missing \[\(3, 3\)\]"):
+        check_tasks([group(0, 1), group(2)], specs, 3)
+    with pytest.raises(DistmetaError, match=r"repeated \[\(3, 1\)\]"):
+        check_tasks([group(0, 1), group(1, 2), group(3)], specs, 3)
