@@ -64,6 +64,21 @@ class SplitConfig(_Section):
         return self
 
 
+class MixtureComponent(_Section):
+    """One source of a task mixture (``data.mixture``): its weight and episode shape; unset fields take ``data.*``."""
+
+    source: str
+    weight: float = Field(1.0, gt=0, description="relative frequency of this source's tasks")
+    ways: int | None = Field(None, ge=1)
+    shots: int | None = Field(None, ge=1)
+    queries: int | None = Field(None, ge=1)
+    text_column: str | None = None
+    label_column: str | None = None
+    hf_config: str | None = None
+    hf_split: str | None = None
+    sinusoid: SinusoidConfig | None = Field(None, description="a sinusoid family: amplitude / phase / x_range")
+
+
 class DataConfig(_Section):
     """Which corpus, and the shape of its N-way K-shot episodes."""
 
@@ -79,6 +94,8 @@ class DataConfig(_Section):
     small_classes: Literal["error", "drop"] = "error"
     split: SplitConfig = SplitConfig()
     sinusoid: SinusoidConfig = SinusoidConfig()
+    mixture: list[MixtureComponent] | None = Field(
+        None, description="tasks from several sources (weights, per-source ways/shots); replaces data.source")
 
     @field_validator("source")
     @classmethod
@@ -93,6 +110,34 @@ class DataConfig(_Section):
     @property
     def is_regression(self) -> bool:
         return self.source == "sinusoid"
+
+    @model_validator(mode="after")
+    def _mixture_of_one_kind(self) -> "DataConfig":
+        if self.mixture is None:
+            return self
+        if not self.mixture:
+            raise ValueError("data.mixture: give at least one source (or leave it out)")
+        for i, comp in enumerate(self.mixture):
+            DataConfig._known_source(comp.source)
+            sinusoid = comp.source == "sinusoid"
+            if sinusoid != self.is_regression:
+                want = "sinusoid families need data.source=sinusoid" if sinusoid else \
+                    "a text source cannot join data.source=sinusoid (one model: regression or classification)"
+                raise ValueError(f"data.mixture.{i}.source={comp.source!r}: {want}")
+            if comp.sinusoid is not None and not sinusoid:
+                raise ValueError(f"data.mixture.{i}.sinusoid: only for source=sinusoid, not {comp.source!r}")
+        return self
+
+    def components(self) -> list["DataConfig"]:
+        """One plain DataConfig per ``data.mixture`` source (unset fields from ``data.*``); ``[self]`` without one."""
+        if not self.mixture:
+            return [self]
+        out = []
+        for comp in self.mixture:
+            update = {k: v for k, v in comp.model_dump().items() if v is not None and k != "weight"}
+            update["sinusoid"] = comp.sinusoid if comp.sinusoid is not None else self.sinusoid
+            out.append(self.model_copy(update={**update, "mixture": None}))
+        return out
 
 
 class TokenizerConfig(_Section):
@@ -260,6 +305,18 @@ class Config(_Section):
                 raise ValueError(f"faults.{i}.actor={f.actor}: there are only workers={self.workers} actors (0..{self.workers - 1})")
             if self.workers == 0 and f.kind == "stale":
                 raise ValueError(f"faults.{i}.kind=stale needs Ray workers (workers >= 1): the in-process worker has no versions")
+        return self
+
+    @model_validator(mode="after")
+    def _mixture_fits_one_head(self) -> "Config":
+        mixture = self.data.mixture or []
+        if self.data.is_regression or self.algorithm.name == "protonet":
+            return self  # one regression output, or prototypes for any number of ways
+        for i, comp in enumerate(mixture):
+            if comp.ways is not None and comp.ways != self.data.ways:
+                raise ValueError(
+                    f"data.mixture.{i}.ways={comp.ways}: {self.algorithm.name} has one {self.data.ways}-way head "
+                    f"(data.ways), so every text source needs ways={self.data.ways} (ProtoNet takes any)")
         return self
 
     @property

@@ -28,11 +28,14 @@ class Experiment:
     token_ids: np.ndarray | None = None
     vocab_size: int = 0
     tokenizer: Any = None
+    components: list["Experiment"] | None = None  # data.mixture text sources: each with its own data and split
 
     def sampler(self, split: str = "train", ways: int | None = None, shots: int | None = None,
                 queries: int | None = None, seed: int | None = None) -> Sampler:
         """Sampler over one split's classes (or sinusoid tasks), episode shape from config unless given."""
         d = self.cfg.data
+        if d.mixture:
+            return self._mixture_sampler(split, ways, shots, queries, seed)
         shots = shots or d.shots
         queries = queries or d.queries
         seed = self.cfg.seed if seed is None else seed
@@ -43,12 +46,48 @@ class Experiment:
 
     def worker_args(self) -> dict[str, Any]:
         """What a Worker is built from (sent once per actor, never per step)."""
+        if self.components is not None:
+            return {"token_ids": None, "vocab_size": self.vocab_size,
+                    "components": [c.token_ids for c in self.components]}
         return {"token_ids": self.token_ids, "vocab_size": self.vocab_size}
 
+    def _mixture_sampler(self, split: str, ways: int | None, shots: int | None, queries: int | None,
+                         seed: int | None) -> Sampler:
+        """Per-component samplers (component shapes unless ways/shots/queries are given) drawn by weight."""
+        from distmeta.tasks.sampler import MixtureSampler, component_seed
 
-def min_examples_per_class(cfg: Config) -> int:
-    """Enough rows per class for training episodes and every evaluation setting."""
-    need = cfg.data.shots + cfg.data.queries
+        d = self.cfg.data
+        seed = self.cfg.seed if seed is None else seed
+        samplers: list[Sampler] = []
+        for c, dc in enumerate(d.components()):
+            s_c, q_c, w_c = shots or dc.shots, queries or dc.queries, ways or dc.ways
+            if d.is_regression:
+                samplers.append(SinusoidSampler(dc.sinusoid, s_c, q_c, component_seed(seed, c), split))
+            else:
+                assert self.components is not None
+                part = self.components[c]
+                samplers.append(EpisodeSampler(part.data.rows_by_class(), getattr(part.split, split), w_c, s_c, q_c,
+                                               component_seed(seed, c), split))
+        return MixtureSampler(samplers, [m.weight for m in d.mixture or []], seed, split)
+
+
+class MixtureSplit:
+    """The class splits of a text mixture's sources; ``val`` is non-empty when every source has validation classes."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def __getattr__(self, split: str) -> list[list[int]]:
+        if split not in ("train", "val", "test"):
+            raise AttributeError(split)
+        lists = [getattr(p, split) for p in self.__dict__["parts"]]
+        return lists if all(lists) else []
+
+
+def min_examples_per_class(cfg: Config, data: Any = None) -> int:
+    """Enough rows per class for training episodes and every evaluation setting (of ``data``: one mixture source)."""
+    data = data or cfg.data
+    need = data.shots + data.queries
     for _, shots in cfg.eval.settings:
         need = max(need, shots + cfg.eval.queries)
     return need
@@ -61,6 +100,8 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
     """
     if cfg.data.is_regression:
         return Experiment(cfg)
+    if cfg.data.mixture:
+        return _prepare_text_mixture(cfg, run_dir, reuse_saved)
     from distmeta.data import check_ways, load_source, load_split, make_split, save_split, usable_classes
     from distmeta.text import encode, load_pretrained_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
@@ -95,3 +136,51 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
         save_split(split, data, run_dir / SPLIT_FILE)
         save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
     return Experiment(cfg, data, split, token_ids, tokenizer.get_vocab_size(), tokenizer)
+
+
+def _prepare_text_mixture(cfg: Config, run_dir: Path | None, reuse_saved: bool) -> Experiment:
+    """Each text source of ``data.mixture`` loaded, checked and split on its own (``split_<c>.json``); one
+    tokenizer for all of them (trained on every source's meta-train rows, or the pretrained one)."""
+    from distmeta.data import check_ways, load_source, load_split, make_split, save_split, usable_classes
+    from distmeta.text import encode, load_pretrained_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+
+    parts: list[Experiment] = []
+    test_ways = max(w for w, _ in cfg.eval.settings)
+    for c, dc in enumerate(cfg.data.components()):
+        data = load_source(dc)
+        path = run_dir / f"split_{c}.json" if run_dir is not None else None
+        if reuse_saved and path is not None and path.exists():
+            split = load_split(path, data)
+        else:
+            split = make_split(data, dc.split, cfg.seed, usable_classes(data, min_examples_per_class(cfg, dc), dc.small_classes))
+        ways = {"train": dc.ways, "test": test_ways, **({"val": dc.ways} if split.val else {})}
+        try:
+            check_ways(split, ways)
+        except DataError as err:
+            raise DataError(f"data.mixture.{c} ({dc.source}): {err}") from None
+        parts.append(Experiment(cfg, data, split))
+
+    tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
+    if cfg.tokenizer.kind == "pretrained":
+        from distmeta.models.minilm import minilm_model_dir
+
+        tokenizer = load_pretrained_tokenizer(minilm_model_dir(cfg.model.path))
+    elif reuse_saved and tok_path is not None and tok_path.exists():
+        tokenizer = load_tokenizer(tok_path)
+    else:
+        texts = []
+        for part in parts:
+            rows = np.concatenate([part.data.rows_by_class()[k] for k in part.split.train])
+            texts += [part.data.texts[i] for i in np.sort(rows)]
+        t = cfg.tokenizer
+        tokenizer = train_tokenizer(texts, t.kind, t.vocab_size, t.min_frequency, t.lowercase)
+    for c, part in enumerate(parts):
+        part.token_ids = encode(tokenizer, part.data.texts, cfg.data.max_length).numpy()
+        if (part.token_ids != 0).sum(1).min() == 0:
+            raise DataError(f"data.mixture.{c} ({cfg.data.components()[c].source}): some texts encode to no tokens")
+        if run_dir is not None:
+            save_split(part.split, part.data, run_dir / f"split_{c}.json")
+    if run_dir is not None:
+        save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
+    vocab = tokenizer.get_vocab_size()
+    return Experiment(cfg, None, MixtureSplit([p.split for p in parts]), None, vocab, tokenizer, components=parts)

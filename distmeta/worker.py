@@ -57,6 +57,7 @@ class Worker:
         vocab_size: int = 0,
         device: str | torch.device | None = None,
         threads: int | None = None,
+        components: list[Tensor | np.ndarray | None] | None = None,
     ) -> None:
         from distmeta.models import build_model
 
@@ -71,7 +72,9 @@ class Worker:
         self.algorithm, init = build_algorithm(cfg, module)
         self.initial_meta = {n: p.detach().cpu() for n, p in init.items()}
         self.builder: TaskBuilder
-        if cfg.data.is_regression:
+        if cfg.data.mixture:  # each source's tasks from its own data (``components``: token ids per text source)
+            self.builder, self.algorithm = self._mixture(cfg, components)
+        elif cfg.data.is_regression:
             self.builder = SinusoidTaskBuilder(self.dtype, self.device)
         else:
             if token_ids is None:
@@ -85,6 +88,19 @@ class Worker:
         self.poisoned: set[tuple[int, int]] = set()  # fault injection: these tasks get a NaN loss and gradient
 
     # ------------------------------------------------------------------ helpers
+    def _mixture(self, cfg: Config, components: list[Any] | None) -> tuple[TaskBuilder, Any]:
+        """A builder per ``data.mixture`` source, and the algorithm run one source at a time within a group."""
+        from distmeta.tasks.materialise import ByComponent, MixtureTaskBuilder
+
+        n = len(cfg.data.mixture or [])
+        if cfg.data.is_regression:
+            builders: list[Any] = [SinusoidTaskBuilder(self.dtype, self.device) for _ in range(n)]
+        else:
+            if components is None or len(components) != n or any(c is None for c in components):
+                raise ValueError(f"a text mixture worker needs the tokenised corpus of each of its {n} sources (components)")
+            builders = [TextTaskBuilder(torch.as_tensor(np.asarray(c), dtype=torch.long), self.device) for c in components]
+        return MixtureTaskBuilder(builders), ByComponent(self.algorithm)
+
     def _to_device(self, meta: dict[str, Any]) -> Params:
         return {n: torch.as_tensor(v).to(self.device, self.dtype if torch.as_tensor(v).is_floating_point() else None) for n, v in meta.items()}
 

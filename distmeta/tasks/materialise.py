@@ -6,7 +6,7 @@ dimension, the pytree that ``torch.func.vmap`` maps over:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -67,7 +67,90 @@ class SinusoidTaskBuilder:
         return {k: v.to(self.device, self.dtype) for k, v in out.items()}
 
 
-TaskBuilder = TextTaskBuilder | SinusoidTaskBuilder
+class MixedTask:
+    """A group's tasks batched per mixture component: ``parts`` = [(positions in the group, Task, ways)].
+
+    vmap needs same-shaped tasks; a component's tasks share a shape (its ways/shots/queries).
+    """
+
+    def __init__(self, size: int, parts: list[tuple[list[int], Task, int]]) -> None:
+        self.size, self.parts = size, parts
+
+
+class MixtureTaskBuilder:
+    """Materialises each component's tasks from that component's own builder (its own data)."""
+
+    def __init__(self, builders: Sequence["TextTaskBuilder | SinusoidTaskBuilder"]) -> None:
+        self.builders = list(builders)
+
+    def build(self, specs: Sequence[TaskSpec]) -> MixedTask:
+        parts = []
+        for c, builder in enumerate(self.builders):
+            pos = [i for i, s in enumerate(specs) if s.source == c]
+            if pos:
+                mine = [specs[i] for i in pos]
+                parts.append((pos, builder.build(mine), getattr(mine[0], "ways", 1)))
+        return MixedTask(len(specs), parts)
+
+
+class ByComponent:
+    """An algorithm applied to a :class:`MixedTask` one component at a time, in component order.
+
+    The group's meta-gradient is the sum of the components' (the gradient of the group's
+    summed loss); per-task metrics come back in the group's task order. ProtoNet runs each
+    component at its own number of ways; head-based algorithms have one (checked in the config).
+    """
+
+    uses_fixed_features = False  # episodes of several corpora: no per-corpus feature cache
+
+    def __init__(self, algorithm: Any) -> None:
+        self.algorithm = algorithm
+        self.ways = algorithm.ways
+        self._by_ways: dict[int, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:  # model, model_params, ... of the wrapped algorithm
+        try:
+            algorithm = self.__dict__["algorithm"]
+        except KeyError:  # during copy.copy, before __dict__ is filled
+            raise AttributeError(name) from None
+        return getattr(algorithm, name)
+
+    def _for(self, ways: int) -> Any:
+        if ways == self.algorithm.ways or self.algorithm.kind == "regression":
+            return self.algorithm
+        if ways not in self._by_ways:
+            import copy
+
+            alg = copy.copy(self.algorithm)
+            alg.ways = ways
+            self._by_ways[ways] = alg
+        return self._by_ways[ways]
+
+    @staticmethod
+    def _scatter(out: dict[str, torch.Tensor], size: int, pos: list[int], metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            if k not in out:
+                out[k] = torch.zeros(size, dtype=v.dtype, device=v.device)
+            out[k][torch.tensor(pos, device=v.device)] = v
+
+    def batch_grad(self, meta: Any, batch: MixedTask, use_vmap: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        total: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        for pos, task, ways in batch.parts:
+            grads, m = self._for(ways).batch_grad(meta, task, use_vmap)
+            for n, g in grads.items():
+                total[n] = total[n] + g if n in total else g
+            self._scatter(metrics, batch.size, pos, m)
+        return total, metrics
+
+    def batch_eval(self, meta: Any, batch: MixedTask, inner_steps: int, use_vmap: bool = True) -> dict[str, torch.Tensor]:
+        metrics: dict[str, torch.Tensor] = {}
+        for pos, task, ways in batch.parts:
+            self._scatter(metrics, batch.size, pos, self._for(ways).batch_eval(meta, task, inner_steps, use_vmap))
+        return metrics
+
+
+TaskBuilder = TextTaskBuilder | SinusoidTaskBuilder | MixtureTaskBuilder
 
 
 def split_task(batch: Task, index: int) -> Task:
@@ -84,4 +167,4 @@ def chunks(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-__all__ = ["Task", "TextTaskBuilder", "SinusoidTaskBuilder", "TaskBuilder", "split_task", "num_tasks", "chunks"]
+__all__ = ["Task", "TextTaskBuilder", "SinusoidTaskBuilder", "TaskBuilder", "MixedTask", "MixtureTaskBuilder", "ByComponent", "split_task", "num_tasks", "chunks"]

@@ -5,6 +5,7 @@ single-process run all draw the same tasks.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -82,4 +83,40 @@ class SinusoidSampler:
         return [self.sample(step, i) for i in range(size)]
 
 
-Sampler = EpisodeSampler | SinusoidSampler
+MIXTURE_STREAM = 7  # the component draw uses its own generator: components' tasks keep their own streams
+
+
+def component_seed(seed: int, component: int) -> int:
+    """The seed of a mixture component's sampler: two components never share task draws."""
+    return int(np.random.SeedSequence([seed, component]).generate_state(1)[0])
+
+
+class MixtureSampler:
+    """Tasks from several task distributions (``data.mixture``).
+
+    Task ``index`` of step ``step`` comes from component ``c`` drawn by weight from its own
+    generator (seed, stream, step, index), then is sampled by that component's sampler:
+    still a pure function of (seed, step, index), and tagged ``spec.source = c`` so a
+    worker batches it with the same-shaped tasks of its component.
+    """
+
+    def __init__(self, samplers: Sequence["Sampler"], weights: Sequence[float], seed: int, stream: str = "train") -> None:
+        if len(samplers) != len(weights) or not samplers:
+            raise ValueError("a mixture needs one weight per component sampler")
+        w = np.asarray(weights, dtype=np.float64)
+        self.samplers, self.p = list(samplers), w / w.sum()
+        self.seed, self.stream = seed, STREAMS[stream]
+
+    def component(self, step: int, index: int) -> int:
+        rng = np.random.default_rng([self.seed, self.stream, step, index, MIXTURE_STREAM])
+        return int(rng.choice(len(self.p), p=self.p))
+
+    def sample(self, step: int, index: int) -> TaskSpec:
+        c = self.component(step, index)
+        return dataclasses.replace(self.samplers[c].sample(step, index), source=c)
+
+    def batch(self, step: int, size: int) -> list[TaskSpec]:
+        return [self.sample(step, i) for i in range(size)]
+
+
+Sampler = EpisodeSampler | SinusoidSampler | MixtureSampler

@@ -21,6 +21,7 @@ class EpisodeSpec:
     classes: tuple[int, ...]
     support: tuple[tuple[int, ...], ...]
     query: tuple[tuple[int, ...], ...]
+    source: int = 0  # data.mixture component whose rows these are (0 without a mixture)
 
     @property
     def ways(self) -> int:
@@ -45,6 +46,7 @@ class SinusoidSpec:
     phase: float
     support_x: tuple[float, ...]
     query_x: tuple[float, ...]
+    source: int = 0  # data.mixture component (sinusoid family) it was drawn from
 
 
 TaskSpec = Union[EpisodeSpec, SinusoidSpec]
