@@ -663,7 +663,9 @@ def build_tuner(search: Search, callbacks: list[Any] | None = None, resume: bool
         scheduler = FIFOScheduler()
     run_config = tune.RunConfig(
         name=spec.name, storage_path=spec.storage_path, verbose=spec.verbose, callbacks=callbacks,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+        # PBT clones other trials' checkpoints: keep a few more of them than a plain search needs.
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=max(spec.keep_checkpoints, 4) if sched.name == "pbt" else spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         sync_config=None if search.local_storage else _sync_artifacts(),
     )
