@@ -49,7 +49,7 @@ def test_select_on_a_module_without_layer_groups():
     [
         (["model.name=bag", "model.dim=16"], BagEncoder, (2, 5)),
         (["model.name=transformer", "model.dim=16", "model.heads=2", "model.ff_dim=24", "data.max_length=12"], TransformerEncoder, (2, 5)),
-        (["model.name=mlp", "data.source=sinusoid"], SinusoidMLP, (2, 1)),
+        (["model.name=mlp", "data.source=sinusoid", "algorithm.name=maml"], SinusoidMLP, (2, 1)),
     ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
