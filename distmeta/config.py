@@ -176,8 +176,11 @@ class AlgorithmConfig(_Section):
     inner_optimizer: Literal["sgd", "momentum", "nesterov"] = "sgd"
     inner_momentum: float = Field(0.9, ge=0, lt=1)
     adapt: str = Field("all", description="inner-loop parameters: all | head | last:N (anil forces head)")
-    vmap: bool = True
-    group_size: int = Field(8, ge=1, description="tasks per vmap group: the unit of work and of summation")
+    vmap: bool | Literal["auto"] = Field(
+        "auto", description="batch a group's tasks with vmap: true | false | auto (vmap unless the inner loop "
+        "adapts more than vmap_max_params parameters per task; there the per-task autograd loop is faster)")
+    vmap_max_params: int = Field(131072, ge=0, description="vmap: auto uses the loop above this many adapted parameters")
+    group_size: int = Field(8, ge=1, description="tasks per group: the unit of work and of summation")
 
     @field_validator("adapt")
     @classmethod

@@ -71,6 +71,8 @@ class Worker:
         self.module = module
         self.algorithm, init = build_algorithm(cfg, module)
         self.initial_meta = {n: p.detach().cpu() for n, p in init.items()}
+        vmap = cfg.algorithm.vmap  # decided once, from the config and the model: the same on every replica
+        self.use_vmap = self.algorithm.prefers_vmap(cfg.algorithm.vmap_max_params) if vmap == "auto" else bool(vmap)
         self.builder: TaskBuilder
         if cfg.data.mixture:  # each source's tasks from its own data (``components``: token ids per text source)
             self.builder, self.algorithm = self._mixture(cfg, components)
@@ -144,7 +146,7 @@ class Worker:
         """The group's summed meta-gradient (numpy) and per-task metric lists."""
         batch = self.builder.build(specs)
         with self._autocast():
-            grads, metrics = self.algorithm.batch_grad(params, batch, use_vmap=self.cfg.algorithm.vmap)
+            grads, metrics = self.algorithm.batch_grad(params, batch, use_vmap=self.use_vmap)
         grad_np = {n: g.detach().to("cpu", self.dtype).numpy() for n, g in grads.items()}
         metric_lists = {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
         poisoned = [i for i, s in enumerate(specs) if task_key(s) in self.poisoned]
@@ -197,7 +199,7 @@ class Worker:
                 batch = self._feature_batch(algorithm, params, specs, cache_key)
             else:
                 batch = self.builder.build(specs)
-            metrics = algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.cfg.algorithm.vmap)
+            metrics = algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.use_vmap)
         return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
 
     @torch.no_grad()

@@ -86,3 +86,41 @@ def test_bf16_autocast_gradient_is_close_to_fp32(tmp_path):
     cos = grads["fp32"] @ grads["bf16"] / (np.linalg.norm(grads["fp32"]) * np.linalg.norm(grads["bf16"]))
     assert cos > 0.95, cos
     assert not np.array_equal(grads["fp32"], grads["bf16"])  # autocast really ran in bf16
+
+
+def test_vmap_auto_picks_by_adapted_parameter_count(tmp_path):
+    # vmap: auto batches a group under vmap unless each task adapts more than
+    # algorithm.vmap_max_params parameters; ProtoNet adapts nothing and always batches.
+    csv_path = write_tiny_csv(tmp_path / "d.csv")
+    cases = {
+        ("protonet", "0"): True,
+        ("anil", "1000"): True,  # only the head (51 parameters) is adapted
+        ("maml", "1000000"): True,
+        ("maml", "1000"): False,  # the tiny bag adapts all its ~3.6K parameters
+    }
+    for (name, limit), want in cases.items():
+        cfg = load_config(None, [*text_tiny(csv_path), f"algorithm.name={name}", f"algorithm.vmap_max_params={limit}"])
+        worker = Worker(cfg, **prepare_experiment(cfg).worker_args())
+        assert cfg.algorithm.vmap == "auto"
+        assert worker.use_vmap is want, (name, limit, worker.algorithm.adapted_numel())
+    cfg = load_config(None, [*text_tiny(csv_path), "algorithm.name=maml", "algorithm.vmap=false"])
+    assert Worker(cfg, **prepare_experiment(cfg).worker_args()).use_vmap is False
+    cfg = load_config(None, [*text_tiny(csv_path), "algorithm.name=maml", "algorithm.vmap=true", "algorithm.vmap_max_params=0"])
+    assert Worker(cfg, **prepare_experiment(cfg).worker_args()).use_vmap is True
+
+
+def test_default_sized_models_choose_the_faster_path():
+    # The rule's thresholds on the shipped models: the default ProtoNet batches; MAML adapting
+    # a 4000 x 64 embedding (~260K) loops; MAML on the sinusoid MLP (1.8K) vmaps.
+    from distmeta.algorithms import build_algorithm
+    from distmeta.models import build_model
+
+    for overrides, vocab, want in [
+        ([], 8000, True),
+        (["model.dim=64", "algorithm.name=maml"], 4000, False),
+        (SINUSOID_TINY, 0, True),
+    ]:
+        cfg = load_config(None, [*overrides, "workers=0"])
+        out = 1 if cfg.data.is_regression else cfg.data.ways
+        algorithm, _ = build_algorithm(cfg, build_model(cfg, vocab, out))
+        assert algorithm.prefers_vmap(cfg.algorithm.vmap_max_params) is want, overrides

@@ -60,3 +60,19 @@ def random_tasks(n_tasks: int = 3, ways: int = 3, shots: int = 2, queries: int =
 @pytest.fixture
 def tasks():
     return random_tasks()
+
+
+#: The three ways a meta-gradient is computed: ``task_grad`` (torch.func.grad on one task),
+#: ``loop`` (the per-task autograd loop, batch_grad(use_vmap=False)) and ``batched``
+#: (batch_grad(use_vmap=True): vmap, or ProtoNet's one-batch encoder). Each is checked
+#: against the hand-written references.
+PATHS = ["task_grad", "loop", "batched"]
+
+
+def grad_via(alg, meta, task, path: str):
+    """Meta-gradient and metrics of one task through ``path`` (see PATHS)."""
+    if path == "task_grad":
+        return alg.task_grad(meta, task)
+    batch = {k: v.unsqueeze(0) for k, v in task.items()}
+    grads, metrics = alg.batch_grad(meta, batch, use_vmap=path == "batched")
+    return grads, {k: v[0] for k, v in metrics.items()}

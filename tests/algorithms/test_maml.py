@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import make_algorithm, manual_forward, random_tasks
+from tests.algorithms.conftest import PATHS, grad_via, make_algorithm, manual_forward, random_tasks
 
 
 def reference_query_loss(meta, task, *, steps, lr, first_order=False, optimizer="sgd", momentum=0.9,
@@ -43,20 +43,22 @@ def reference_grad(meta, task, **kw):
     return {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(leaves, grads)}
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov"])
-def test_second_order_maml_matches_autograd_reference(tasks, optimizer):
+def test_second_order_maml_matches_autograd_reference(tasks, optimizer, path):
     alg, meta = make_algorithm("maml", steps=3, lr=0.4, optimizer=optimizer)
     task = split_task(tasks, 0)
-    got, _ = alg.task_grad(meta, task)
+    got, _ = grad_via(alg, meta, task, path)
     want = reference_grad(meta, task, steps=3, lr=0.4, optimizer=optimizer)
     for n in meta:
         torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=1e-8, msg=n)
 
 
-def test_second_order_maml_matches_finite_differences(tasks):
+@pytest.mark.parametrize("path", PATHS)
+def test_second_order_maml_matches_finite_differences(tasks, path):
     alg, meta = make_algorithm("maml", steps=2, lr=0.5)
     task = split_task(tasks, 1)
-    got, _ = alg.task_grad(meta, task)
+    got, _ = grad_via(alg, meta, task, path)
 
     def loss_at(params):
         leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
@@ -73,40 +75,44 @@ def test_second_order_maml_matches_finite_differences(tasks):
         assert abs(fd - analytic) < 1e-6, (fd, analytic)
 
 
-def test_second_order_differs_from_first_order(tasks):
+@pytest.mark.parametrize("path", PATHS)
+def test_second_order_differs_from_first_order(tasks, path):
     # Guards against the "second-order" path silently dropping the Hessian terms.
     task = split_task(tasks, 0)
-    so, _ = make_algorithm("maml", steps=2)[0].task_grad(make_algorithm("maml", steps=2)[1], task)
-    fo, _ = make_algorithm("fomaml", steps=2)[0].task_grad(make_algorithm("fomaml", steps=2)[1], task)
+    so, _ = grad_via(*make_algorithm("maml", steps=2), task, path)
+    fo, _ = grad_via(*make_algorithm("fomaml", steps=2), task, path)
     assert max(float((so[n] - fo[n]).abs().max()) for n in so) > 1e-4
 
 
-def test_first_order_maml_matches_reference(tasks):
+@pytest.mark.parametrize("path", PATHS)
+def test_first_order_maml_matches_reference(tasks, path):
     alg, meta = make_algorithm("fomaml", steps=3, lr=0.4)
     task = split_task(tasks, 2)
-    got, _ = alg.task_grad(meta, task)
+    got, _ = grad_via(alg, meta, task, path)
     want = reference_grad(meta, task, steps=3, lr=0.4, first_order=True)
     for n in meta:
         torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=1e-8, msg=n)
 
 
-def test_anil_adapts_head_only_and_matches_reference(tasks):
+@pytest.mark.parametrize("path", PATHS)
+def test_anil_adapts_head_only_and_matches_reference(tasks, path):
     alg, meta = make_algorithm("anil", steps=2, lr=0.4)
     assert alg.head_only
     task = split_task(tasks, 0)
-    got, _ = alg.task_grad(meta, task)
+    got, _ = grad_via(alg, meta, task, path)
     want = reference_grad(meta, task, steps=2, lr=0.4, adapt=["head.weight", "head.bias"])
     for n in meta:
         torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=1e-8, msg=n)
     assert float(got["body.weight"].abs().sum()) > 0  # the body still gets a meta-gradient
 
 
-def test_metasgd_learning_rates_receive_reference_gradients(tasks):
+@pytest.mark.parametrize("path", PATHS)
+def test_metasgd_learning_rates_receive_reference_gradients(tasks, path):
     alg, meta = make_algorithm("metasgd", steps=2, lr=0.3)
     lr_names = [n for n in meta if n.startswith("lr.")]
     assert sorted(lr_names) == sorted(f"lr.{n}" for n in ("body.weight", "body.bias", "head.weight", "head.bias"))
     task = split_task(tasks, 0)
-    got, _ = alg.task_grad(meta, task)
+    got, _ = grad_via(alg, meta, task, path)
     want = reference_grad(meta, task, steps=2, lr=None)
     for n in meta:
         torch.testing.assert_close(got[n], want[n], atol=1e-10, rtol=1e-8, msg=n)

@@ -1,18 +1,20 @@
 """ProtoNet and Reptile against hand-written references."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import make_algorithm, manual_forward, random_tasks
+from tests.algorithms.conftest import PATHS, grad_via, make_algorithm, manual_forward, random_tasks
 
 
-def test_protonet_gradient_matches_reference(tasks):
+@pytest.mark.parametrize("path", PATHS)
+def test_protonet_gradient_matches_reference(tasks, path):
     alg, meta = make_algorithm("protonet")
     assert not any(n.startswith("head.") for n in meta), "the unused head must not be meta-trained"
     task = split_task(tasks, 0)
-    got, metrics = alg.task_grad(meta, task)
+    got, metrics = grad_via(alg, meta, task, path)
 
     leaves = {n: p.clone().requires_grad_(True) for n, p in meta.items()}
     s = manual_forward(leaves, task["support_x"], head=False)
