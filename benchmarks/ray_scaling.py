@@ -1,22 +1,26 @@
-"""Where the Ray backend's time goes, next to plain processes and a plain-PyTorch MAML loop.
+"""Where the Ray backend's time goes, next to plain processes and a plain-PyTorch loop.
 
 For each case, on the same tasks and with one torch thread per process:
 
 * ``1 proc``: one Worker in this process (the ``workers: 0`` trainer's compute);
 * ``2 procs``: two plain processes (multiprocessing, no Ray), each computing half of
   every meta-batch at the same time; meta-parameters and gradients go over pipes;
-* ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors, driven by the
-  same loop as the trainer (sample, dispatch, fixed-order reduce, outer update);
+* ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors;
 * ``torch loop``: the algorithm as tutorials write it: a Python loop over tasks with
   ``torch.autograd.grad(create_graph=True)`` inner steps (MAML) or the prototype loss
   (ProtoNet), one backward per task, and ``torch.optim.SGD``.
 
-Printed per case: tasks/s of each, their ratio to ``1 proc``, the driver's share of a
-Ray step (sampling, reduce, update), Ray's transport share (dispatch time not spent
-computing by the slowest actor) and the bytes that travel per step. Machine noise hits
-all rows of a case alike: read the ratios, not the absolute numbers. Usage:
+The first four run the trainer's driver loop (sample, dispatch, fixed-order reduce,
+outer update; the next step's sampling overlaps the workers' compute). All five stay
+alive and take turns a step at a time (round-robin), so slow drifts of this noisy
+machine hit every row alike; each row's figure is the median of its steps.
 
-    .venv/bin/python benchmarks/ray_scaling.py [--steps 5] [--cases default,sinusoid,bag250k,transformer2m]
+Printed per case: tasks/s of each row and its ratio to ``1 proc``; ``ray 2 / 2 procs``
+(Ray's cost against this machine's own parallel limit); the driver's serial share of a
+step (sampling not overlapped, reduce, update); the transport share (step time not
+spent computing by the slowest worker); the bytes that travel per step. Usage:
+
+    .venv/bin/python benchmarks/ray_scaling.py [--steps 10] [--cases default,sinusoid,bag250k,transformer2m]
 """
 from __future__ import annotations
 
@@ -25,18 +29,19 @@ import multiprocessing as mp
 import os
 import statistics
 import time
+from typing import Any
 
 for _k, _v in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
     os.environ.setdefault(_k, _v)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from distmeta.config import load_config  # noqa: E402
 from distmeta.experiment import prepare_experiment  # noqa: E402
 from distmeta.optim import OuterOptimizer  # noqa: E402
 from distmeta.runtime.driver import reduce_groups  # noqa: E402
+from distmeta.runtime.local import LocalBackend  # noqa: E402
 from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
 from distmeta.worker import DTYPES, Worker  # noqa: E402
 
@@ -60,39 +65,41 @@ RAY_TEMP_DIR = "/tmp/dmray_bench"
 # ---------------------------------------------------------------------- the trainer's loop, any backend
 
 
-def drive(cfg, exp, compute, steps: int, warmup: int = 1) -> dict[str, float]:
-    """The driver loop of ``Trainer.fit`` around ``compute(meta, groups, version)``; timings of the measured steps."""
-    w = Worker(cfg, **exp.worker_args()) if compute is None else None
-    init = w.initial_meta if w is not None else compute.initial_meta
-    opt = OuterOptimizer(cfg.outer, init, seed=cfg.seed)
-    sampler = exp.sampler("train")
-    dtype = DTYPES[cfg.dtype]
-    run = (lambda m, g, v: w.meta_grad_groups(m, g, v)) if w is not None else compute.compute
-    step_s, driver_s, dispatch_s, slowest_s = [], [], [], []
-    for step in range(warmup + steps):
+class DriverLoop:
+    """The driver loop of ``Trainer.fit`` around ``backend.compute``, one step per call."""
+
+    def __init__(self, cfg, exp, backend) -> None:
+        self.cfg, self.backend = cfg, backend
+        self.opt = OuterOptimizer(cfg.outer, backend.initial_meta, seed=cfg.seed)
+        self.sampler = exp.sampler("train")
+        self.dtype = DTYPES[cfg.dtype]
+        self.upcoming: dict[int, list] = {}
+
+    def _sample_next(self, step: int) -> None:
+        self.upcoming[step] = self.sampler.batch(step, self.cfg.train.meta_batch)
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
         t0 = time.perf_counter()
-        specs = sampler.batch(step, cfg.train.meta_batch)
+        specs = self.upcoming.pop(step, None) or self.sampler.batch(step, cfg.train.meta_batch)
         groups = [specs[r.start: r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
-        meta = {n: p.detach().cpu().numpy() for n, p in opt.params.items()}
+        meta = {n: p.detach().cpu().numpy() for n, p in self.opt.params.items()}
         t1 = time.perf_counter()
-        results = run(meta, groups, step)
+        results = self.backend.compute(meta, groups, step, overlap=lambda: self._sample_next(step + 1))
         t2 = time.perf_counter()
-        grad = reduce_groups(results, opt.names, dtype)
-        opt.step({n: g / len(specs) for n, g in grad.items()})
+        grad = reduce_groups(results, self.opt.names, self.dtype)
+        self.opt.step({n: g.div_(len(specs)) for n, g in grad.items()})
         t3 = time.perf_counter()
-        if step >= warmup:
-            step_s.append(t3 - t0)
-            driver_s.append((t1 - t0) + (t3 - t2))
-            dispatch_s.append(t2 - t1)
-            per_actor: dict[int, float] = {}  # compute time of each process (in-process: the sum over groups)
-            for r in results:
-                k = r.extra.get("actor", 0)
-                per_actor[k] = r.extra["actor_compute_s"] if "actor_compute_s" in r.extra else per_actor.get(k, 0.0) + r.compute_s
-            slowest_s.append(max(per_actor.values()))
-    med = statistics.median
-    return {"tasks_per_s": cfg.train.meta_batch / med(step_s), "step_s": med(step_s),
-            "driver_share": med(driver_s) / med(step_s),
-            "transport_share": max(0.0, med(dispatch_s) - med(slowest_s)) / med(step_s)}
+        per_worker: dict[int, float] = {}  # compute time of each process (in-process: the sum over groups)
+        for r in results:
+            k = r.extra.get("actor", 0)
+            per_worker[k] = r.extra["actor_compute_s"] if "actor_compute_s" in r.extra else per_worker.get(k, 0.0) + r.compute_s
+        return {"step_s": t3 - t0, "driver_s": (t1 - t0) + (t3 - t2), "dispatch_s": t2 - t1, "slowest_s": max(per_worker.values())}
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
 
 # ---------------------------------------------------------------------- two plain processes
@@ -125,11 +132,13 @@ class TwoProcesses:
             assert c.recv() == "ready"
         self.initial_meta = Worker(cfg, **worker_args, threads=1).initial_meta
 
-    def compute(self, meta, groups, version):
+    def compute(self, meta, groups, version, overlap=None):
         half = len(groups) // 2
         parts = [groups[:half], groups[half:]]
         for c, part in zip(self.conns, parts):
             c.send((meta, part, version))
+        if overlap is not None:
+            overlap()
         out = []
         for k, c in enumerate(self.conns):
             part = c.recv()
@@ -149,25 +158,27 @@ class TwoProcesses:
 # ---------------------------------------------------------------------- the tutorials' plain PyTorch loop
 
 
-def torch_loop(cfg, exp, steps: int, warmup: int = 1) -> dict[str, float]:
+class TorchLoop:
     """Per-task Python loop with torch.optim.SGD: MAML with autograd.grad(create_graph=True) inner
     steps, or ProtoNet's prototype loss, each task's loss backpropagated on its own."""
-    worker = Worker(cfg, **exp.worker_args(), threads=1)  # the same network, initialisation and tasks
-    model = worker.module
-    params = {n: p for n, p in model.named_parameters() if n in worker.initial_meta}
-    for p in params.values():
-        p.requires_grad_(True)
-    opt = torch.optim.SGD(params.values(), lr=cfg.outer.lr)
-    regression = cfg.data.is_regression
-    loss_fn = torch.nn.functional.mse_loss if regression else torch.nn.functional.cross_entropy
-    lr, inner = cfg.algorithm.inner_lr, cfg.algorithm.inner_steps
-    sampler = exp.sampler("train")
-    times = []
-    for step in range(warmup + steps):
+
+    def __init__(self, cfg, exp) -> None:
+        self.cfg = cfg
+        self.worker = Worker(cfg, **exp.worker_args(), threads=1)  # the same network, initialisation and tasks
+        self.model = self.worker.module
+        self.params = {n: p for n, p in self.model.named_parameters() if n in self.worker.initial_meta}
+        for p in self.params.values():
+            p.requires_grad_(True)
+        self.opt = torch.optim.SGD(self.params.values(), lr=cfg.outer.lr)
+        self.loss_fn = torch.nn.functional.mse_loss if cfg.data.is_regression else torch.nn.functional.cross_entropy
+        self.sampler = exp.sampler("train")
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, model, loss_fn = self.cfg, self.model, self.loss_fn
         t0 = time.perf_counter()
-        batch = worker.builder.build(sampler.batch(step, cfg.train.meta_batch))
+        batch = self.worker.builder.build(self.sampler.batch(step, cfg.train.meta_batch))
         n_tasks = batch["support_x"].shape[0]
-        opt.zero_grad()
+        self.opt.zero_grad()
         for i in range(n_tasks):
             task = split_task(batch, i)
             if cfg.algorithm.name == "protonet":
@@ -176,17 +187,18 @@ def torch_loop(cfg, exp, steps: int, warmup: int = 1) -> dict[str, float]:
                 protos = torch.stack([support[task["support_y"] == c].mean(0) for c in range(cfg.data.ways)])
                 loss = loss_fn(-torch.cdist(query, protos) ** 2, task["query_y"])
             else:
-                fast = dict(params)
-                for _ in range(inner):
+                fast = dict(self.params)
+                for _ in range(cfg.algorithm.inner_steps):
                     out = torch.func.functional_call(model, fast, (task["support_x"],))
                     grads = torch.autograd.grad(loss_fn(out, task["support_y"]), list(fast.values()), create_graph=True)
-                    fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads)}
+                    fast = {n: p - cfg.algorithm.inner_lr * g for (n, p), g in zip(fast.items(), grads)}
                 loss = loss_fn(torch.func.functional_call(model, fast, (task["query_x"],)), task["query_y"])
             (loss / n_tasks).backward()
-        opt.step()
-        if step >= warmup:
-            times.append(time.perf_counter() - t0)
-    return {"tasks_per_s": cfg.train.meta_batch / statistics.median(times), "step_s": statistics.median(times)}
+        self.opt.step()
+        return {"step_s": time.perf_counter() - t0}
+
+    def close(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------- main
@@ -200,59 +212,72 @@ def human(n: float) -> str:
     return str(n)
 
 
+def run_case(key: str, steps: int) -> None:
+    from distmeta.runtime.actors import INLINE_META_BYTES, RayBackend
+
+    title, overrides = CASES[key]
+    cfg = load_config(None, [*COMMON, *overrides])
+    exp = prepare_experiment(cfg)
+    local = LocalBackend(cfg, {**exp.worker_args(), "threads": 1})
+    n_params = sum(v.numel() for v in local.initial_meta.values())
+    groups = len(chunks(cfg.train.meta_batch, cfg.algorithm.group_size))
+    print(f"\n== {title}: {n_params:,} meta-parameters, meta-batch {cfg.train.meta_batch} in {groups} groups; "
+          f"{'vmap' if local.worker.use_vmap else 'per-task autograd loop'} within a group (algorithm.vmap=auto)")
+    rows: dict[str, Any] = {}
+    try:
+        rows["1 proc"] = DriverLoop(cfg, exp, local)
+        rows["2 procs"] = DriverLoop(cfg, exp, TwoProcesses(cfg, exp.worker_args()))
+        for n in (1, 2):
+            c = cfg.model_copy(deep=True)
+            c.workers = n
+            rows[f"ray {n}"] = DriverLoop(c, exp, RayBackend(c, exp.worker_args()))
+        rows["torch loop"] = TorchLoop(cfg, exp)
+        timings: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
+        for step in range(steps + 1):  # step 0 warms every row up and is not counted
+            for name, row in rows.items():
+                t = row.step(step)
+                if step > 0:
+                    timings[name].append(t)
+        ray2 = rows["ray 2"].backend.last_step
+    finally:
+        for row in rows.values():
+            row.close()
+
+    med = {name: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for name, ts in timings.items()}
+    base = cfg.train.meta_batch / med["1 proc"]["step_s"]
+    print(f"{'':12} {'tasks/s':>9} {'x 1 proc':>9} {'step ms':>8} {'driver':>7} {'transport':>9}")
+    for name, m in med.items():
+        tps = cfg.train.meta_batch / m["step_s"]
+        driver = f"{100 * m['driver_s'] / m['step_s']:6.1f}%" if "driver_s" in m else ""
+        transport = (f"{100 * max(0.0, m['dispatch_s'] - m['slowest_s']) / m['step_s']:8.1f}%"
+                     if "dispatch_s" in m and name != "1 proc" else "")
+        print(f"{name:12} {tps:9.1f} {tps / base:9.2f} {1000 * m['step_s']:8.1f} {driver:>7} {transport:>9}")
+    print(f"ray 2 / 2 procs = {med['2 procs']['step_s'] / med['ray 2']['step_s']:.2f}; "
+          f"1 proc / torch loop = {med['torch loop']['step_s'] / med['1 proc']['step_s']:.2f}x")
+    how = "one ray.put" if ray2.meta_bytes >= INLINE_META_BYTES else "inline in each call"
+    data = exp.token_ids.nbytes if exp.token_ids is not None else 0
+    print(f"per step (ray 2): meta-parameters {human(ray2.meta_bytes)} ({how}), task specs {human(ray2.spec_bytes)} "
+          f"in {ray2.calls} calls, gradients back {human(ray2.result_bytes)} ({groups} groups); "
+          f"dataset {human(data)} once per backend, never per step")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5, help="measured steps per row (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps per row (after one warm-up step)")
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args()
 
     import ray
 
-    from distmeta.runtime.actors import RayBackend
-
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2, _temp_dir=RAY_TEMP_DIR,
+    # 3 logical CPUs: ray 1 and ray 2 (three actors) stay alive together and take turns; only one row runs at a time.
+    ray.init(num_cpus=3, include_dashboard=False, object_store_memory=512 * 1024**2, _temp_dir=RAY_TEMP_DIR,
              logging_level="warning", log_to_driver=False)
-    print(f"{os.cpu_count()} CPUs; one torch thread per process; median of {args.steps} steps after 1 warm-up")
+    print(f"{os.cpu_count()} CPUs; one torch thread per process; rows take turns a step at a time; "
+          f"median of {args.steps} steps after 1 warm-up")
     try:
         for key in args.cases.split(","):
-            title, overrides = CASES[key]
-            cfg = load_config(None, [*COMMON, *overrides])
-            exp = prepare_experiment(cfg)
-            n_params = sum(v.numel() for v in Worker(cfg, **exp.worker_args(), threads=1).initial_meta.values())
-            groups = len(chunks(cfg.train.meta_batch, cfg.algorithm.group_size))
-            print(f"\n== {title}: {n_params:,} meta-parameters, meta-batch {cfg.train.meta_batch} in {groups} groups")
-            rows: dict[str, dict[str, float]] = {}
-            rows["1 proc"] = drive(cfg, exp, None, args.steps)
-            two = TwoProcesses(cfg, exp.worker_args())
-            try:
-                rows["2 procs"] = drive(cfg, exp, two, args.steps)
-            finally:
-                two.close()
-            moved = {}
-            for n in (1, 2):
-                c = cfg.model_copy(deep=True)
-                c.workers = n
-                backend = RayBackend(c, exp.worker_args())
-                backend.measure_spec_bytes = True
-                try:
-                    rows[f"ray {n}"] = drive(c, exp, backend, args.steps)
-                    moved[n] = backend.last_step
-                finally:
-                    backend.close()
-            rows["torch loop"] = torch_loop(cfg, exp, args.steps)
-
-            base = rows["1 proc"]["tasks_per_s"]
-            print(f"{'':12} {'tasks/s':>9} {'x 1 proc':>9} {'step s':>8} {'driver':>7} {'transport':>9}")
-            for name, r in rows.items():
-                share = f"{100 * r['driver_share']:6.1f}%" if "driver_share" in r else f"{'':7}"
-                transport = f"{100 * r['transport_share']:8.1f}%" if "transport_share" in r and name != "1 proc" else f"{'':9}"
-                print(f"{name:12} {r['tasks_per_s']:9.1f} {r['tasks_per_s'] / base:9.2f} {r['step_s']:8.3f} {share} {transport}")
-            s = moved[2]
-            data = exp.token_ids.nbytes if exp.token_ids is not None else 0
-            print(f"per step (ray 2): meta-parameters {human(s.meta_bytes)} (one ray.put), task specs {human(s.spec_bytes)} "
-                  f"in {s.calls} calls, gradients back {human(s.result_bytes)} ({groups} groups); "
-                  f"dataset {human(data)} once per backend, never per step")
+            run_case(key, args.steps)
     finally:
         ray.shutdown()
 

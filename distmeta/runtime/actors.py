@@ -7,10 +7,13 @@ What travels, and when:
   (zero-copy numpy on the same node), so the dataset never travels per step. Calls carry
   only ``[ref, generation]`` (a few dozen bytes), which lets a restarted actor rebuild;
 * once per step: the meta-parameters, one ``ray.put`` of a dict of numpy arrays that
-  actors on the same node read zero-copy;
+  actors on the same node read zero-copy. Below ``INLINE_META_BYTES`` (Ray's own limit
+  for inlining small objects in a call) they ride inside each call instead: a put and
+  its fetch cost ~2.5 ms, far more than a few kilobytes sent twice;
 * per step and actor: one call carrying that actor's contiguous block of task specs
-  (a few hundred bytes per task) and the parameter version; back come the block's
-  :class:`~distmeta.worker.GroupResult` s (one summed gradient per group).
+  (a few hundred bytes per task, pickled, :mod:`distmeta.runtime.wire`) and the
+  parameter version; back come the block's :class:`~distmeta.worker.GroupResult` s (one
+  summed gradient per group) as a pickle header plus zero-copy gradient arrays.
 
 Group ``g`` of ``G`` goes to actor ``k = the block holding g`` where actor ``k`` owns
 groups ``[k*G//n, (k+1)*G//n)``: deterministic and balanced to within one group.
@@ -40,6 +43,7 @@ from distmeta.config import Config
 from distmeta.errors import ConfigError, DistmetaError
 from distmeta.runtime.faults import ACTOR_KIND, FaultPlan
 from distmeta.runtime.ray_session import RaySession, connect, set_ray_env
+from distmeta.runtime.wire import Packed, pack, unpack
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import GroupResult
 
@@ -67,6 +71,12 @@ RETRIABLE = (RayActorError, WorkerCrashedError, ObjectLostError, NodeDiedError)
 _READONLY_WARNING = "The given NumPy array is not writable"
 # Starting an actor (a Python process importing torch) and building its Worker; ray.step_timeout if longer.
 STARTUP_TIMEOUT = 300.0
+# Meta-parameters smaller than this travel inside each call rather than as one ray.put
+# (Ray's max_direct_call_object_size: it inlines objects this small itself).
+INLINE_META_BYTES = 100 * 1024
+#: An actor's answer when it holds no Worker of the request's generation (see WorkerActor).
+NEEDS_SETUP = "needs-setup"
+MAX_REBUILDS = 3  # per block and dispatch: more means the actor keeps losing its Worker
 
 
 class WorkerFailedError(DistmetaError, RuntimeError):
@@ -132,6 +142,11 @@ def _worker_bundles(bundles: list[dict[str, float]], n: int, per_worker: dict[st
     return first
 
 
+def _publish(meta: dict[str, Any], nbytes: int) -> tuple[dict[str, Any] | None, Any]:
+    """``(inline, ref)``: small meta-parameters ride inside each request, larger ones are one shared ``ray.put``."""
+    return (meta, None) if nbytes < INLINE_META_BYTES else (None, ray.put(meta))
+
+
 def _describe_tasks(groups: Sequence[Sequence[TaskSpec]], block: range) -> str:
     keys = [task_key(s) for i in block for s in groups[i]]
     shown = ", ".join(f"(step {s}, task {t})" for s, t in keys[:6])
@@ -147,11 +162,15 @@ class WorkerActor:
 
     The constructor takes only small values. The Worker is built by :meth:`setup` from
     ``args = [ref, generation]``, ``ref`` pointing at ``{"cfg", "worker_args"}`` in the
-    object store; in a list, the ref is not resolved on the way in. Every call carries
-    ``args`` (a few dozen bytes), and the actor fetches the object only when it holds no
-    Worker of that generation: after Ray restarted it, or after
-    :meth:`RayBackend.reconfigure`. (A ref among constructor arguments of a restartable
-    actor is not lineage-counted by Ray, ray-project/ray#53727, so none is passed there.)
+    object store; in a list, the ref is not resolved on the way in. (A ref among
+    constructor arguments of a restartable actor is not lineage-counted by Ray,
+    ray-project/ray#53727, so none is passed there.)
+
+    A step's call is one pickled request ``(generation, inline meta or None, pickled
+    specs, *args)`` plus, for large meta-parameters, the ``ray.put`` ref (resolved by
+    Ray): each extra argument or nested ref costs ~0.3 ms per call in Ray. An actor that
+    holds no Worker of the request's generation (Ray restarted it, or the backend was
+    reconfigured) answers :data:`NEEDS_SETUP`, and the driver sends :meth:`setup` first.
     """
 
     def __init__(self, index: int, device: str, threads: int) -> None:
@@ -185,8 +204,19 @@ class WorkerActor:
         self.setup(args)
         return {n: t.numpy() for n, t in self.worker.initial_meta.items()}
 
-    def compute(self, args: list[Any], meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> list[GroupResult]:
-        self.setup(args)
+    def _open(self, request: bytes, meta_ref: Any) -> tuple[dict[str, Any], list[list[TaskSpec]], list[Any]] | None:
+        """``(meta, groups, args)`` of a request, or None when this process lacks the request's Worker."""
+        generation, inline_meta, specs, *args = pickle.loads(request)
+        if self.worker is None or generation != self.generation:
+            return None
+        return (inline_meta if meta_ref is None else meta_ref), pickle.loads(specs), args
+
+    def compute(self, request: bytes, meta_ref: Any = None) -> Packed | str:
+        """The GroupResults of the request's block of groups, packed (:mod:`distmeta.runtime.wire`)."""
+        opened = self._open(request, meta_ref)
+        if opened is None:
+            return NEEDS_SETUP
+        meta, groups, (version,) = opened
         fault = self._take_fault()
         t0 = time.perf_counter()
         if fault == "nan":
@@ -200,13 +230,16 @@ class WorkerActor:
             r.extra.update(actor=self.index, node=self.node_id, pid=os.getpid(), actor_compute_s=block_s)
             if fault == "stale":
                 r.version = version - 1
-        return results
+        return pack(results)
 
-    def evaluate(self, args: list[Any], meta: dict[str, Any], groups: list[list[TaskSpec]], inner_steps: int,
-                 cache_key: str | None = None) -> list[dict[str, list[float]]]:
-        self.setup(args)
+    def evaluate(self, request: bytes, meta_ref: Any = None) -> Packed | str:
+        """Per-episode metrics of each episode group of the request, packed."""
+        opened = self._open(request, meta_ref)
+        if opened is None:
+            return NEEDS_SETUP
+        meta, groups, (inner_steps, cache_key) = opened
         self._take_fault()
-        return [self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups]
+        return pack([self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups])
 
     # ------------------------------------------------------------------ fault injection (tests)
     def inject_fault(self, kind: str, times: int = 1, seconds: float = 60.0, task: tuple[int, int] | None = None) -> None:
@@ -260,7 +293,7 @@ class StepStats:
     """What the last :meth:`RayBackend.compute` moved and how long each actor worked."""
 
     meta_bytes: int = 0
-    spec_bytes: int = 0  # pickled task specs sent (measured only with ``measure_spec_bytes``)
+    spec_bytes: int = 0  # pickled task specs sent
     result_bytes: int = 0  # gradient bytes returned
     calls: int = 0
     retries: int = 0
@@ -278,7 +311,6 @@ class RayBackend:
         self.infos: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []  # every failed attempt, for logs and the fault-tolerance layer
         self.last_step = StepStats()
-        self.measure_spec_bytes = False
         self._pg = None
         self._owns_pg = True  # False when the actors live in a placement group made by someone else (a Tune trial)
         self._args_ref: Any = None
@@ -394,12 +426,17 @@ class RayBackend:
         return [i["node"] for i in self.infos]
 
     # ------------------------------------------------------------------ the step
-    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int) -> list[GroupResult]:
-        """Summed meta-gradients of every group, in group order, all computed at parameter ``version``."""
+    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int,
+                overlap: Callable[[], Any] | None = None) -> list[GroupResult]:
+        """Summed meta-gradients of every group, in group order, all computed at parameter ``version``.
+
+        ``overlap`` runs on the driver once every actor has its work (the next step's task
+        sampling, say): driver time hidden behind the actors' compute.
+        """
         t0 = time.perf_counter()
         groups = [list(g) for g in groups]
         stats = StepStats(meta_bytes=sum(np.asarray(v).nbytes for v in meta.values()))
-        meta_ref = ray.put(meta)
+        published = _publish(meta, stats.meta_bytes)
 
         def check(block: range, value: Any) -> str | None:
             if not isinstance(value, list) or len(value) != len(block):
@@ -411,8 +448,8 @@ class RayBackend:
                     return f"result for group {i} is for tasks {r.tasks[:3]}..., not the tasks sent"
             return None
 
-        results = self._dispatch("compute", meta_ref, groups, (version,), check, stats)
-        del meta_ref
+        results = self._dispatch("compute", published, groups, (version,), check, stats, overlap)
+        del published
         for r in results:
             stats.result_bytes += sum(g.nbytes for g in r.grad.values())
             stats.actor_compute_s[r.extra["actor"]] = r.extra["actor_compute_s"]
@@ -425,7 +462,7 @@ class RayBackend:
                  cache_key: str | None = None) -> list[dict[str, list[float]]]:
         """Per-episode metrics of each episode group, in group order (``cache_key``: see :meth:`Worker.evaluate`)."""
         groups = [list(g) for g in groups]
-        meta_ref = ray.put(meta)
+        published = _publish(meta, sum(np.asarray(v).nbytes for v in meta.values()))
 
         def check(block: range, value: Any) -> str | None:
             if not isinstance(value, list) or len(value) != len(block):
@@ -436,10 +473,11 @@ class RayBackend:
                     return f"group {i}: {n} episode results for {len(groups[i])} episodes"
             return None
 
-        return self._dispatch("evaluate", meta_ref, groups, (inner_steps, cache_key), check, StepStats())
+        return self._dispatch("evaluate", published, groups, (inner_steps, cache_key), check, StepStats())
 
-    def _dispatch(self, method: str, meta_ref: Any, groups: list[list[TaskSpec]], args: tuple,
-                  check: Callable[[range, Any], str | None], stats: StepStats) -> list[Any]:
+    def _dispatch(self, method: str, meta: tuple[dict[str, Any] | None, Any], groups: list[list[TaskSpec]], args: tuple,
+                  check: Callable[[range, Any], str | None], stats: StepStats,
+                  overlap: Callable[[], Any] | None = None) -> list[Any]:
         """One call per actor with its block; re-run failed blocks elsewhere; results in group order."""
         if not self.actors:
             raise WorkerFailedError("the Ray backend is closed")
@@ -452,14 +490,18 @@ class RayBackend:
         reasons: list[list[str]] = [[] for _ in range(n)]
         pending: dict[Any, _Call] = {}
 
-        def submit(b: int, actor: int) -> None:
+        inline_meta, meta_ref = meta
+        rebuilds = [0] * n
+
+        def submit(b: int, actor: int, inject: bool = True, wait_s: float = timeout) -> None:
             block = [groups[i] for i in blocks[b]]
-            if self.measure_spec_bytes:
-                stats.spec_bytes += len(pickle.dumps(block, protocol=5))
-            if method == "compute" and self._faults:
+            specs = pickle.dumps(block, protocol=5)
+            stats.spec_bytes += len(specs)
+            if method == "compute" and self._faults and inject:
                 self._inject(args[0], actor, block)
-            ref = getattr(self.actors[actor], method).remote(self._args(), meta_ref, block, *args)
-            pending[ref] = _Call(b, actor, attempts[b], time.monotonic() + timeout)
+            request = pickle.dumps((self._generation, inline_meta, specs, *args), protocol=5)
+            ref = getattr(self.actors[actor], method).remote(request, meta_ref)
+            pending[ref] = _Call(b, actor, attempts[b], time.monotonic() + wait_s)
             stats.calls += 1
 
         def failed(call: _Call, reason: str) -> None:
@@ -486,6 +528,8 @@ class RayBackend:
         for b in range(n):
             if len(blocks[b]):
                 submit(b, self._pick(b, deadline))  # actor b, unless it is dead or restarting
+        if overlap is not None:
+            overlap()
         while pending:
             now = time.monotonic()
             wait_s = max(0.0, min(c.deadline for c in pending.values()) - now)
@@ -504,7 +548,7 @@ class RayBackend:
             ref = ready[0]
             call = pending.pop(ref)
             try:
-                value = ray.get(ref)
+                answer = ray.get(ref)
             except RETRIABLE as err:
                 failed(call, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                 continue
@@ -512,6 +556,15 @@ class RayBackend:
                 raise WorkerFailedError(
                     f"{method} raised on actor {call.actor} for {_describe_tasks(groups, blocks[call.block])}: {err}"
                 ) from err
+            if isinstance(answer, str) and answer == NEEDS_SETUP:  # a restarted (or reconfigured) process
+                rebuilds[call.block] += 1
+                if rebuilds[call.block] > MAX_REBUILDS:
+                    failed(call, f"lost its Worker {MAX_REBUILDS} times in a row")
+                    continue
+                self.actors[call.actor].setup.remote(self._args())  # runs before the re-sent call (actor order)
+                submit(call.block, call.actor, inject=False, wait_s=max(timeout, STARTUP_TIMEOUT))
+                continue
+            value = unpack(answer)
             problem = check(blocks[call.block], value)
             if problem is not None:
                 failed(call, problem)

@@ -184,14 +184,21 @@ class Trainer:
         dtype = DTYPES[cfg.dtype]
         logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress, desc="meta-train", unit="step")
+        upcoming: dict[int, list] = {}  # the next step's specs, sampled while the workers compute this one
+
+        def sample_next(step: int) -> None:
+            if step < cfg.train.steps:
+                upcoming[step] = sampler.batch(step, cfg.train.meta_batch)
+
         try:
             while self.step < cfg.train.steps:
                 t0 = time.perf_counter()
-                specs = sampler.batch(self.step, cfg.train.meta_batch)
+                specs = upcoming.pop(self.step, None) or sampler.batch(self.step, cfg.train.meta_batch)
                 groups = [specs[r.start : r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
                 meta = self._meta_numpy()
                 t1 = time.perf_counter()
-                results = self.backend.compute(meta, groups, version=self.step)
+                results = self.backend.compute(meta, groups, version=self.step,
+                                               overlap=lambda step=self.step + 1: sample_next(step))
                 t2 = time.perf_counter()
                 check_tasks(results, specs, self.step)
                 skipped = self._nan_policy(results, len(specs))  # raises under nan_policy=raise
@@ -199,7 +206,7 @@ class Trainer:
                 opt_stats: dict[str, float] = {}
                 if used:
                     grad = reduce_groups(used, names, dtype)
-                    mean_grad = {n: g / (len(specs) - len(skipped)) for n, g in grad.items()}
+                    mean_grad = {n: g.div_(len(specs) - len(skipped)) for n, g in grad.items()}  # reduce_groups' own tensors
                     if not _all_finite(mean_grad):  # finite groups, non-finite sum: never applied
                         raise NonFiniteError(f"step {self.step}: the summed meta-gradient is not finite although every "
                                              f"task's is (overflow); stopped before the update")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from distmeta.config import Config, FaultConfig
 from distmeta.tasks.specs import TaskSpec, task_key
@@ -98,9 +98,12 @@ class InProcessFaults:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
 
-    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int) -> list:
+    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int,
+                overlap: Callable[[], Any] | None = None) -> list:
         keys = [task_key(s) for g in groups for s in g]
         hit = self.plan.take(version, 0, keys)
+        if overlap is not None:
+            overlap()
         if hit is None:
             return self.backend.compute(meta, groups, version)
         fault, target = hit

@@ -1,7 +1,7 @@
 """The in-process backend: one Worker in the driver's own process (``workers: 0``)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from distmeta.config import Config
 from distmeta.tasks.specs import TaskSpec
@@ -19,7 +19,11 @@ class LocalBackend:
     def initial_meta(self):
         return self.worker.initial_meta
 
-    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int) -> list[GroupResult]:
+    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int,
+                overlap: Callable[[], Any] | None = None) -> list[GroupResult]:
+        """Every group's result, in order; ``overlap`` (driver work independent of the results) runs first."""
+        if overlap is not None:
+            overlap()
         return self.worker.meta_grad_groups(meta, groups, version)
 
     def evaluate(

@@ -55,9 +55,9 @@ class EpisodeSampler:
         support, query = [], []
         for c in chosen:
             rows = rng.choice(self.rows[int(c)], size=self.shots + self.queries, replace=False)
-            support.append(tuple(int(r) for r in rows[: self.shots]))
-            query.append(tuple(int(r) for r in rows[self.shots :]))
-        return EpisodeSpec(step, index, tuple(int(c) for c in chosen), tuple(support), tuple(query))
+            support.append(tuple(rows[: self.shots].tolist()))  # tolist: Python ints, 10x faster than int() each
+            query.append(tuple(rows[self.shots :].tolist()))
+        return EpisodeSpec(step, index, tuple(chosen.tolist()), tuple(support), tuple(query))
 
     def batch(self, step: int, size: int) -> list[TaskSpec]:
         return [self.sample(step, i) for i in range(size)]
