@@ -224,6 +224,10 @@ class RayConfig(_Section):
     object_store_memory: int | None = None
     step_timeout: float = Field(600.0, gt=0)
     max_retries: int = Field(3, ge=0)
+    compiled_graph: bool = Field(
+        True, description="send each training step through a Ray Compiled Graph (shared-memory channels: ~0.4 ms "
+        "instead of ~2 ms per round trip) when every actor is on the driver's node; multi-node runs, and any "
+        "failure, use plain actor calls")
 
 
 class FaultConfig(_Section):

@@ -55,6 +55,7 @@ from ray.exceptions import (  # noqa: E402
     NodeDiedError,
     ObjectLostError,
     RayActorError,
+    RayChannelError,
     RayTaskError,
     WorkerCrashedError,
 )
@@ -77,6 +78,15 @@ INLINE_META_BYTES = 100 * 1024
 #: An actor's answer when it holds no Worker of the request's generation (see WorkerActor).
 NEEDS_SETUP = "needs-setup"
 MAX_REBUILDS = 3  # per block and dispatch: more means the actor keeps losing its Worker
+MAX_GRAPH_BREAKS = 3  # compiled graphs torn down by failures before a backend stays on plain calls
+
+
+class _CompiledFailure(Exception):
+    """This actor's answer to a compiled-graph step is lost through its own fault (died, hung); the graph is torn down."""
+
+
+class _GraphCollateral(Exception):
+    """This actor's answer is lost because the graph broke elsewhere (another actor died): not its failure."""
 
 
 class WorkerFailedError(DistmetaError, RuntimeError):
@@ -183,6 +193,7 @@ class WorkerActor:
         self.builds = 0
         self._fault: tuple[str, int, float] | None = None
         self._nan_task: tuple[int, int] | None = None
+        self._busy = False
 
     def setup(self, args: list[Any]) -> dict[str, Any]:
         """Build the Worker (unless this process has one of ``args``' generation) and describe the replica."""
@@ -196,7 +207,8 @@ class WorkerActor:
             self.generation = generation
             self.builds += 1
         return {
-            "actor": self.index, "node": self.node_id, "pid": os.getpid(), "device": str(self.worker.device),
+            "actor": self.index, "actor_id": ray.get_runtime_context().get_actor_id(),
+            "node": self.node_id, "pid": os.getpid(), "device": str(self.worker.device),
             "threads": torch.get_num_threads(), "builds": self.builds,
         }
 
@@ -217,6 +229,27 @@ class WorkerActor:
         if opened is None:
             return NEEDS_SETUP
         meta, groups, (version,) = opened
+        return self._compute(meta, groups, version)
+
+    def compute_compiled(self, request: bytes) -> Packed | str:
+        """:meth:`compute` as a Compiled Graph node: one request holds every actor's block; this takes its own."""
+        generation, meta, blocks, version = pickle.loads(request)
+        if self.worker is None or generation != self.generation:
+            return NEEDS_SETUP
+        return self._compute(meta, pickle.loads(blocks[self.index]), version)
+
+    def busy(self) -> bool:
+        """Whether a compute is running (in the compiled graph's thread): a plain call answers meanwhile."""
+        return self._busy
+
+    def _compute(self, meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> Packed:
+        self._busy = True
+        try:
+            return self._compute_block(meta, groups, version)
+        finally:
+            self._busy = False
+
+    def _compute_block(self, meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> Packed:
         fault = self._take_fault()
         t0 = time.perf_counter()
         if fault == "nan":
@@ -297,6 +330,7 @@ class StepStats:
     result_bytes: int = 0  # gradient bytes returned
     calls: int = 0
     retries: int = 0
+    compiled_graph: bool = False  # the step went through the compiled graph (not plain actor calls)
     actor_compute_s: dict[int, float] = field(default_factory=dict)
     actor_nodes: dict[int, str] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -316,6 +350,9 @@ class RayBackend:
         self._args_ref: Any = None
         self._generation = 0
         self._suspect: set[int] = set()  # actors that failed a call and have not answered since
+        self._graph: Any = None  # the compiled graph of compute_compiled over the actors, built lazily
+        self._graph_breaks = 0
+        self._driver_node = ""
         self._closed = False
         self._session: RaySession | None = connect(cfg)
         try:
@@ -382,6 +419,7 @@ class RayBackend:
 
     def _load(self, cfg: Config, worker_args: dict[str, Any]) -> None:
         """Put config and dataset in the object store (once for all actors and restarts); every actor builds its Worker."""
+        self._teardown_graph()
         self._generation += 1
         self._faults = FaultPlan(cfg.faults)  # the config's injected faults, counted here so restarts are not hit again
         for i, f in enumerate(cfg.faults):
@@ -398,6 +436,7 @@ class RayBackend:
             except (RayActorError, RayTaskError, GetTimeoutError) as err:
                 raise WorkerFailedError(f"Ray actor {k} failed to build its Worker: {err}") from err
         self.infos = infos
+        self._driver_node = ray.get_runtime_context().get_node_id()
         meta = ray.get(self.actors[0].initial_meta.remote(self._args()), timeout=timeout)
         self._initial_meta = {name: torch.from_numpy(np.array(v, copy=True)) for name, v in meta.items()}
 
@@ -436,7 +475,6 @@ class RayBackend:
         t0 = time.perf_counter()
         groups = [list(g) for g in groups]
         stats = StepStats(meta_bytes=sum(np.asarray(v).nbytes for v in meta.values()))
-        published = _publish(meta, stats.meta_bytes)
 
         def check(block: range, value: Any) -> str | None:
             if not isinstance(value, list) or len(value) != len(block):
@@ -448,8 +486,7 @@ class RayBackend:
                     return f"result for group {i} is for tasks {r.tasks[:3]}..., not the tasks sent"
             return None
 
-        results = self._dispatch("compute", published, groups, (version,), check, stats, overlap)
-        del published
+        results = self._dispatch("compute", meta, groups, (version,), check, stats, overlap)
         for r in results:
             stats.result_bytes += sum(g.nbytes for g in r.grad.values())
             stats.actor_compute_s[r.extra["actor"]] = r.extra["actor_compute_s"]
@@ -462,7 +499,6 @@ class RayBackend:
                  cache_key: str | None = None) -> list[dict[str, list[float]]]:
         """Per-episode metrics of each episode group, in group order (``cache_key``: see :meth:`Worker.evaluate`)."""
         groups = [list(g) for g in groups]
-        published = _publish(meta, sum(np.asarray(v).nbytes for v in meta.values()))
 
         def check(block: range, value: Any) -> str | None:
             if not isinstance(value, list) or len(value) != len(block):
@@ -473,9 +509,9 @@ class RayBackend:
                     return f"group {i}: {n} episode results for {len(groups[i])} episodes"
             return None
 
-        return self._dispatch("evaluate", published, groups, (inner_steps, cache_key), check, StepStats())
+        return self._dispatch("evaluate", meta, groups, (inner_steps, cache_key), check, StepStats())
 
-    def _dispatch(self, method: str, meta: tuple[dict[str, Any] | None, Any], groups: list[list[TaskSpec]], args: tuple,
+    def _dispatch(self, method: str, meta: dict[str, Any], groups: list[list[TaskSpec]], args: tuple,
                   check: Callable[[range, Any], str | None], stats: StepStats,
                   overlap: Callable[[], Any] | None = None) -> list[Any]:
         """One call per actor with its block; re-run failed blocks elsewhere; results in group order."""
@@ -490,7 +526,7 @@ class RayBackend:
         reasons: list[list[str]] = [[] for _ in range(n)]
         pending: dict[Any, _Call] = {}
 
-        inline_meta, meta_ref = meta
+        published: list[Any] = []  # (inline meta, ref), made on the first plain call
         rebuilds = [0] * n
 
         def submit(b: int, actor: int, inject: bool = True, wait_s: float = timeout) -> None:
@@ -499,6 +535,9 @@ class RayBackend:
             stats.spec_bytes += len(specs)
             if method == "compute" and self._faults and inject:
                 self._inject(args[0], actor, block)
+            if not published:
+                published.append(_publish(meta, sum(np.asarray(v).nbytes for v in meta.values())))
+            inline_meta, meta_ref = published[0]
             request = pickle.dumps((self._generation, inline_meta, specs, *args), protocol=5)
             ref = getattr(self.actors[actor], method).remote(request, meta_ref)
             pending[ref] = _Call(b, actor, attempts[b], time.monotonic() + wait_s)
@@ -524,12 +563,55 @@ class RayBackend:
             stats.retries += 1
             submit(b, nxt)
 
+        def receive(call: _Call, fetch: Callable[[], Any]) -> None:
+            """Read one actor's answer for a block: fill its groups, or count the failure and re-send the block."""
+            try:
+                answer = fetch()
+            except RETRIABLE as err:
+                failed(call, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                return
+            except _CompiledFailure as err:
+                failed(call, str(err))
+                return
+            except _GraphCollateral:  # re-sent as a plain call to the same actor; not counted as its failure
+                submit(call.block, call.actor, inject=False)
+                return
+            except RayTaskError as err:
+                raise WorkerFailedError(
+                    f"{method} raised on actor {call.actor} for {_describe_tasks(groups, blocks[call.block])}: {err}"
+                ) from err
+            if isinstance(answer, str) and answer == NEEDS_SETUP:  # a restarted (or reconfigured) process
+                rebuilds[call.block] += 1
+                if rebuilds[call.block] > MAX_REBUILDS:
+                    failed(call, f"lost its Worker {MAX_REBUILDS} times in a row")
+                    return
+                self.actors[call.actor].setup.remote(self._args())  # runs before the re-sent call (actor order)
+                submit(call.block, call.actor, inject=False, wait_s=max(timeout, STARTUP_TIMEOUT))
+                return
+            value = unpack(answer)
+            problem = check(blocks[call.block], value)
+            if problem is not None:
+                failed(call, problem)
+                return
+            for i, r in zip(blocks[call.block], value):
+                assert not filled[i], f"group {i} answered twice"
+                filled[i] = True
+                out[i] = r
+                if isinstance(r, GroupResult):
+                    r.extra["attempt"] = call.attempt
+                    self.infos[call.actor]["pid"] = r.extra["pid"]  # a restarted actor has a new process
+
         deadline = time.monotonic() + timeout
-        for b in range(n):
-            if len(blocks[b]):
-                submit(b, self._pick(b, deadline))  # actor b, unless it is dead or restarting
+        graph_refs = self._execute_graph(meta, groups, blocks, args, stats) if method == "compute" else None
+        if graph_refs is None:
+            for b in range(n):
+                if len(blocks[b]):
+                    submit(b, self._pick(b, deadline))  # actor b, unless it is dead or restarting
         if overlap is not None:
             overlap()
+        if graph_refs is not None:  # actor b computed block b (empty blocks included: the graph runs every actor)
+            for b, fetch in enumerate(self._graph_answers(graph_refs, deadline)):
+                receive(_Call(b, b, 0, deadline), fetch)
         while pending:
             now = time.monotonic()
             wait_s = max(0.0, min(c.deadline for c in pending.values()) - now)
@@ -547,36 +629,106 @@ class RayBackend:
                 continue
             ref = ready[0]
             call = pending.pop(ref)
-            try:
-                answer = ray.get(ref)
-            except RETRIABLE as err:
-                failed(call, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-                continue
-            except RayTaskError as err:
-                raise WorkerFailedError(
-                    f"{method} raised on actor {call.actor} for {_describe_tasks(groups, blocks[call.block])}: {err}"
-                ) from err
-            if isinstance(answer, str) and answer == NEEDS_SETUP:  # a restarted (or reconfigured) process
-                rebuilds[call.block] += 1
-                if rebuilds[call.block] > MAX_REBUILDS:
-                    failed(call, f"lost its Worker {MAX_REBUILDS} times in a row")
-                    continue
-                self.actors[call.actor].setup.remote(self._args())  # runs before the re-sent call (actor order)
-                submit(call.block, call.actor, inject=False, wait_s=max(timeout, STARTUP_TIMEOUT))
-                continue
-            value = unpack(answer)
-            problem = check(blocks[call.block], value)
-            if problem is not None:
-                failed(call, problem)
-                continue
-            for i, r in zip(blocks[call.block], value):
-                assert not filled[i], f"group {i} answered twice"
-                filled[i] = True
-                out[i] = r
-                if isinstance(r, GroupResult):
-                    r.extra["attempt"] = call.attempt
-                    self.infos[call.actor]["pid"] = r.extra["pid"]  # a restarted actor has a new process
+            receive(call, lambda r=ref: ray.get(r))
         return out
+
+    # ------------------------------------------------------------------ the compiled-graph path
+    def _execute_graph(self, meta: dict[str, Any], groups: list[list[TaskSpec]], blocks: list[range],
+                       args: tuple, stats: StepStats) -> list[Any] | None:
+        """Start a step on the compiled graph; None when the plain calls should carry it instead.
+
+        Plain calls carry it while the graph is off (``ray.compiled_graph: false``, injected
+        faults from the config, whose order against graph steps is not guaranteed), while an
+        actor is suspect, when the graph cannot be built or started, and when an actor
+        lives on another node than the driver: the graph's gain is its shared-memory
+        channels on one node (a 2-node ``cluster_utils.Cluster`` on one machine hangs
+        reading cross-node channels with Ray 2.60, and across real nodes the ~1.5 ms saved
+        per step is small against the network), so multi-node runs use plain calls.
+        """
+        if (not self.cfg.ray.compiled_graph or self._faults or self._suspect
+                or self._graph_breaks >= MAX_GRAPH_BREAKS or len(blocks) != len(self.actors)
+                or any(node != self._driver_node for node in self.node_ids)):
+            return None
+        try:
+            if self._graph is None:
+                from ray.dag import InputNode, MultiOutputNode
+
+                with InputNode() as request:
+                    dag = MultiOutputNode([a.compute_compiled.bind(request) for a in self.actors])
+                self._graph = dag.experimental_compile()
+            specs = [pickle.dumps([groups[i] for i in block], protocol=5) for block in blocks]
+            stats.spec_bytes += sum(len(x) for x in specs)
+            stats.calls += len(specs)
+            stats.compiled_graph = True
+            return self._graph.execute(pickle.dumps((self._generation, meta, specs, *args), protocol=5))
+        except Exception as err:  # noqa: BLE001 - any failure here only means: use plain calls
+            log.warning("compiled graph unavailable (%s: %s); this step uses plain actor calls", type(err).__name__, err)
+            self._break_graph()
+            return None
+
+    def _graph_answers(self, refs: list[Any], deadline: float) -> list[Callable[[], Any]]:
+        """Each actor's answer to a graph step, as a callable that returns it or raises why it is lost.
+
+        A graph step's outputs are read together, so one failure hides every answer; the
+        graph is torn down and the failure is pinned on its actor: the one a death names,
+        the ones still busy (hung) at the deadline, the one whose compute raised. The
+        others' blocks are re-sent as plain calls without counting against them.
+        """
+        def value(v: Any) -> Callable[[], Any]:
+            return lambda: v
+
+        def error(e: BaseException) -> Callable[[], Any]:
+            def fetch() -> Any:
+                raise e
+            return fetch
+
+        collateral = error(_GraphCollateral())
+        try:
+            return [value(v) for v in ray.get(list(refs), timeout=max(0.0, deadline - time.monotonic()))]
+        except RayTaskError as err:  # a Worker exception: raised again by its actor's block
+            self._break_graph()
+            return [error(err) if info.get("pid") == err.pid else collateral for info in self.infos]
+        except (GetTimeoutError, TimeoutError):
+            hung = self._busy_actors()
+            for k in hung:
+                try:
+                    ray.kill(self.actors[k], no_restart=False)  # Ray restarts the hung actor
+                except Exception:  # pragma: no cover - already gone
+                    pass
+            self._break_graph()
+            late = error(_CompiledFailure(f"no answer within ray.step_timeout={self.cfg.ray.step_timeout:g}s"))
+            return [late if k in hung else collateral for k in range(len(self.actors))]
+        except (RayActorError, RayChannelError, *RETRIABLE) as err:
+            self._break_graph()
+            culprit = getattr(err, "actor_id", None)
+            lost = error(_CompiledFailure(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+            return [lost if culprit is not None and info.get("actor_id") == culprit else collateral for info in self.infos]
+
+    def _busy_actors(self, wait_s: float = 2.0) -> set[int]:
+        """Actors still inside a compute (or not answering at all): the hung ones after a graph step's deadline."""
+        asks = {self.actors[k].busy.remote(): k for k in range(len(self.actors))}
+        ready, _ = ray.wait(list(asks), num_returns=len(asks), timeout=wait_s)
+        idle = set()
+        for ref in ready:
+            try:
+                if not ray.get(ref):
+                    idle.add(asks[ref])
+            except Exception:  # noqa: BLE001 - a dead actor counts as not idle
+                pass
+        return set(range(len(self.actors))) - idle
+
+    def _break_graph(self) -> None:
+        if self._graph is not None:
+            self._graph_breaks += 1
+        self._teardown_graph()
+
+    def _teardown_graph(self) -> None:
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            try:
+                graph.teardown()
+            except Exception as err:  # noqa: BLE001 - best effort: its actors may be gone
+                log.debug("compiled graph teardown: %s", err)
 
     def _inject(self, version: int, actor: int, block: list[list[TaskSpec]]) -> None:
         """Arm the configured fault (if any) for the call about to go to ``actor`` (calls run in order)."""
@@ -635,6 +787,7 @@ class RayBackend:
         if self._closed:
             return
         self._closed = True
+        self._teardown_graph()
         if ray.is_initialized():
             for a in self.actors:
                 try:

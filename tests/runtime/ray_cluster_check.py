@@ -3,7 +3,8 @@
 Starts a two-node ``ray.cluster_utils.Cluster`` (2 logical CPUs each), meta-trains the
 given config with two actors that reach the cluster through ``ray.address``, saves the
 final parameters to ``RUN_DIR/params.pt`` and prints one JSON line: the nodes the actors
-ran on and the nodes named in the last step's results.
+ran on, the nodes named in the last step's results, and whether that step went through
+the compiled graph.
 
     python tests/runtime/ray_cluster_check.py RUN_DIR [override ...]
 """
@@ -30,6 +31,11 @@ def main(run_dir: str, overrides: list[str]) -> dict:
 
     import distmeta
 
+    # cluster_utils writes the default temp dir's ray_current_cluster file whatever temp_dir
+    # says, and fails on a clean machine where that directory does not exist yet.
+    from ray._common.utils import get_default_ray_temp_dir
+
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
     node = {"num_cpus": 2, "object_store_memory": 100 * 1024**2, "temp_dir": TEMP_DIR}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     try:
@@ -48,6 +54,7 @@ def main(run_dir: str, overrides: list[str]) -> dict:
         out["ray_initialized_after_close"] = ray.is_initialized()
         out["actor_nodes"] = [i["node"] for i in infos]
         out["result_nodes"] = [last.actor_nodes[k] for k in sorted(last.actor_nodes)]
+        out["compiled_graph"] = last.compiled_graph
         return out
     finally:
         if ray.is_initialized():

@@ -149,13 +149,15 @@ def test_auto_workers_one_per_gpu_else_per_cpu_share():
 
 @pytest.mark.ray
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_maml_sinusoid_bit_identical_for_any_actor_count(pooled, tmp_path, dtype):
-    overrides = SINUSOID + [f"dtype={dtype}"]
+@pytest.mark.parametrize("graph", [True, False], ids=["compiled-graph", "plain-calls"])
+def test_maml_sinusoid_bit_identical_for_any_actor_count(pooled, tmp_path, dtype, graph):
+    overrides = SINUSOID + [f"dtype={dtype}", f"ray.compiled_graph={str(graph).lower()}"]
     ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
     assert ref["head.weight"].dtype == getattr(torch, dtype)
     for n in (1, 2, 3):
         params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
         assert actors == list(range(n)), "every actor computed a block"
+        assert pooled[n].last_step.compiled_graph == graph, "the step went the way the config asks"
         assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
         assert test == ref_test, "meta-test through the actors equals the in-process evaluation"
 
@@ -207,7 +209,7 @@ def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools):
     assert all(r.version == 5 for r in ref)
     stats = backend.last_step
     assert stats.meta_bytes == sum(v.nbytes for v in meta.values())
-    assert stats.calls == 2 and stats.retries == 0
+    assert stats.calls == 2 and stats.retries == 0 and stats.compiled_graph
     pid1 = backend.infos[1]["pid"]
 
     for kind in ("exit", "stale", "hang"):
@@ -279,6 +281,7 @@ def test_two_node_cluster_spreads_actors_and_matches_one_node(tmp_path):
     out = json.loads(lines[-1][len("RESULT "):])
     assert len(set(out["actor_nodes"])) == 2, "SPREAD put one actor on each node (either could hold both)"
     assert out["result_nodes"] == out["actor_nodes"], "the results' extra names the node of each actor"
+    assert out["compiled_graph"] is False, "actors off the driver's node get plain calls, not the compiled graph"
     assert_bit_identical(ref, torch.load(tmp_path / "params.pt"), "2 actors on 2 nodes vs workers=0")
     assert out["ray_initialized_after_close"] is False, "a connection this backend opened is closed with it"
 
