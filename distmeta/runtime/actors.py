@@ -5,15 +5,23 @@ What travels, and when:
 * once per backend: the config and ``worker_args`` (the tokenised corpus), one
   ``ray.put``. Every actor, and every restart of one, builds its Worker from that object
   (zero-copy numpy on the same node), so the dataset never travels per step. Calls carry
-  only ``[ref, generation]`` (a few dozen bytes), which lets a restarted actor rebuild;
+  the backend's generation; an actor without that generation's Worker (restarted by Ray,
+  or reconfigured) answers :data:`NEEDS_SETUP` and is sent :meth:`WorkerActor.setup` first;
 * once per step: the meta-parameters, one ``ray.put`` of a dict of numpy arrays that
   actors on the same node read zero-copy. Below ``INLINE_META_BYTES`` (Ray's own limit
-  for inlining small objects in a call) they ride inside each call instead: a put and
+  for inlining small objects in a call) they ride inside the request instead: a put and
   its fetch cost ~2.5 ms, far more than a few kilobytes sent twice;
-* per step and actor: one call carrying that actor's contiguous block of task specs
-  (a few hundred bytes per task, pickled, :mod:`distmeta.runtime.wire`) and the
-  parameter version; back come the block's :class:`~distmeta.worker.GroupResult` s (one
-  summed gradient per group) as a pickle header plus zero-copy gradient arrays.
+* per step and actor: that actor's contiguous block of task specs (a few hundred bytes
+  per task, pickled) and the parameter version; back come the block's
+  :class:`~distmeta.worker.GroupResult` s (one summed gradient per group) as a pickle
+  header plus one zero-copy blob (:mod:`distmeta.runtime.wire`).
+
+How: one plain actor call per block; or, for GPU actors on the driver's node (or
+``ray.compiled_graph: true``), one execution of a Ray Compiled Graph over the actors
+(shared-memory channels, ~0.4 ms per round trip instead of ~2 ms, bought with a core
+per actor spinning while it waits; see :func:`use_compiled_graph`). A failure tears the
+graph down; plain calls carry the steps while an actor is suspect, the graph is rebuilt
+once all answer again, and after ``MAX_GRAPH_BREAKS`` tear-downs plain calls stay.
 
 Group ``g`` of ``G`` goes to actor ``k = the block holding g`` where actor ``k`` owns
 groups ``[k*G//n, (k+1)*G//n)``: deterministic and balanced to within one group.
@@ -155,6 +163,19 @@ def _worker_bundles(bundles: list[dict[str, float]], n: int, per_worker: dict[st
 def _publish(meta: dict[str, Any], nbytes: int) -> tuple[dict[str, Any] | None, Any]:
     """``(inline, ref)``: small meta-parameters ride inside each request, larger ones are one shared ``ray.put``."""
     return (meta, None) if nbytes < INLINE_META_BYTES else (None, ray.put(meta))
+
+
+def use_compiled_graph(setting: bool | str, gpus_per_actor: float, actor_nodes: Sequence[str], driver_node: str) -> bool:
+    """Whether steps go through the compiled graph (``ray.compiled_graph``): never across nodes; ``auto`` for GPU actors.
+
+    The graph's channels are shared memory on one node (a two-node ``cluster_utils.Cluster``
+    hangs reading cross-node channels with Ray 2.60). Its readers spin: an idle actor, and
+    the driver while it waits, keep a core at 100%, which on CPU actors is the core that
+    computes (measured here: 2.9 CPU-seconds per 3 s per idle actor).
+    """
+    if setting is False or any(node != driver_node for node in actor_nodes):
+        return False
+    return setting is True or gpus_per_actor > 0
 
 
 def _describe_tasks(groups: Sequence[Sequence[TaskSpec]], block: range) -> str:
@@ -637,17 +658,14 @@ class RayBackend:
                        args: tuple, stats: StepStats) -> list[Any] | None:
         """Start a step on the compiled graph; None when the plain calls should carry it instead.
 
-        Plain calls carry it while the graph is off (``ray.compiled_graph: false``, injected
-        faults from the config, whose order against graph steps is not guaranteed), while an
-        actor is suspect, when the graph cannot be built or started, and when an actor
-        lives on another node than the driver: the graph's gain is its shared-memory
-        channels on one node (a 2-node ``cluster_utils.Cluster`` on one machine hangs
-        reading cross-node channels with Ray 2.60, and across real nodes the ~1.5 ms saved
-        per step is small against the network), so multi-node runs use plain calls.
+        Plain calls carry it when :func:`use_compiled_graph` says no (``ray.compiled_graph``,
+        actors on other nodes), with injected faults from the config (whose order against
+        graph steps is not guaranteed), while an actor is suspect, and when the graph
+        cannot be built or started.
         """
-        if (not self.cfg.ray.compiled_graph or self._faults or self._suspect
-                or self._graph_breaks >= MAX_GRAPH_BREAKS or len(blocks) != len(self.actors)
-                or any(node != self._driver_node for node in self.node_ids)):
+        wanted = use_compiled_graph(self.cfg.ray.compiled_graph, self._plan[2], self.node_ids, self._driver_node)
+        if (not wanted or self._faults or self._suspect
+                or self._graph_breaks >= MAX_GRAPH_BREAKS or len(blocks) != len(self.actors)):
             return None
         try:
             if self._graph is None:

@@ -11,7 +11,7 @@ import torch
 
 import distmeta
 from distmeta.config import load_config
-from distmeta.runtime.actors import RayBackend, WorkerFailedError, assign_blocks, plan_workers
+from distmeta.runtime.actors import RayBackend, WorkerFailedError, assign_blocks, plan_workers, use_compiled_graph
 from distmeta.runtime.driver import make_backend as REAL_MAKE_BACKEND
 
 SINUSOID = [
@@ -124,6 +124,17 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 # ---------------------------------------------------------------------- no Ray needed
 
 
+def test_compiled_graph_only_on_the_drivers_node_and_by_default_only_for_gpu_actors():
+    here, there = "node-a", "node-b"
+    assert use_compiled_graph("auto", 1.0, [here, here], here)
+    assert use_compiled_graph("auto", 0.5, [here], here), "fractional GPUs count as GPU actors"
+    assert not use_compiled_graph("auto", 0.0, [here, here], here), "CPU actors: spinning readers steal their cores"
+    assert use_compiled_graph(True, 0.0, [here, here], here)
+    assert not use_compiled_graph(False, 1.0, [here], here)
+    for setting in (True, "auto"):
+        assert not use_compiled_graph(setting, 1.0, [here, there], here), "never across nodes"
+
+
 def test_blocks_are_contiguous_balanced_and_cover_every_group_once():
     for groups in range(0, 12):
         for actors in range(1, 6):
@@ -170,6 +181,7 @@ def test_protonet_text_bit_identical_for_any_actor_count(pooled, tmp_path, text_
     for n in (1, 2, 3):
         params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
         assert actors == list(range(n))
+        assert not pooled[n].last_step.compiled_graph, "ray.compiled_graph=auto: plain calls for CPU actors"
         assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
         assert test == ref_test
 
@@ -198,7 +210,8 @@ def _same(a, b) -> None:
 def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools):
     import ray
 
-    cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2"])
+    # Through the compiled graph: its failures (a death, a hang, a raise) are pinned on their actor too.
+    cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2", "ray.compiled_graph=true"])
     exp, groups = _groups(cfg)
     meta = {n: t.numpy() for n, t in distmeta.Worker(cfg).initial_meta.items()}
     backend = pooled_backend(actor_pools, cfg, exp)
