@@ -1,34 +1,126 @@
-"""Ray's own per-step cost: one RayBackend actor against the same Worker in this process.
+"""Ray's own per-step cost: one actor against the same Worker in this process, plain calls and compiled graph.
 
-Same tasks, same groups, one torch thread each, interleaved warm-up then 10 timed steps:
+Sinusoid MAML, 32 tasks in 4 groups, one torch thread everywhere; 3 warm-up steps,
+then the median of ``--steps``. Two phases, because an idle compiled-graph actor spins
+a core and would slow whatever runs beside it:
 
-    .venv/bin/python benchmarks/ray_overhead.py
+1. ``in-process`` (``Worker.meta_grad_groups`` here, the ``workers: 0`` compute) and
+   ``actor, plain calls`` (``ray.compiled_graph: false``) take turns a step at a time;
+2. ``actor, compiled graph`` (``ray.compiled_graph: true``) and ``in-process beside it``
+   (the same in-process compute while the graph's actor waits) take turns.
+
+Each Ray row's overhead is its step time minus the actor's own compute time. Also
+printed: a bare actor round trip (``ping``), and the CPU time an idle graph actor and
+an idle plain actor burn per second of wall time. Usage:
+
+    .venv/bin/python benchmarks/ray_overhead.py [--steps 20]
 """
-import os, time
-for k,v in {"RAY_USAGE_STATS_ENABLED":"0","RAY_AUTH_MODE":"disabled","RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER":"0"}.items(): os.environ[k]=v
-import ray, torch, numpy as np
-from distmeta.config import load_config
-from distmeta.experiment import prepare_experiment
-from distmeta.worker import Worker
-from distmeta.runtime.actors import RayBackend
-from distmeta.tasks.materialise import chunks
-torch.set_num_threads(1)
-ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/dmray_ovh", logging_level="warning", log_to_driver=False)
-cfg=load_config(None,["workers=1","threads=1","data.source=sinusoid","model.name=mlp","algorithm.name=maml","train.meta_batch=32","algorithm.group_size=8"])
-exp=prepare_experiment(cfg)
-w=Worker(cfg,**exp.worker_args())
-b=RayBackend(cfg,exp.worker_args())
-meta={n:t.numpy() for n,t in w.initial_meta.items()}
-specs=exp.sampler("train").batch(0,32); groups=[specs[r.start:r.stop] for r in chunks(32,8)]
-for i in range(3): b.compute(meta,groups,i); w.meta_grad_groups(meta,groups,i)
-t=time.perf_counter()
-for i in range(10): w.meta_grad_groups(meta,groups,i)
-print(f"in-process worker: {(time.perf_counter()-t)/10*1000:.1f} ms/step")
-t=time.perf_counter()
-for i in range(10): r=b.compute(meta,groups,i+3)
-print(f"one Ray actor:     {(time.perf_counter()-t)/10*1000:.1f} ms/step (actor compute {sum(x.compute_s for x in r)*1000:.1f} ms)")
-a=b.actors[0]
-t=time.perf_counter()
-for i in range(20): ray.get(a.ping.remote())
-print(f"actor round trip:  {(time.perf_counter()-t)/20*1000:.2f} ms")
-b.close(); ray.shutdown()
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from distmeta.config import load_config  # noqa: E402
+from distmeta.experiment import prepare_experiment  # noqa: E402
+from distmeta.runtime.actors import RayBackend  # noqa: E402
+from distmeta.tasks.materialise import chunks  # noqa: E402
+from distmeta.worker import Worker  # noqa: E402
+
+OVERRIDES = ["workers=1", "threads=1", "cpus_per_worker=1", "data.source=sinusoid", "model.name=mlp",
+             "algorithm.name=maml", "train.meta_batch=32", "algorithm.group_size=8"]
+RAY_TEMP_DIR = "/tmp/dmray_ovh"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_share(backend: RayBackend, seconds: float = 3.0) -> float:
+    """CPU-seconds per wall-second the backend's (single, idle) actor burns."""
+    pid = backend.infos[0]["pid"]
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
+def take_turns(rows: dict, steps: int) -> dict[str, tuple[float, float | None]]:
+    """Median (step ms, actor compute ms or None) of each row; rows are callables ``step -> results``."""
+    step_ms: dict[str, list[float]] = {name: [] for name in rows}
+    compute_ms: dict[str, list[float]] = {name: [] for name in rows}
+    for step in range(3 + steps):
+        for name, run in rows.items():
+            t0 = time.perf_counter()
+            results = run(step)
+            if step >= 3:
+                step_ms[name].append(1000 * (time.perf_counter() - t0))
+                if "actor_compute_s" in results[0].extra:
+                    compute_ms[name].append(1000 * results[0].extra["actor_compute_s"])
+    return {name: (statistics.median(step_ms[name]),
+                   statistics.median(compute_ms[name]) if compute_ms[name] else None) for name in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, logging_level="warning", log_to_driver=False)
+    cfg = load_config(None, OVERRIDES)
+    exp = prepare_experiment(cfg)
+    worker = Worker(cfg, **exp.worker_args(), threads=1)
+    meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
+    specs = exp.sampler("train").batch(0, cfg.train.meta_batch)
+    groups = [specs[r.start: r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
+
+    def backend(graph: bool) -> RayBackend:
+        c = cfg.model_copy(deep=True)
+        c.ray.compiled_graph = graph
+        return RayBackend(c, exp.worker_args())
+
+    in_process = lambda step: worker.meta_grad_groups(meta, groups, step)  # noqa: E731
+    rows: dict[str, tuple[float, float | None]] = {}
+    plain = backend(False)
+    try:
+        rows.update(take_turns({"in-process": in_process,
+                                "actor, plain calls": lambda step: plain.compute(meta, groups, step)}, args.steps))
+        plain_idle = idle_cpu_share(plain)
+        actor = plain.actors[0]
+        t0 = time.perf_counter()
+        for _ in range(50):
+            ray.get(actor.ping.remote())
+        ping_ms = (time.perf_counter() - t0) / 50 * 1000
+    finally:
+        plain.close()
+    graph = backend(True)
+    try:
+        rows.update(take_turns({"actor, compiled graph": lambda step: graph.compute(meta, groups, step),
+                                "in-process beside it": in_process}, args.steps))
+        assert graph.last_step.compiled_graph
+        graph_idle = idle_cpu_share(graph)
+    finally:
+        graph.close()
+        ray.shutdown()
+
+    print(f"sinusoid MAML, {cfg.train.meta_batch} tasks in {len(groups)} groups; median of {args.steps} steps")
+    print(f"{'':24} {'step ms':>8} {'actor compute ms':>17} {'overhead ms':>12}")
+    for name, (step, compute) in rows.items():
+        extra = f" {compute:17.1f} {step - compute:12.1f}" if compute is not None else ""
+        print(f"{name:24} {step:8.1f}{extra}")
+    print(f"bare actor round trip (ping): {ping_ms:.2f} ms")
+    print(f"idle actor CPU use: plain calls {100 * plain_idle:.0f}%, compiled graph {100 * graph_idle:.0f}% of a core")
+
+
+if __name__ == "__main__":
+    main()

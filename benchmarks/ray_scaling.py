@@ -5,20 +5,24 @@ For each case, on the same tasks and with one torch thread per process:
 * ``1 proc``: one Worker in this process (the ``workers: 0`` trainer's compute);
 * ``2 procs``: two plain processes (multiprocessing, no Ray), each computing half of
   every meta-batch at the same time; meta-parameters and gradients go over pipes;
-* ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors;
+* ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors (plain actor
+  calls: ``ray.compiled_graph: auto`` keeps CPU actors off the compiled graph, whose
+  spinning readers would also slow every other row; ``benchmarks/ray_overhead.py``
+  measures the graph on its own);
 * ``torch loop``: the algorithm as tutorials write it: a Python loop over tasks with
   ``torch.autograd.grad(create_graph=True)`` inner steps (MAML) or the prototype loss
   (ProtoNet), one backward per task, and ``torch.optim.SGD``.
 
 The first four run the trainer's driver loop (sample, dispatch, fixed-order reduce,
-outer update; the next step's sampling overlaps the workers' compute). All five stay
+outer update; the next step's sampling overlaps the workers' compute). All rows stay
 alive and take turns a step at a time (round-robin), so slow drifts of this noisy
 machine hit every row alike; each row's figure is the median of its steps.
 
 Printed per case: tasks/s of each row and its ratio to ``1 proc``; ``ray 2 / 2 procs``
-(Ray's cost against this machine's own parallel limit); the driver's serial share of a
-step (sampling not overlapped, reduce, update); the transport share (step time not
-spent computing by the slowest worker); the bytes that travel per step. Usage:
+(Ray's cost against this machine's own parallel limit); the compute time of the
+slowest worker process; the driver's serial share of a step (sampling not overlapped,
+reduce, update); the transport share (step time not spent computing by the slowest
+worker); the bytes that travel per step. Usage:
 
     .venv/bin/python benchmarks/ray_scaling.py [--steps 10] [--cases default,sinusoid,bag250k,transformer2m]
 """
@@ -230,6 +234,7 @@ def run_case(key: str, steps: int) -> None:
         for n in (1, 2):
             c = cfg.model_copy(deep=True)
             c.workers = n
+            c.ray.compiled_graph = False
             rows[f"ray {n}"] = DriverLoop(c, exp, RayBackend(c, exp.worker_args()))
         rows["torch loop"] = TorchLoop(cfg, exp)
         timings: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
@@ -245,13 +250,14 @@ def run_case(key: str, steps: int) -> None:
 
     med = {name: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for name, ts in timings.items()}
     base = cfg.train.meta_batch / med["1 proc"]["step_s"]
-    print(f"{'':12} {'tasks/s':>9} {'x 1 proc':>9} {'step ms':>8} {'driver':>7} {'transport':>9}")
+    print(f"{'':12} {'tasks/s':>9} {'x 1 proc':>9} {'step ms':>8} {'slowest worker ms':>17} {'driver':>7} {'transport':>9}")
     for name, m in med.items():
         tps = cfg.train.meta_batch / m["step_s"]
         driver = f"{100 * m['driver_s'] / m['step_s']:6.1f}%" if "driver_s" in m else ""
         transport = (f"{100 * max(0.0, m['dispatch_s'] - m['slowest_s']) / m['step_s']:8.1f}%"
                      if "dispatch_s" in m and name != "1 proc" else "")
-        print(f"{name:12} {tps:9.1f} {tps / base:9.2f} {1000 * m['step_s']:8.1f} {driver:>7} {transport:>9}")
+        slowest = f"{1000 * m['slowest_s']:17.1f}" if "slowest_s" in m else f"{'':17}"
+        print(f"{name:12} {tps:9.1f} {tps / base:9.2f} {1000 * m['step_s']:8.1f} {slowest} {driver:>7} {transport:>9}")
     print(f"ray 2 / 2 procs = {med['2 procs']['step_s'] / med['ray 2']['step_s']:.2f}; "
           f"1 proc / torch loop = {med['torch loop']['step_s'] / med['1 proc']['step_s']:.2f}x")
     how = "one ray.put" if ray2.meta_bytes >= INLINE_META_BYTES else "inline in each call"
