@@ -51,7 +51,8 @@ from distmeta.config import Config
 from distmeta.errors import ConfigError, DistmetaError
 from distmeta.runtime.faults import ACTOR_KIND, FaultPlan
 from distmeta.runtime.ray_session import RaySession, connect, set_ray_env
-from distmeta.runtime.wire import Packed, pack, unpack
+from distmeta.runtime.shm import Slab, SlabMaps, shared_memory_available
+from distmeta.runtime.wire import ALIGN, Packed, pack, pack_into, unpack
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import GroupResult
 
@@ -198,8 +199,9 @@ class WorkerActor:
     ray-project/ray#53727, so none is passed there.)
 
     A step's call is one pickled request ``(generation, inline meta or None, pickled
-    specs, *args)`` plus, for large meta-parameters, the ``ray.put`` ref (resolved by
-    Ray): each extra argument or nested ref costs ~0.3 ms per call in Ray. An actor that
+    specs, shared-memory places or None, *args)`` plus, for large meta-parameters that do
+    not come through shared memory, the ``ray.put`` ref (resolved by Ray): each extra
+    argument or nested ref costs ~0.3 ms per call in Ray. An actor that
     holds no Worker of the request's generation (Ray restarted it, or the backend was
     reconfigured) answers :data:`NEEDS_SETUP`, and the driver sends :meth:`setup` first.
     """
@@ -215,6 +217,7 @@ class WorkerActor:
         self._fault: tuple[str, int, float] | None = None
         self._nan_task: tuple[int, int] | None = None
         self._busy = False
+        self._slabs = SlabMaps()
 
     def setup(self, args: list[Any]) -> dict[str, Any]:
         """Build the Worker (unless this process has one of ``args``' generation) and describe the replica."""
@@ -237,40 +240,63 @@ class WorkerActor:
         self.setup(args)
         return {n: t.numpy() for n, t in self.worker.initial_meta.items()}
 
-    def _open(self, request: bytes, meta_ref: Any) -> tuple[dict[str, Any], list[list[TaskSpec]], list[Any]] | None:
-        """``(meta, groups, args)`` of a request, or None when this process lacks the request's Worker."""
-        generation, inline_meta, specs, *args = pickle.loads(request)
+    def _open(self, request: bytes, meta_ref: Any) -> tuple[dict[str, Any], list[list[TaskSpec]], Any, list[Any]] | None:
+        """``(meta, groups, shm, args)`` of a request, or None when this process lacks the request's Worker.
+
+        ``shm`` is None or ``{"meta": (path, header) or None, "out": (path, offset, capacity) or None}``:
+        where the driver put the meta-parameters and where this call's gradients go
+        (:mod:`distmeta.runtime.shm`).
+        """
+        generation, inline_meta, specs, shm, *args = pickle.loads(request)
         if self.worker is None or generation != self.generation:
             return None
-        return (inline_meta if meta_ref is None else meta_ref), pickle.loads(specs), args
+        if shm is not None and shm["meta"] is not None:
+            path, header = shm["meta"]
+            # Copied out: the driver rewrites the slab two steps on, and nothing here may alias it.
+            meta = {n: np.array(a) for n, a in unpack((header, self._slabs.get(path))).items()}
+        else:
+            meta = inline_meta if meta_ref is None else meta_ref
+        return meta, pickle.loads(specs), shm, args
 
-    def compute(self, request: bytes, meta_ref: Any = None) -> Packed | str:
-        """The GroupResults of the request's block of groups, packed (:mod:`distmeta.runtime.wire`)."""
+    def compute(self, request: bytes, meta_ref: Any = None) -> Packed | tuple[bytes, tuple[str, int, int]] | str:
+        """The GroupResults of the request's block of groups, packed (:mod:`distmeta.runtime.wire`).
+
+        With a shared-memory destination in the request, the gradients are written there
+        and the answer is ``(header, (path, offset, nbytes))``; when they do not fit, they
+        come back through Ray as usual.
+        """
         opened = self._open(request, meta_ref)
         if opened is None:
             return NEEDS_SETUP
-        meta, groups, (version,) = opened
-        return self._compute(meta, groups, version)
+        meta, groups, shm, (version,) = opened
+        results = self._compute(meta, groups, version)
+        if shm is not None and shm["out"] is not None:
+            path, offset, capacity = shm["out"]
+            written = pack_into(results, self._slabs.get(path)[offset: offset + capacity])
+            if written is not None:
+                header, nbytes = written
+                return header, (path, offset, nbytes)
+        return pack(results)
 
     def compute_compiled(self, request: bytes) -> Packed | str:
         """:meth:`compute` as a Compiled Graph node: one request holds every actor's block; this takes its own."""
         generation, meta, blocks, version = pickle.loads(request)
         if self.worker is None or generation != self.generation:
             return NEEDS_SETUP
-        return self._compute(meta, pickle.loads(blocks[self.index]), version)
+        return pack(self._compute(meta, pickle.loads(blocks[self.index]), version))
 
     def busy(self) -> bool:
         """Whether a compute is running (in the compiled graph's thread): a plain call answers meanwhile."""
         return self._busy
 
-    def _compute(self, meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> Packed:
+    def _compute(self, meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> list[GroupResult]:
         self._busy = True
         try:
             return self._compute_block(meta, groups, version)
         finally:
             self._busy = False
 
-    def _compute_block(self, meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> Packed:
+    def _compute_block(self, meta: dict[str, Any], groups: list[list[TaskSpec]], version: int) -> list[GroupResult]:
         fault = self._take_fault()
         t0 = time.perf_counter()
         if fault == "nan":
@@ -284,14 +310,14 @@ class WorkerActor:
             r.extra.update(actor=self.index, node=self.node_id, pid=os.getpid(), actor_compute_s=block_s)
             if fault == "stale":
                 r.version = version - 1
-        return pack(results)
+        return results
 
     def evaluate(self, request: bytes, meta_ref: Any = None) -> Packed | str:
         """Per-episode metrics of each episode group of the request, packed."""
         opened = self._open(request, meta_ref)
         if opened is None:
             return NEEDS_SETUP
-        meta, groups, (inner_steps, cache_key) = opened
+        meta, groups, _, (inner_steps, cache_key) = opened
         self._take_fault()
         return pack([self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups])
 
@@ -343,6 +369,27 @@ class _Call:
 
 
 @dataclass
+class _SharedStep:
+    """Where one step's meta-parameters and gradients go in shared memory (actors on the driver's node only)."""
+
+    meta: tuple[str, bytes] | None  # (slab path, wire header) of the meta-parameters; None: they go the Ray way
+    out_path: str
+    out: np.ndarray  # the driver's map of the out slab
+    regions: list[tuple[int, int]]  # (offset, capacity) of each block's gradients in the out slab
+    local: set[int]  # actors on the driver's node
+
+    def request(self, block: int, actor: int, attempt: int) -> dict[str, Any] | None:
+        """The shared-memory part of a call; a re-run block (attempt > 0) sends its gradients the Ray way.
+
+        A first attempt's region belongs to one call only, so an actor that was given up on
+        (hung, then killed) can never write over a re-run's answer.
+        """
+        if actor not in self.local:
+            return None
+        return {"meta": self.meta, "out": (self.out_path, *self.regions[block]) if attempt == 0 else None}
+
+
+@dataclass
 class StepStats:
     """What the last :meth:`RayBackend.compute` moved and how long each actor worked."""
 
@@ -352,6 +399,7 @@ class StepStats:
     calls: int = 0
     retries: int = 0
     compiled_graph: bool = False  # the step went through the compiled graph (not plain actor calls)
+    shared_memory_calls: int = 0  # calls whose gradients came back through shared memory
     actor_compute_s: dict[int, float] = field(default_factory=dict)
     actor_nodes: dict[int, str] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -374,6 +422,8 @@ class RayBackend:
         self._graph: Any = None  # the compiled graph of compute_compiled over the actors, built lazily
         self._graph_breaks = 0
         self._driver_node = ""
+        self._slabs: dict[str, Slab] = {}  # shared-memory slabs by role and step parity (see _shared_step)
+        self._shared_steps = 0
         self._closed = False
         self._session: RaySession | None = connect(cfg)
         try:
@@ -547,8 +597,9 @@ class RayBackend:
         reasons: list[list[str]] = [[] for _ in range(n)]
         pending: dict[Any, _Call] = {}
 
-        published: list[Any] = []  # (inline meta, ref), made on the first plain call
+        published: list[Any] = []  # (inline meta, ref), made on the first call that needs them
         rebuilds = [0] * n
+        shared: list[_SharedStep | None] = [None]  # this step's shared-memory places, made with the first plain call
 
         def submit(b: int, actor: int, inject: bool = True, wait_s: float = timeout) -> None:
             block = [groups[i] for i in blocks[b]]
@@ -556,10 +607,16 @@ class RayBackend:
             stats.spec_bytes += len(specs)
             if method == "compute" and self._faults and inject:
                 self._inject(args[0], actor, block)
-            if not published:
-                published.append(_publish(meta, sum(np.asarray(v).nbytes for v in meta.values())))
-            inline_meta, meta_ref = published[0]
-            request = pickle.dumps((self._generation, inline_meta, specs, *args), protocol=5)
+            if method == "compute" and stats.calls == 0:
+                shared[0] = self._shared_step(meta, blocks)
+            shm = shared[0].request(b, actor, attempts[b]) if shared[0] is not None else None
+            if shm is not None and shm["meta"] is not None:
+                inline_meta, meta_ref = None, None
+            else:
+                if not published:
+                    published.append(_publish(meta, sum(np.asarray(v).nbytes for v in meta.values())))
+                inline_meta, meta_ref = published[0]
+            request = pickle.dumps((self._generation, inline_meta, specs, shm, *args), protocol=5)
             ref = getattr(self.actors[actor], method).remote(request, meta_ref)
             pending[ref] = _Call(b, actor, attempts[b], time.monotonic() + wait_s)
             stats.calls += 1
@@ -609,6 +666,15 @@ class RayBackend:
                 self.actors[call.actor].setup.remote(self._args())  # runs before the re-sent call (actor order)
                 submit(call.block, call.actor, inject=False, wait_s=max(timeout, STARTUP_TIMEOUT))
                 return
+            if isinstance(answer, tuple) and isinstance(answer[1], tuple):  # gradients in shared memory
+                header, (path, offset, nbytes) = answer
+                expected = shared[0].request(call.block, call.actor, call.attempt) if shared[0] is not None else None
+                if expected is None or expected["out"] is None or expected["out"][:2] != (path, offset):
+                    failed(call, f"answered into shared memory it was not given ({path} at {offset})")
+                    return
+                # Copied out: the slab is rewritten two steps on, and results may be kept longer.
+                answer = header, np.array(shared[0].out[offset: offset + nbytes])
+                stats.shared_memory_calls += 1
             value = unpack(answer)
             problem = check(blocks[call.block], value)
             if problem is not None:
@@ -652,6 +718,38 @@ class RayBackend:
             call = pending.pop(ref)
             receive(call, lambda r=ref: ray.get(r))
         return out
+
+    # ------------------------------------------------------------------ the shared-memory path
+    def _shared_step(self, meta: dict[str, Any], blocks: list[range]) -> _SharedStep | None:
+        """This step's shared-memory places (:mod:`distmeta.runtime.shm`), or None when no actor can use them.
+
+        Two sets of slabs, used by alternate steps: the driver starts writing a step's
+        meta-parameters only once the previous step's answers are all in, and an actor
+        given up on in step ``s`` is killed long before step ``s + 2`` writes its slabs.
+        """
+        local = {k for k, node in enumerate(self.node_ids) if node == self._driver_node}
+        if not (self.cfg.ray.shared_memory and local and shared_memory_available()):
+            return None
+        parity = self._shared_steps % 2
+        self._shared_steps += 1
+        meta = {name: np.ascontiguousarray(v) for name, v in meta.items()}
+        meta_bytes = sum(v.nbytes for v in meta.values())
+        meta_part = None
+        if meta_bytes >= INLINE_META_BYTES:  # smaller ones ride inside the request
+            slab = self._slabs.setdefault(f"meta{parity}", Slab(f"meta{parity}"))
+            written = pack_into(meta, slab.ensure)
+            assert written is not None and slab.path is not None
+            meta_part = (slab.path, written[0])
+        # Room for each group's gradients (as large as the meta-parameters) plus alignment.
+        regions, offset = [], 0
+        for block in blocks:
+            capacity = len(block) * (meta_bytes + ALIGN * len(meta)) + 4096
+            regions.append((offset, capacity))
+            offset += -(-capacity // ALIGN) * ALIGN
+        out = self._slabs.setdefault(f"out{parity}", Slab(f"out{parity}"))
+        out_array = out.ensure(offset)
+        assert out.path is not None
+        return _SharedStep(meta_part, out.path, out_array, regions, local)
 
     # ------------------------------------------------------------------ the compiled-graph path
     def _execute_graph(self, meta: dict[str, Any], groups: list[list[TaskSpec]], blocks: list[range],
@@ -806,6 +904,8 @@ class RayBackend:
             return
         self._closed = True
         self._teardown_graph()
+        for slab in self._slabs.values():
+            slab.close()
         if ray.is_initialized():
             for a in self.actors:
                 try:

@@ -10,7 +10,7 @@ gradients on the sending side, zero-copy views on the receiving side.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,19 +18,43 @@ Packed = tuple[bytes, np.ndarray]
 ALIGN = 64
 
 
-def pack(obj: Any) -> Packed:
-    """``obj`` as a pickle header plus one uint8 array with all its (contiguous) array buffers."""
+def _layout(obj: Any) -> tuple[bytes, list[memoryview], list[int], int]:
+    """``(pickle body, array buffers, aligned start of each, total bytes)`` of ``obj``."""
     buffers: list[pickle.PickleBuffer] = []
     body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     views = [b.raw() for b in buffers]
-    sizes = [v.nbytes for v in views]
     starts = [0]
-    for n in sizes[:-1]:
-        starts.append(starts[-1] + -(-n // ALIGN) * ALIGN)  # every buffer starts aligned for any dtype
-    blob = np.empty(starts[-1] + sizes[-1] if sizes else 0, dtype=np.uint8)
-    for v, s, n in zip(views, starts, sizes):
-        blob[s: s + n] = np.frombuffer(v, dtype=np.uint8)
-    return pickle.dumps((starts, sizes, body), protocol=5), blob
+    for v in views[:-1]:
+        starts.append(starts[-1] + -(-v.nbytes // ALIGN) * ALIGN)  # every buffer starts aligned for any dtype
+    return body, views, starts, starts[-1] + views[-1].nbytes if views else 0
+
+
+def _write(views: list[memoryview], starts: list[int], out: np.ndarray) -> None:
+    for v, s in zip(views, starts):
+        out[s: s + v.nbytes] = np.frombuffer(v, dtype=np.uint8)
+
+
+def pack(obj: Any) -> Packed:
+    """``obj`` as a pickle header plus one uint8 array with all its (contiguous) array buffers."""
+    body, views, starts, total = _layout(obj)
+    blob = np.empty(total, dtype=np.uint8)
+    _write(views, starts, blob)
+    return pickle.dumps((starts, [v.nbytes for v in views], body), protocol=5), blob
+
+
+def pack_into(obj: Any, out: np.ndarray | Callable[[int], np.ndarray]) -> tuple[bytes, int] | None:
+    """:func:`pack` writing the blob into ``out`` (a uint8 array: shared memory, say): ``(header, bytes used)``.
+
+    ``out`` may be a function giving a large enough array for a byte count. None, with
+    nothing written, when ``out`` is too small.
+    """
+    body, views, starts, total = _layout(obj)
+    if callable(out):
+        out = out(total)
+    if total > out.nbytes:
+        return None
+    _write(views, starts, out)
+    return pickle.dumps((starts, [v.nbytes for v in views], body), protocol=5), total
 
 
 def unpack(packed: Packed) -> Any:

@@ -160,15 +160,22 @@ def test_auto_workers_one_per_gpu_else_per_cpu_share():
 
 @pytest.mark.ray
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("graph", [True, False], ids=["compiled-graph", "plain-calls"])
-def test_maml_sinusoid_bit_identical_for_any_actor_count(pooled, tmp_path, dtype, graph):
-    overrides = SINUSOID + [f"dtype={dtype}", f"ray.compiled_graph={str(graph).lower()}"]
+@pytest.mark.parametrize("transport", ["shared-memory", "object-store", "compiled-graph"])
+def test_maml_sinusoid_bit_identical_for_any_actor_count(pooled, tmp_path, dtype, transport, monkeypatch):
+    from distmeta.runtime import actors
+
+    monkeypatch.setattr(actors, "INLINE_META_BYTES", 0)  # the meta-parameters too take the transport's way
+    graph, shm = transport == "compiled-graph", transport == "shared-memory"
+    overrides = SINUSOID + [f"dtype={dtype}", f"ray.compiled_graph={str(graph).lower()}",
+                            f"ray.shared_memory={str(shm).lower()}"]
     ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
     assert ref["head.weight"].dtype == getattr(torch, dtype)
     for n in (1, 2, 3):
         params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
         assert actors == list(range(n)), "every actor computed a block"
-        assert pooled[n].last_step.compiled_graph == graph, "the step went the way the config asks"
+        step = pooled[n].last_step
+        assert step.compiled_graph == graph, "the step went the way the config asks"
+        assert step.shared_memory_calls == (step.calls if shm else 0)
         assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
         assert test == ref_test, "meta-test through the actors equals the in-process evaluation"
 
@@ -181,7 +188,9 @@ def test_protonet_text_bit_identical_for_any_actor_count(pooled, tmp_path, text_
     for n in (1, 2, 3):
         params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
         assert actors == list(range(n))
-        assert not pooled[n].last_step.compiled_graph, "ray.compiled_graph=auto: plain calls for CPU actors"
+        step = pooled[n].last_step
+        assert not step.compiled_graph, "ray.compiled_graph=auto: plain calls for CPU actors"
+        assert step.shared_memory_calls == step.calls == n, "gradients through shared memory, meta inline"
         assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
         assert test == ref_test
 
@@ -207,11 +216,16 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.ray
-def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools):
+@pytest.mark.parametrize("transport", ["shared-memory", "compiled-graph"])
+def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools, transport, monkeypatch):
     import ray
 
-    # Through the compiled graph: its failures (a death, a hang, a raise) are pinned on their actor too.
-    cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2", "ray.compiled_graph=true"])
+    from distmeta.runtime import actors
+
+    monkeypatch.setattr(actors, "INLINE_META_BYTES", 0)  # meta-parameters through shared memory too
+    # The compiled graph's failures (a death, a hang, a raise) are pinned on their actor as well.
+    graph = str(transport == "compiled-graph").lower()
+    cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2", f"ray.compiled_graph={graph}"])
     exp, groups = _groups(cfg)
     meta = {n: t.numpy() for n, t in distmeta.Worker(cfg).initial_meta.items()}
     backend = pooled_backend(actor_pools, cfg, exp)
@@ -222,7 +236,8 @@ def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools):
     assert all(r.version == 5 for r in ref)
     stats = backend.last_step
     assert stats.meta_bytes == sum(v.nbytes for v in meta.values())
-    assert stats.calls == 2 and stats.retries == 0 and stats.compiled_graph
+    assert stats.calls == 2 and stats.retries == 0
+    assert (stats.compiled_graph, stats.shared_memory_calls) == ((True, 0) if graph == "true" else (False, 2))
     pid1 = backend.infos[1]["pid"]
 
     for kind in ("exit", "stale", "hang"):
