@@ -24,7 +24,10 @@ slowest worker process; the driver's serial share of a step (sampling not overla
 reduce, update); the transport share (step time not spent computing by the slowest
 worker); the bytes that travel per step. Usage:
 
-    .venv/bin/python benchmarks/ray_scaling.py [--steps 10] [--cases default,sinusoid,bag250k,transformer2m]
+    .venv/bin/python benchmarks/ray_scaling.py [--steps N] [--cases default,sinusoid,bag250k,transformer2m]
+
+(``--steps`` overrides each case's own count: 40 steps, 10 for transformer2m's 1.7 s ones;
+this machine's speed drifts by a third over seconds, so short cases need many.)
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
 from distmeta.worker import DTYPES, Worker  # noqa: E402
 
 COMMON = ["workers=0", "threads=1", "cpus_per_worker=1", "outer.name=sgd"]
+STEPS = {"transformer2m": 10}  # measured steps per case when --steps is not given; others DEFAULT_STEPS
+DEFAULT_STEPS = 40
 CASES = {
     "default": ("the default: icd10cm embedding bag, protonet (configs/default.yaml)",
                 ["train.meta_batch=16", "algorithm.group_size=8"]),
@@ -225,7 +230,7 @@ def run_case(key: str, steps: int) -> None:
     local = LocalBackend(cfg, {**exp.worker_args(), "threads": 1})
     n_params = sum(v.numel() for v in local.initial_meta.values())
     groups = len(chunks(cfg.train.meta_batch, cfg.algorithm.group_size))
-    print(f"\n== {title}: {n_params:,} meta-parameters, meta-batch {cfg.train.meta_batch} in {groups} groups; "
+    print(f"\n== {title}: {n_params:,} meta-parameters, meta-batch {cfg.train.meta_batch} in {groups} groups, {steps} steps; "
           f"{'vmap' if local.worker.use_vmap else 'per-task autograd loop'} within a group (algorithm.vmap=auto)")
     rows: dict[str, Any] = {}
     try:
@@ -260,16 +265,19 @@ def run_case(key: str, steps: int) -> None:
         print(f"{name:12} {tps:9.1f} {tps / base:9.2f} {1000 * m['step_s']:8.1f} {slowest} {driver:>7} {transport:>9}")
     print(f"ray 2 / 2 procs = {med['2 procs']['step_s'] / med['ray 2']['step_s']:.2f}; "
           f"1 proc / torch loop = {med['torch loop']['step_s'] / med['1 proc']['step_s']:.2f}x")
-    how = "one ray.put" if ray2.meta_bytes >= INLINE_META_BYTES else "inline in each call"
+    shm = ray2.shared_memory_calls == ray2.calls
+    how = ("inline in each call" if ray2.meta_bytes < INLINE_META_BYTES
+           else "one shared-memory write" if shm else "one ray.put")
     data = exp.token_ids.nbytes if exp.token_ids is not None else 0
     print(f"per step (ray 2): meta-parameters {human(ray2.meta_bytes)} ({how}), task specs {human(ray2.spec_bytes)} "
-          f"in {ray2.calls} calls, gradients back {human(ray2.result_bytes)} ({groups} groups); "
+          f"in {ray2.calls} calls, gradients back {human(ray2.result_bytes)} ({groups} groups, "
+          f"{'shared memory' if shm else 'object store'}); "
           f"dataset {human(data)} once per backend, never per step")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10, help="measured steps per row (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=None, help="measured steps per row (after one warm-up step)")
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args()
 
@@ -280,10 +288,10 @@ def main() -> None:
     ray.init(num_cpus=3, include_dashboard=False, object_store_memory=512 * 1024**2, _temp_dir=RAY_TEMP_DIR,
              logging_level="warning", log_to_driver=False)
     print(f"{os.cpu_count()} CPUs; one torch thread per process; rows take turns a step at a time; "
-          f"median of {args.steps} steps after 1 warm-up")
+          f"each row's median over its steps after 1 warm-up")
     try:
         for key in args.cases.split(","):
-            run_case(key, args.steps)
+            run_case(key, args.steps or STEPS.get(key, DEFAULT_STEPS))
     finally:
         ray.shutdown()
 

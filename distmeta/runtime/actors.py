@@ -7,14 +7,16 @@ What travels, and when:
   (zero-copy numpy on the same node), so the dataset never travels per step. Calls carry
   the backend's generation; an actor without that generation's Worker (restarted by Ray,
   or reconfigured) answers :data:`NEEDS_SETUP` and is sent :meth:`WorkerActor.setup` first;
-* once per step: the meta-parameters, one ``ray.put`` of a dict of numpy arrays that
-  actors on the same node read zero-copy. Below ``INLINE_META_BYTES`` (Ray's own limit
-  for inlining small objects in a call) they ride inside the request instead: a put and
-  its fetch cost ~2.5 ms, far more than a few kilobytes sent twice;
+* once per step: the meta-parameters. Below ``INLINE_META_BYTES`` (Ray's own limit for
+  inlining small objects in a call) they ride inside the request: a put and its fetch
+  cost ~2.5 ms, far more than a few kilobytes sent twice. Larger, actors on the driver's
+  node read them from a shared-memory slab (:mod:`distmeta.runtime.shm`), others from
+  one ``ray.put`` of a dict of numpy arrays;
 * per step and actor: that actor's contiguous block of task specs (a few hundred bytes
   per task, pickled) and the parameter version; back come the block's
   :class:`~distmeta.worker.GroupResult` s (one summed gradient per group) as a pickle
-  header plus one zero-copy blob (:mod:`distmeta.runtime.wire`).
+  header plus one blob (:mod:`distmeta.runtime.wire`): written into the actor's region
+  of a shared-memory slab on the driver's node, else through Ray's object store.
 
 How: one plain actor call per block; or, for GPU actors on the driver's node (or
 ``ray.compiled_graph: true``), one execution of a Ray Compiled Graph over the actors
