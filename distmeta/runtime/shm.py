@@ -6,8 +6,8 @@ a 260K-parameter model is a sixth of a 70 ms step. When an actor shares the driv
 node, the driver instead writes the step's meta-parameters into a file in ``/dev/shm``
 that every such actor maps, and each actor writes its packed gradients
 (:func:`distmeta.runtime.wire.pack_into`) into its own region of another; only small
-headers travel through Ray. The driver owns the files (creates, grows, unlinks them);
-actors map them by path.
+headers travel through Ray. The driver owns the files (creates, grows, unlinks them;
+files of a driver killed outright are swept by the next one); actors map them by path.
 """
 from __future__ import annotations
 
@@ -19,6 +19,32 @@ from pathlib import Path
 import numpy as np
 
 SHM_DIR = Path("/dev/shm")
+_swept = False  # this process has removed dead processes' slab files once
+
+
+def sweep_orphans() -> list[str]:
+    """Remove slab files whose owning process is gone (killed before it could unlink them); their paths.
+
+    A driver killed outright (a Tune trial stopped by its scheduler, say) leaves its files;
+    every new driver sweeps them before making its own.
+    """
+    removed = []
+    for path in SHM_DIR.glob("distmeta-*-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _unlink(str(path))
+            removed.append(str(path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def shared_memory_available() -> bool:
@@ -42,6 +68,10 @@ class Slab:
     def ensure(self, nbytes: int) -> np.ndarray:
         """The mapped array, first replaced by one of at least ``nbytes`` (rounded up to 1 MiB) if smaller."""
         if nbytes > self.array.nbytes:
+            global _swept
+            if not _swept:
+                _swept = True
+                sweep_orphans()
             self.close()
             size = -(-max(nbytes, 1) // 2**20) * 2**20
             path = str(SHM_DIR / f"distmeta-{os.getpid()}-{uuid.uuid4().hex[:12]}-{self.tag}")

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from distmeta.runtime.shm import Slab, SlabMaps, shared_memory_available
+from distmeta.runtime.shm import SHM_DIR, Slab, SlabMaps, shared_memory_available, sweep_orphans
 from distmeta.runtime.wire import pack, pack_into, unpack
 from distmeta.worker import GroupResult
 
@@ -72,3 +72,21 @@ def test_results_packed_into_a_slab_region_unpack_exactly():
         assert pack_into(results, region[:100]) is None, "too small: nothing written, the caller falls back"
     finally:
         slab.close()
+
+
+def test_files_of_dead_drivers_are_swept_and_live_ones_kept():
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = SHM_DIR / f"distmeta-{int(dead.stdout)}-0123456789ab-out0"
+    orphan.write_bytes(b"x")
+    live = Slab("t")
+    live.ensure(10)
+    try:
+        removed = sweep_orphans()
+        assert str(orphan) in removed and not orphan.exists()
+        assert os.path.exists(live.path), "a running driver's file is left alone"
+    finally:
+        live.close()
+        orphan.unlink(missing_ok=True)
