@@ -229,10 +229,10 @@ class RayConfig(_Section):
         "to, files in /dev/shm instead of Ray's object store (which costs ~2-5 ms per object whatever its size)")
     compiled_graph: bool | Literal["auto"] = Field(
         "auto", description="send each step through a Ray Compiled Graph when every actor is on the driver's node "
-        "(shared-memory channels: ~0.4 ms instead of ~2 ms per round trip, but each idle actor and the waiting "
-        "driver spin a CPU core at 100%): true | false | auto (on for GPU actors, whose CPUs are otherwise idle; "
-        "off for CPU actors, where the spinning steals the cores that compute). Multi-node runs and steps "
-        "after a failure use plain actor calls")
+        "(shared-memory channels: ~0.4 ms instead of ~2 ms per round trip, but each idle actor spins a CPU core "
+        "at 100%): true | false | auto (on for GPU actors, whose CPUs are otherwise idle; off for CPU actors, "
+        "where the spinning steals the cores that compute). Multi-node runs, and steps while an actor is "
+        "suspect after a failure, use plain actor calls")
 
 
 class FaultConfig(_Section):

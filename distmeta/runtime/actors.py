@@ -172,9 +172,9 @@ def use_compiled_graph(setting: bool | str, gpus_per_actor: float, actor_nodes: 
     """Whether steps go through the compiled graph (``ray.compiled_graph``): never across nodes; ``auto`` for GPU actors.
 
     The graph's channels are shared memory on one node (a two-node ``cluster_utils.Cluster``
-    hangs reading cross-node channels with Ray 2.60). Its readers spin: an idle actor, and
-    the driver while it waits, keep a core at 100%, which on CPU actors is the core that
-    computes (measured here: 2.9 CPU-seconds per 3 s per idle actor).
+    hangs reading cross-node channels with Ray 2.60). Its readers spin: an idle actor keeps
+    a core at 100%, which on CPU actors is the core that computes (measured here: 2.9
+    CPU-seconds per 3 s per idle actor).
     """
     if setting is False or any(node != driver_node for node in actor_nodes):
         return False
