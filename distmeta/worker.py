@@ -6,8 +6,10 @@ and a GPU box without Ray all run exactly this code.
 """
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -36,8 +38,22 @@ class GroupResult:
     skipped: list[tuple[int, int]] = field(default_factory=list)  # keys left out of ``grad`` (nan_policy=skip_task)
 
 
-def _all_finite(arrays: dict[str, np.ndarray]) -> bool:
-    return all(np.isfinite(a).all() for a in arrays.values())
+def all_finite(arrays: Iterable[np.ndarray | Tensor]) -> bool:
+    """Whether every element of every array (numpy, or a torch tensor on any device) is finite.
+
+    CPU tensors are checked through numpy: ``torch.isfinite(t).all()`` took 430 us on 256K
+    floats here against 34 us for numpy, time the driver spends while every worker waits.
+    """
+    for a in arrays:
+        if isinstance(a, Tensor):
+            if a.device.type != "cpu":
+                if not bool(torch.isfinite(a).all()):
+                    return False
+                continue
+            a = a.detach().numpy()
+        if not np.isfinite(a).all():
+            return False
+    return True
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -104,12 +120,15 @@ class Worker:
         return MixtureTaskBuilder(builders), ByComponent(self.algorithm)
 
     def _to_device(self, meta: dict[str, Any]) -> Params:
-        return {n: torch.as_tensor(v).to(self.device, self.dtype if torch.as_tensor(v).is_floating_point() else None) for n, v in meta.items()}
+        """Meta-parameters (numpy or tensors) as tensors on this replica's device; floats in its dtype."""
+        tensors = {n: torch.as_tensor(v) for n, v in meta.items()}
+        return {n: t.to(self.device, self.dtype if t.is_floating_point() else None) for n, t in tensors.items()}
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for ``precision: bf16``; no context at all otherwise (entering a disabled one costs ~0.1 ms)."""
         if self.cfg.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ public
     def meta_grad(self, meta: dict[str, Any], specs: Sequence[TaskSpec], version: int = 0) -> GroupResult:
@@ -119,10 +138,15 @@ class Worker:
         ``nan_policy: skip_task`` the group is recomputed without those tasks (the sum
         is one unit: nothing is subtracted) and they are listed in ``skipped``.
         """
-        import time
+        return self._meta_grad(self._to_device(meta), specs, version)
 
-        t0 = time.perf_counter()
+    def meta_grad_groups(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int = 0) -> list[GroupResult]:
+        """:meth:`meta_grad` for each group, in order (the meta-parameters moved to the device once)."""
         params = self._to_device(meta)
+        return [self._meta_grad(params, g, version) for g in groups]
+
+    def _meta_grad(self, params: Params, specs: Sequence[TaskSpec], version: int) -> GroupResult:
+        t0 = time.perf_counter()
         grad_np, metric_lists = self._group_grad(params, specs)
         keys = [task_key(s) for s in specs]
         bad = self._nonfinite_tasks(params, specs, grad_np, metric_lists["loss"])
@@ -165,22 +189,18 @@ class Worker:
         If no single task is to blame (the sum overflowed), the whole group is.
         """
         bad = {i for i, x in enumerate(losses) if not np.isfinite(x)}
-        if _all_finite(grad):
+        if all_finite(grad.values()):
             return bad
         rest = [i for i in range(len(specs)) if i not in bad]
-        if bad and rest and _all_finite(self._group_grad(params, [specs[i] for i in rest])[0]):
+        if bad and rest and all_finite(self._group_grad(params, [specs[i] for i in rest])[0].values()):
             return bad
         if not bad and len(specs) == 1:
             return {0}
         for i in rest:
             g, m = self._group_grad(params, [specs[i]])
-            if not (_all_finite(g) and np.isfinite(m["loss"]).all()):
+            if not (all_finite(g.values()) and np.isfinite(m["loss"]).all()):
                 bad.add(i)
         return bad or set(range(len(specs)))
-
-    def meta_grad_groups(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int = 0) -> list[GroupResult]:
-        """:meth:`meta_grad` for each group, in order."""
-        return [self.meta_grad(meta, g, version) for g in groups]
 
     def evaluate(
         self, meta: dict[str, Any], specs: Sequence[TaskSpec], inner_steps: int, cache_key: str | None = None

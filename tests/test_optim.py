@@ -79,3 +79,38 @@ def test_grad_clip_scales_to_the_norm_and_reports_it():
     stats = opt.step({"w": torch.tensor([3.0, 4.0, 0.0, 0.0], dtype=torch.float64)})
     assert stats["grad_norm"] == pytest.approx(5.0)
     torch.testing.assert_close(opt.params["w"], -torch.tensor([0.6, 0.8, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_reducing_into_the_grad_buffers_gives_the_same_update_as_fresh_tensors():
+    """The driver sums group gradients straight into ``grad_buffers()``; the update must not change."""
+    import numpy as np
+
+    from distmeta.runtime.driver import reduce_groups
+    from distmeta.worker import GroupResult
+
+    cfg = OuterConfig(name="adam", lr=0.01)
+    via_copy, via_buffers = OuterOptimizer(cfg, _start()), OuterOptimizer(cfg, _start())
+    for step in range(3):
+        parts = [_grads(10 * step + k) for k in range(3)]
+        results = [GroupResult(grad={n: g.numpy() for n, g in p.items()}, metrics={}, tasks=[]) for p in parts]
+        by_hand = {n: (parts[0][n] + parts[1][n]) + parts[2][n] for n in parts[0]}
+        buffers = via_buffers.grad_buffers()
+        summed = reduce_groups(results, via_buffers.names, torch.float64, out=buffers)
+        assert all(summed[n] is buffers[n] for n in summed)  # no copy on the way into the optimiser
+        assert all(torch.equal(summed[n], by_hand[n]) for n in by_hand)
+        fresh = reduce_groups(results, via_copy.names, torch.float64)
+        assert all(np.shares_memory(fresh[n].numpy(), parts[0][n].numpy()) is False for n in fresh)  # a copy, not a view
+        assert via_buffers.step(summed) == via_copy.step(fresh)
+    assert all(torch.equal(via_buffers.params[n], via_copy.params[n]) for n in via_copy.names)
+
+
+def test_all_finite_sees_nan_and_inf_in_numpy_and_torch():
+    import numpy as np
+
+    from distmeta.worker import all_finite
+
+    clean = [np.ones(5, np.float32), torch.zeros(3, 2, dtype=torch.float64), torch.ones(2, requires_grad=True)]
+    assert all_finite(clean)
+    for bad in (np.array([1.0, np.nan]), np.array([np.inf], np.float32), torch.tensor([0.0, -float("inf")]),
+                torch.tensor([float("nan")], requires_grad=True)):
+        assert not all_finite([*clean, bad])

@@ -48,7 +48,12 @@ def inner_loop(
             else:
                 velocity[n] = momentum * velocity[n] + g
                 update = g + momentum * velocity[n] if optimizer == "nesterov" else velocity[n]
-            new[n] = p - step_lr * update
+            # One fused op instead of a multiply and a subtraction: for a bag model's embedding
+            # table that is one dense pass fewer forward and one (the negation) fewer backward.
+            if isinstance(step_lr, float):
+                new[n] = torch.add(p, update, alpha=-step_lr)
+            else:
+                new[n] = torch.addcmul(p, step_lr, update, value=-1.0)
         fast = new
     return fast
 

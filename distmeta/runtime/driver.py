@@ -23,7 +23,7 @@ from distmeta.optim import OuterOptimizer
 from distmeta.runtime.faults import with_faults
 from distmeta.tasks.materialise import chunks
 from distmeta.tasks.specs import TaskSpec, task_key
-from distmeta.worker import DTYPES, GroupResult
+from distmeta.worker import DTYPES, GroupResult, all_finite
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
@@ -40,14 +40,20 @@ def make_backend(cfg: Config, exp: Experiment):
     return RayBackend(cfg, exp.worker_args())
 
 
-def reduce_groups(results: list[GroupResult], names: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def reduce_groups(results: list[GroupResult], names: list[str], dtype: torch.dtype,
+                  out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Sum group gradients in group order: the fixed reduction that makes runs reproducible.
 
-    Arrays from Ray's object store are read-only; they are only read here.
+    ``out`` (e.g. :meth:`OuterOptimizer.grad_buffers`) receives the sum in place, which
+    spares a fresh allocation per parameter per step. Arrays from Ray's object store are
+    read-only; they are only read here.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        total = {n: torch.from_numpy(results[0].grad[n]).to(dtype, copy=True) for n in names}
+        if out is None:
+            total = {n: torch.from_numpy(results[0].grad[n]).to(dtype, copy=True) for n in names}
+        else:
+            total = {n: out[n].copy_(torch.from_numpy(results[0].grad[n])) for n in names}
         for r in results[1:]:
             for n in names:
                 total[n] += torch.from_numpy(r.grad[n]).to(dtype)
@@ -71,10 +77,6 @@ def check_tasks(results: list[GroupResult], specs: list[TaskSpec], step: int) ->
         twice = sorted({k for k in got if got.count(k) > 1})
         raise DistmetaError(f"step {step}: the backend returned {len(got)} task results for a meta-batch of "
                             f"{len(want)} (missing {lost[:8]}, repeated {twice[:8]}); nothing was applied")
-
-
-def _all_finite(grads: dict[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(g).all()) for g in grads.values())
 
 
 def run_dir_of(path: Path) -> Path:
@@ -205,9 +207,9 @@ class Trainer:
                 used = [r for r in results if len(r.skipped) < len(r.tasks)] if len(skipped) < len(specs) else []
                 opt_stats: dict[str, float] = {}
                 if used:
-                    grad = reduce_groups(used, names, dtype)
-                    mean_grad = {n: g.div_(len(specs) - len(skipped)) for n, g in grad.items()}  # reduce_groups' own tensors
-                    if not _all_finite(mean_grad):  # finite groups, non-finite sum: never applied
+                    grad = reduce_groups(used, names, dtype, out=optimizer.grad_buffers())
+                    mean_grad = {n: g.div_(len(specs) - len(skipped)) for n, g in grad.items()}  # the optimiser's own buffers
+                    if not all_finite(mean_grad.values()):  # finite groups, non-finite sum: never applied
                         raise NonFiniteError(f"step {self.step}: the summed meta-gradient is not finite although every "
                                              f"task's is (overflow); stopped before the update")
                     opt_stats = optimizer.step(mean_grad)
