@@ -19,14 +19,15 @@ alive and take turns a step at a time (round-robin), so slow drifts of this nois
 machine hit every row alike; each row's figure is the median of its steps.
 
 Printed per case: tasks/s of each row and its ratio to ``1 proc``; ``ray 2 / 2 procs``
-(Ray's cost against this machine's own parallel limit); the compute time of the
+(Ray's cost against this machine's own parallel limit) and ``1 proc / torch loop``, each the
+median of per-round ratios (two rows of one round saw the same machine); the compute time of the
 slowest worker process; the driver's serial share of a step (sampling not overlapped,
 reduce, update); the transport share (step time not spent computing by the slowest
 worker); the bytes that travel per step. Usage:
 
     .venv/bin/python benchmarks/ray_scaling.py [--steps N] [--cases default,sinusoid,bag250k,transformer2m]
 
-(``--steps`` overrides each case's own count: 40 steps, 10 for transformer2m's 1.7 s ones;
+(``--steps`` overrides each case's own count: 40 steps, 16 for transformer2m's 1.8 s ones;
 this machine's speed drifts by a third over seconds, so short cases need many.)
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
 from distmeta.worker import DTYPES, Worker  # noqa: E402
 
 COMMON = ["workers=0", "threads=1", "cpus_per_worker=1", "outer.name=sgd"]
-STEPS = {"transformer2m": 10}  # measured steps per case when --steps is not given; others DEFAULT_STEPS
+STEPS = {"transformer2m": 16}  # measured steps per case when --steps is not given; others DEFAULT_STEPS
 DEFAULT_STEPS = 40
 CASES = {
     "default": ("the default: icd10cm embedding bag, protonet (configs/default.yaml)",
@@ -267,8 +268,13 @@ def run_case(key: str, steps: int) -> None:
                      if "dispatch_s" in m and name != "1 proc" else "")
         slowest = f"{1000 * m['slowest_s']:17.1f}" if "slowest_s" in m else f"{'':17}"
         print(f"{name:12} {tps:9.1f} {tps / base:9.2f} {1000 * m['step_s']:8.1f} {slowest} {driver:>7} {transport:>9}")
-    print(f"ray 2 / 2 procs = {med['2 procs']['step_s'] / med['ray 2']['step_s']:.2f}; "
-          f"1 proc / torch loop = {med['torch loop']['step_s'] / med['1 proc']['step_s']:.2f}x")
+    def paired(fast: str, slow: str) -> float:
+        """Median over rounds of slow/fast step time: both ran in the same round, so drift cancels."""
+        return statistics.median(b["step_s"] / a["step_s"] for a, b in zip(timings[fast], timings[slow]))
+
+    print(f"ray 2 / 2 procs = {paired('ray 2', '2 procs'):.2f}; 1 proc / torch loop = {paired('1 proc', 'torch loop'):.2f}x "
+          f"(medians of per-round ratios; ratios of the medians above: "
+          f"{med['2 procs']['step_s'] / med['ray 2']['step_s']:.2f}, {med['torch loop']['step_s'] / med['1 proc']['step_s']:.2f}x)")
     shm = ray2.shared_memory_calls == ray2.calls
     how = ("inline in each call" if ray2.meta_bytes < INLINE_META_BYTES
            else "one shared-memory write" if shm else "one ray.put")
