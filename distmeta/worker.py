@@ -46,7 +46,7 @@ def all_finite(arrays: Iterable[np.ndarray | Tensor]) -> bool:
     """
     for a in arrays:
         if isinstance(a, Tensor):
-            if a.device.type != "cpu":
+            if a.device.type != "cpu" or a.dtype == torch.bfloat16:  # numpy has no bfloat16
                 if not bool(torch.isfinite(a).all()):
                     return False
                 continue

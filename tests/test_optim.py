@@ -109,8 +109,9 @@ def test_all_finite_sees_nan_and_inf_in_numpy_and_torch():
 
     from distmeta.worker import all_finite
 
-    clean = [np.ones(5, np.float32), torch.zeros(3, 2, dtype=torch.float64), torch.ones(2, requires_grad=True)]
+    clean = [np.ones(5, np.float32), torch.zeros(3, 2, dtype=torch.float64), torch.ones(2, requires_grad=True),
+             torch.ones(3, dtype=torch.bfloat16)]
     assert all_finite(clean)
     for bad in (np.array([1.0, np.nan]), np.array([np.inf], np.float32), torch.tensor([0.0, -float("inf")]),
-                torch.tensor([float("nan")], requires_grad=True)):
+                torch.tensor([float("nan")], requires_grad=True), torch.tensor([float("inf")], dtype=torch.bfloat16)):
         assert not all_finite([*clean, bad])
