@@ -167,25 +167,45 @@ class ModelConfig(_Section):
         return _check_selector(v, "model.trainable")
 
 
+#: Pretrained encoders (``model.name``): ``algorithm.distance: auto`` compares their features by cosine.
+PRETRAINED_MODELS = ("minilm", "hf")
+
+
 class AlgorithmConfig(_Section):
     """The meta-learner and its differentiable inner loop."""
 
-    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet"] = "maml"
+    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml"] = "maml"
     inner_lr: float = Field(0.4, gt=0)
     inner_steps: int = Field(1, ge=0)
     inner_optimizer: Literal["sgd", "momentum", "nesterov"] = "sgd"
     inner_momentum: float = Field(0.9, ge=0, lt=1)
-    adapt: str = Field("all", description="inner-loop parameters: all | head | last:N (anil forces head)")
+    adapt: str = Field("all", description="inner-loop parameters: all | head | last:N (anil forces head; for "
+                       "protomaml use head: only the prototype head adapts, on features computed once per task)")
     vmap: bool | Literal["auto"] = Field(
         "auto", description="batch a group's tasks with vmap: true | false | auto (vmap unless the inner loop "
         "adapts more than vmap_max_params parameters per task; there the per-task autograd loop is faster)")
     vmap_max_params: int = Field(131072, ge=0, description="vmap: auto uses the loop above this many adapted parameters")
     group_size: int = Field(8, ge=1, description="tasks per group: the unit of work and of summation")
+    distance: Literal["auto", "euclidean", "cosine"] = Field(
+        "auto", description="protonet / protomaml: how features meet prototypes; auto = cosine for pretrained "
+        "encoders (model.name minilm / hf), squared Euclidean otherwise")
+    temperature: float = Field(10.0, gt=0, description="cosine: initial scale of the logits (cosine similarity is in [-1, 1])")
+    learn_temperature: bool = Field(True, description="cosine: meta-train the scale (meta-parameter 'temperature')")
+    first_order: bool = Field(False, description="protomaml: detach the inner gradients (no second-order terms)")
 
     @field_validator("adapt")
     @classmethod
     def _layer_selector(cls, v: str) -> str:
         return _check_selector(v, "algorithm.adapt")
+
+    @property
+    def prototype_head(self) -> bool:
+        """Whether the classifier is built from each task's prototypes (ProtoNet, Proto-MAML).
+
+        Such an algorithm has no fixed ``ways``-way head, so it takes episodes of any
+        number of ways, and it needs class labels (no regression).
+        """
+        return self.name in ("protonet", "protomaml")
 
 
 class TrainConfig(_Section):
@@ -300,8 +320,8 @@ class Config(_Section):
             raise ValueError(f"data.source=sinusoid needs model.name=mlp, got {self.model.name!r}")
         if not regression and self.model.name == "mlp":
             raise ValueError(f"model.name=mlp is for data.source=sinusoid, not {self.data.source!r}")
-        if regression and self.algorithm.name == "protonet":
-            raise ValueError("algorithm.name=protonet needs a classification source, not sinusoid")
+        if regression and self.algorithm.prototype_head:
+            raise ValueError(f"algorithm.name={self.algorithm.name} needs a classification source, not sinusoid")
         if self.model.name == "minilm" and self.tokenizer.kind != "pretrained":
             raise ValueError("model.name=minilm uses its own vocabulary: set tokenizer.kind=pretrained")
         if self.tokenizer.kind == "pretrained" and self.model.name != "minilm":
@@ -322,13 +342,13 @@ class Config(_Section):
     @model_validator(mode="after")
     def _mixture_fits_one_head(self) -> "Config":
         mixture = self.data.mixture or []
-        if self.data.is_regression or self.algorithm.name == "protonet":
+        if self.data.is_regression or self.algorithm.prototype_head:
             return self  # one regression output, or prototypes for any number of ways
         for i, comp in enumerate(mixture):
             if comp.ways is not None and comp.ways != self.data.ways:
                 raise ValueError(
                     f"data.mixture.{i}.ways={comp.ways}: {self.algorithm.name} has one {self.data.ways}-way head "
-                    f"(data.ways), so every text source needs ways={self.data.ways} (ProtoNet takes any)")
+                    f"(data.ways), so every text source needs ways={self.data.ways} (ProtoNet and Proto-MAML take any)")
         return self
 
     @property

@@ -246,12 +246,13 @@ class Worker:
         return {"support_f": take(sx), "support_y": lab(sy), "query_f": take(qx), "query_y": lab(qy)}
 
     def _algorithm_for(self, ways: int) -> Algorithm:
+        """The algorithm for ``ways``-way episodes: a copy per number of ways for prototype classifiers."""
         if ways == self.algorithm.ways or self.cfg.data.is_regression:
             return self.algorithm
-        if self.cfg.algorithm.name != "protonet":
+        if not self.algorithm.any_ways:
             raise ValueError(
                 f"{self.cfg.algorithm.name} has a {self.algorithm.ways}-way head: it can only be evaluated "
-                f"on {self.algorithm.ways}-way episodes, not {ways}-way (ProtoNet has no such limit)"
+                f"on {self.algorithm.ways}-way episodes, not {ways}-way (ProtoNet and Proto-MAML have no such limit)"
             )
         if ways not in self._eval_algorithms:
             import copy

@@ -46,6 +46,8 @@ ICD = [
 ]
 ICD_RUNS = {
     "protonet": ["train.steps=150", "outer.lr=0.003"],
+    "protomaml": ["train.steps=150", "algorithm.adapt=head", "algorithm.inner_lr=0.1", "algorithm.inner_steps=3",
+                  "outer.lr=0.003"],
     "maml": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=3"],
     "fomaml": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=3"],
     "anil": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=3", "outer.lr=0.003"],

@@ -6,9 +6,10 @@ from torch import nn
 from distmeta.algorithms.base import Algorithm, InnerSettings
 from distmeta.algorithms.functional import ModelFn, Params
 from distmeta.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
-from distmeta.algorithms.protonet import ProtoNet, prototype_logits
+from distmeta.algorithms.protomaml import ProtoMAML
+from distmeta.algorithms.protonet import PrototypeAlgorithm, ProtoNet, centroid_logits, prototype_logits
 from distmeta.algorithms.reptile import Reptile
-from distmeta.config import Config
+from distmeta.config import PRETRAINED_MODELS, Config
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "maml": MAML,
@@ -17,21 +18,46 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "metasgd": MetaSGD,
     "reptile": Reptile,
     "protonet": ProtoNet,
+    "protomaml": ProtoMAML,
 }
+
+
+def resolve_distance(cfg: Config) -> str:
+    """``algorithm.distance`` with ``auto`` resolved: cosine for pretrained encoders, Euclidean otherwise.
+
+    Pretrained sentence encoders are trained to compare embeddings by angle; a
+    from-scratch encoder learns whatever geometry the squared distance rewards.
+    """
+    distance = cfg.algorithm.distance
+    if distance == "auto":
+        return "cosine" if cfg.model.name in PRETRAINED_MODELS else "euclidean"
+    return distance
+
+
+def algorithm_options(cfg: Config, cls: type[Algorithm]) -> dict[str, object]:
+    """Keyword options of ``cls``'s constructor beyond the common ones, from ``algorithm.*``."""
+    options: dict[str, object] = {}
+    if issubclass(cls, PrototypeAlgorithm):
+        a = cfg.algorithm
+        options.update(distance=resolve_distance(cfg), temperature=a.temperature, learn_temperature=a.learn_temperature)
+    if issubclass(cls, ProtoMAML):
+        options["first_order"] = cfg.algorithm.first_order
+    return options
 
 
 def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> tuple[Algorithm, Params]:
     """The algorithm bound to ``module`` and the initial meta-parameters (what the outer loop trains).
 
     Meta-parameters are the ``model.trainable`` parameters (less the unused head for
-    ProtoNet) plus the algorithm's own (Meta-SGD learning rates); every other
-    parameter or buffer is a constant of the model function.
+    ProtoNet and Proto-MAML) plus the algorithm's own (Meta-SGD's ``lr.*``, the cosine
+    ``temperature``); every other parameter or buffer is a constant of the model function.
     """
     from distmeta.models import select_params
 
     name = cfg.algorithm.name
+    cls = ALGORITHMS[name]
     trainable = set(select_params(module, cfg.model.trainable))
-    if name == "protonet":
+    if cls.any_ways:  # the classifier comes from the prototypes: the model's head is unused
         head = set(select_params(module, "head"))
         trainable -= head
     adapt = select_params(module, "head" if name == "anil" else cfg.algorithm.adapt)
@@ -46,12 +72,13 @@ def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> 
         optimizer=cfg.algorithm.inner_optimizer, momentum=cfg.algorithm.inner_momentum,
     )
     kind = "regression" if cfg.data.is_regression else "classification"
-    algorithm = ALGORITHMS[name](ModelFn(module, frozen), kind, adapt, inner, ways or cfg.data.ways)
+    algorithm = cls(ModelFn(module, frozen), kind, adapt, inner, ways or cfg.data.ways, **algorithm_options(cfg, cls))
     meta.update(algorithm.extra_meta_params(meta))
     return algorithm, meta
 
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "InnerSettings", "ModelFn", "Params", "build_algorithm",
-    "MAML", "FOMAML", "ANIL", "MetaSGD", "Reptile", "ProtoNet", "prototype_logits",
+    "MAML", "FOMAML", "ANIL", "MetaSGD", "Reptile", "ProtoNet", "ProtoMAML", "PrototypeAlgorithm",
+    "algorithm_options", "centroid_logits", "prototype_logits", "resolve_distance",
 ]

@@ -30,6 +30,12 @@ class Algorithm:
     """Base meta-learner. Subclasses implement :meth:`objective` (or :meth:`task_grad`) and :meth:`task_eval`."""
 
     name = "base"
+    #: Whether the classifier is rebuilt per task (prototypes), so episodes of any number of
+    #: ways work with one copy per ``ways`` (``copy.copy`` and a new ``ways``); head-based
+    #: algorithms have a fixed ``ways``-way head.
+    any_ways = False
+    #: Names of the algorithm-owned meta-parameters (see :meth:`extra_meta_params`).
+    own_meta_names: frozenset[str] = frozenset()
 
     def __init__(self, model: ModelFn, kind: str, adapt: list[str], inner: InnerSettings, ways: int) -> None:
         self.model = model
@@ -42,11 +48,23 @@ class Algorithm:
 
     # ---------------------------------------------------------------- meta-parameters
     def extra_meta_params(self, model_params: Params) -> Params:
-        """Meta-parameters beyond the network's own (Meta-SGD's learning rates)."""
+        """Meta-parameters beyond the network's own (Meta-SGD's ``lr.*``, the cosine ``temperature``).
+
+        Records their names, so that :meth:`model_params` leaves them out; the record is an
+        instance attribute, so ``copy.copy`` of the algorithm (one per number of ways) keeps it.
+        Subclasses add parameters by overriding :meth:`own_meta_params`.
+        """
+        extra = self.own_meta_params(model_params)
+        self.own_meta_names = frozenset(extra)
+        return extra
+
+    def own_meta_params(self, model_params: Params) -> Params:
+        """The algorithm's own meta-parameters and their initial values (none by default)."""
         return {}
 
     def model_params(self, meta: Params) -> Params:
-        return {n: p for n, p in meta.items() if not n.startswith("lr.")}
+        """The network's parameters among ``meta``: everything but the algorithm-owned ones."""
+        return {n: p for n, p in meta.items() if n not in self.own_meta_names}
 
     @property
     def uses_fixed_features(self) -> bool:

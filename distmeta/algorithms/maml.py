@@ -71,7 +71,7 @@ class MetaSGD(MAML):
 
     name = "metasgd"
 
-    def extra_meta_params(self, model_params: Params) -> Params:
+    def own_meta_params(self, model_params: Params) -> Params:
         full = {**self.model.frozen, **model_params}
         return {f"lr.{n}": torch.full_like(full[n], float(self.inner.lr)) for n in self.adapt}
 

@@ -8,7 +8,7 @@ from distmeta.tasks.materialise import split_task
 from tests.algorithms.conftest import make_algorithm, random_tasks
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml"])
 def test_vmap_equals_loop(name):
     tasks = random_tasks(n_tasks=5)
     alg, meta = make_algorithm(name, steps=2)
