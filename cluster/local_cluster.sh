@@ -16,6 +16,11 @@
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every node on 127.0.0.1. The keeper runs in
 # its own session (setsid); its PID, in DIR/keeper.pid, is the process group `stop` signals.
 # This script never runs `ray stop` (that stops every Ray of the user on the machine).
+# State: `start` makes its directory with `mktemp -d` (0700; never a predictable path another
+# user could plant first) unless --dir names one (created 0700, or refused when it is not yours
+# and private), and records it in ~/.distmeta/local_cluster (0600) for env/status/stop.
+# `env` prints the address the running cluster really has, and fails when none runs; `stop`
+# signals a pid only after checking its command line is this directory's keeper.
 # Environment: PYTHON (default python3): the interpreter with ray (and distmeta) installed.
 set -euo pipefail
 
@@ -26,7 +31,8 @@ CPUS=1
 GPUS=0
 HEAD_CPUS=0
 PORT=6390
-DIR="${LOCAL_CLUSTER_DIR:-/tmp/dmlc-$(id -u)}"   # short: Ray's socket paths live below it
+DIR="${LOCAL_CLUSTER_DIR:-}"   # empty: a fresh mktemp -d at start, the recorded one otherwise
+POINTER="$HOME/.distmeta/local_cluster"
 AUTH=token
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,6 +47,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 PYTHON="${PYTHON:-python3}"
+
+die() { echo "local_cluster.sh: $*" >&2; exit 1; }
+
+check_private_dir() {  # the state directory must be ours and 0700, or nothing in it is trusted
+  [ -d "$1" ] && [ ! -L "$1" ] || die "$1 is not a directory"
+  [ "$(stat -c %u "$1")" = "$(id -u)" ] || die "$1 belongs to another user; not using it"
+  [ "$(stat -c %a "$1")" = 700 ] || die "$1 is not private (mode $(stat -c %a "$1"), want 700); not using it"
+}
+
+if [ -z "$DIR" ] && [ "$CMD" != start ] && [ -f "$POINTER" ]; then DIR="$(cat "$POINTER")"; fi
 
 write_keeper() {  # the process that owns the nodes: up until SIGTERM, then shuts every node down
   cat > "$DIR/keeper.py" <<'PY'
@@ -72,10 +88,16 @@ finally:
 PY
 }
 
-keeper_alive() { [ -f "$DIR/keeper.pid" ] && kill -0 -- "-$(cat "$DIR/keeper.pid")" 2>/dev/null; }
+is_keeper() {  # pid $1 runs this directory's keeper.py: checked before anything is signalled
+  local cmdline
+  [[ "$1" =~ ^[0-9]+$ ]] || return 1
+  cmdline="$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$DIR/keeper.py $DIR "* ]]
+}
 
-print_env() {
-  echo "export RAY_ADDRESS=127.0.0.1:$PORT RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0"
+keeper_alive() { [ -f "$DIR/keeper.pid" ] && is_keeper "$(cat "$DIR/keeper.pid")"; }
+
+auth_env() {
   if [ "$(cat "$DIR/auth_mode" 2>/dev/null)" = token ]; then
     echo "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$DIR/auth_token"
   else
@@ -83,10 +105,21 @@ print_env() {
   fi
 }
 
+print_env() {  # only for a running cluster, and its real address
+  keeper_alive && [ -s "$DIR/address" ] || die "no cluster is running${DIR:+ in $DIR}; start one first"
+  echo "export RAY_ADDRESS=$(cat "$DIR/address") RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0"
+  auth_env
+}
+
 stop_cluster() {
   if [ ! -f "$DIR/keeper.pid" ]; then echo "local_cluster.sh: nothing to stop in $DIR"; return 0; fi
   local pgid
   pgid="$(cat "$DIR/keeper.pid")"
+  if ! is_keeper "$pgid"; then  # a stale or planted pid file: never signal a process we did not start
+    echo "local_cluster.sh: pid $pgid is not this cluster's keeper ($DIR/keeper.py); not signalling it" >&2
+    rm -f "$DIR/keeper.pid" "$DIR/address"
+    return 1
+  fi
   kill -TERM "$pgid" 2>/dev/null || true            # the keeper shuts its nodes down
   for _ in $(seq 1 60); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.5; done
   kill -KILL -- "-$pgid" 2>/dev/null || true        # whatever of this process group is left
@@ -96,8 +129,14 @@ stop_cluster() {
 
 case "$CMD" in
   start)
-    mkdir -p "$DIR"
-    chmod 700 "$DIR"
+    if [ -z "$DIR" ]; then
+      DIR="$(mktemp -d /tmp/dmlc.XXXXXX)"           # short: Ray's socket paths live below it
+    elif [ ! -e "$DIR" ]; then
+      mkdir -m 700 -p "$DIR"
+    fi
+    check_private_dir "$DIR"
+    mkdir -m 700 -p "$(dirname "$POINTER")"
+    (umask 077 && echo "$DIR" > "$POINTER")
     if keeper_alive; then echo "local_cluster.sh: a cluster is already running in $DIR; stop it first" >&2; exit 1; fi
     rm -f "$DIR/address" "$DIR/keeper.pid"
     echo "$AUTH" > "$DIR/auth_mode"
@@ -105,7 +144,8 @@ case "$CMD" in
       (umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' > "$DIR/auth_token")
     fi
     write_keeper
-    eval "$(print_env)"
+    eval "$(auth_env)"
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
     unset RAY_AUTH_TOKEN || true
     setsid "$PYTHON" "$DIR/keeper.py" "$DIR" "$PORT" "$WORKERS" "$CPUS" "$GPUS" "$HEAD_CPUS" \
       >"$DIR/keeper.log" 2>&1 < /dev/null &
@@ -129,6 +169,8 @@ case "$CMD" in
     print_env
     ;;
   env)
+    [ -n "$DIR" ] || die "no cluster was started (nothing recorded in $POINTER)"
+    check_private_dir "$DIR"
     print_env
     ;;
   status)
@@ -140,6 +182,8 @@ case "$CMD" in
     fi
     ;;
   stop)
+    [ -n "$DIR" ] || { echo "local_cluster.sh: nothing to stop"; exit 0; }
+    check_private_dir "$DIR"
     stop_cluster
     ;;
   *)

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from distmeta.config import Config, load_config
-from distmeta.errors import CheckpointError, ConfigError, DataError, DistmetaError, RunDirError
+from distmeta._versions import check_floors
+
+check_floors()  # before anything else: the weights-only and token-auth promises need these versions
+
+from distmeta.config import Config, load_config  # noqa: E402
+from distmeta.errors import CheckpointError, ConfigError, DataError, DistmetaError, RunDirError  # noqa: E402
 
 __version__ = "0.1.0"
 

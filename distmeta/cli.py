@@ -17,6 +17,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config (default: the embedded default, configs/default.yaml)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="move an existing run in run.dir aside and start afresh")
+    t.add_argument("--trust-checkpoint-config", action="store_true",
+                   help="take ray.*, run.*, faults, workers and paths from the saved config too (only for runs "
+                        "whose author you trust: see README, Security)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algorithm.inner_lr=0.1")
 
     e = sub.add_parser("eval", help="meta-test a checkpoint on held-out classes")
@@ -26,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--settings", default=None, help="comma-separated WAYSxSHOTS, e.g. 5x1,5x5 (default eval.settings)")
     e.add_argument("--no-baseline", action="store_true", help="skip the before-meta-training baseline")
     e.add_argument("--output", help="write the results as JSON here")
+    e.add_argument("--trust-checkpoint-config", action="store_true",
+                   help="take ray.*, run.*, faults, workers and paths from the saved config too (only for runs "
+                        "whose author you trust: see README, Security)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. workers=2)")
 
     tu = sub.add_parser("tune", help="Ray Tune search over meta-training runs (configs/tune_*.yaml)")
@@ -62,7 +68,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = run_dir / "config.yaml"
         if args.config is None and not saved.exists():
             raise DistmetaError(f"--resume {run_dir}: no config.yaml there; is it a distmeta run directory?")
-        cfg = load_config(args.config or saved, [*args.overrides, f"run.dir={run_dir}"])
+        if args.config is not None:  # the user's own file: taken whole
+            cfg = load_config(args.config, [*args.overrides, f"run.dir={run_dir}"])
+        else:  # the run directory's: its definition, the user's environment (distmeta.security)
+            from distmeta.config import read_yaml
+            from distmeta.security import config_from_saved
+
+            cfg = config_from_saved(read_yaml(saved), args.overrides, trust=args.trust_checkpoint_config,
+                                    source=str(saved), pins={"run.dir": str(run_dir)})
     else:
         cfg = load_config(args.config, args.overrides)
     with Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite) as trainer:
@@ -74,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from distmeta.runtime.driver import Trainer
 
-    with Trainer.from_checkpoint(args.checkpoint, args.overrides) as trainer:
+    with Trainer.from_checkpoint(args.checkpoint, args.overrides, trust_config=args.trust_checkpoint_config) as trainer:
         results = trainer.evaluate(
             split=args.split, episodes=args.episodes, settings=_settings(args.settings),
             baseline=False if args.no_baseline else None,

@@ -698,7 +698,8 @@ def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
 
     with best.checkpoint.as_directory() as d:
         over = ["workers=0", "run.progress=false"]
-        with Trainer.from_checkpoint(d, over) as trainer:
+        # This search's own trial (storage_path is checked private by run_search): its data paths are ours.
+        with Trainer.from_checkpoint(d, over, trust_config=True) as trainer:
             results = trainer.evaluate(split="test", episodes=search.spec.test_episodes, baseline=False)
     return _test_metrics(results), "checkpoint"
 
@@ -754,6 +755,10 @@ def run_search(path: str | Path | dict[str, Any], overrides: list[str] | None = 
     (``ray.address`` / ``RAY_ADDRESS``, else a private Ray on 127.0.0.1).
     """
     search = load_search(path, overrides)
+    if search.local_storage:  # Tuner.restore unpickles what it finds there: nobody else may write it
+        from distmeta.security import check_private_dir
+
+        check_private_dir(search.experiment_path, "Tune storage_path")
     from distmeta.runtime.ray_session import connect
 
     session = connect(search.base_cfg)

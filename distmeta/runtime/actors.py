@@ -51,9 +51,10 @@ import torch
 
 from distmeta.config import Config
 from distmeta.errors import ConfigError, DistmetaError
+from distmeta.runtime import answers
 from distmeta.runtime.faults import ACTOR_KIND, FaultPlan
 from distmeta.runtime.ray_session import RaySession, connect, set_ray_env
-from distmeta.runtime.shm import Slab, SlabMaps, shared_memory_available
+from distmeta.runtime.shm import ShmUnavailable, Slab, SlabMaps, shared_memory_available
 from distmeta.runtime.wire import ALIGN, Packed, pack, pack_into, unpack
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import GroupResult
@@ -235,7 +236,7 @@ class WorkerActor:
         return {
             "actor": self.index, "actor_id": ray.get_runtime_context().get_actor_id(),
             "node": self.node_id, "pid": os.getpid(), "device": str(self.worker.device),
-            "threads": torch.get_num_threads(), "builds": self.builds,
+            "threads": torch.get_num_threads(), "builds": self.builds, **answers.local_versions(),
         }
 
     def initial_meta(self, args: list[Any]) -> dict[str, np.ndarray]:
@@ -426,6 +427,7 @@ class RayBackend:
         self._driver_node = ""
         self._slabs: dict[str, Slab] = {}  # shared-memory slabs by role and step parity (see _shared_step)
         self._shared_steps = 0
+        self._shm_off = False  # shared memory failed (no space, unsafe directory): Ray's store from then on
         self._closed = False
         self._session: RaySession | None = connect(cfg)
         try:
@@ -508,6 +510,7 @@ class RayBackend:
                 infos.append(ray.get(ref, timeout=timeout))
             except (RayActorError, RayTaskError, GetTimeoutError) as err:
                 raise WorkerFailedError(f"Ray actor {k} failed to build its Worker: {err}") from err
+        answers.check_versions(infos)  # as DDP checks shapes across ranks: one version everywhere, or nothing starts
         self.infos = infos
         self._driver_node = ray.get_runtime_context().get_node_id()
         meta = ray.get(self.actors[0].initial_meta.remote(self._args()), timeout=timeout)
@@ -549,15 +552,10 @@ class RayBackend:
         groups = [list(g) for g in groups]
         stats = StepStats(meta_bytes=sum(np.asarray(v).nbytes for v in meta.values()))
 
+        spec = answers.meta_spec(meta)  # every gradient must match these names, shapes and dtypes
+
         def check(block: range, value: Any) -> str | None:
-            if not isinstance(value, list) or len(value) != len(block):
-                return f"returned {len(value) if isinstance(value, list) else type(value).__name__} results for {len(block)} groups"
-            for i, r in zip(block, value):
-                if r.version != version:
-                    return f"stale result for group {i}: parameter version {r.version}, expected {version}"
-                if r.tasks != [task_key(s) for s in groups[i]]:
-                    return f"result for group {i} is for tasks {r.tasks[:3]}..., not the tasks sent"
-            return None
+            return answers.group_results_problem(block, value, groups, version, spec)
 
         results = self._dispatch("compute", meta, groups, (version,), check, stats, overlap)
         for r in results:
@@ -574,13 +572,7 @@ class RayBackend:
         groups = [list(g) for g in groups]
 
         def check(block: range, value: Any) -> str | None:
-            if not isinstance(value, list) or len(value) != len(block):
-                return f"returned {len(value) if isinstance(value, list) else type(value).__name__} results for {len(block)} groups"
-            for i, r in zip(block, value):
-                n = len(next(iter(r.values()))) if r else 0
-                if n != len(groups[i]):
-                    return f"group {i}: {n} episode results for {len(groups[i])} episodes"
-            return None
+            return answers.evaluation_problem(block, value, groups)
 
         return self._dispatch("evaluate", meta, groups, (inner_steps, cache_key), check, StepStats())
 
@@ -668,17 +660,18 @@ class RayBackend:
                 self.actors[call.actor].setup.remote(self._args())  # runs before the re-sent call (actor order)
                 submit(call.block, call.actor, inject=False, wait_s=max(timeout, STARTUP_TIMEOUT))
                 return
-            if isinstance(answer, tuple) and isinstance(answer[1], tuple):  # gradients in shared memory
-                header, (path, offset, nbytes) = answer
+            if isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[1], tuple):  # gradients in shared memory
                 expected = shared[0].request(call.block, call.actor, call.attempt) if shared[0] is not None else None
-                if expected is None or expected["out"] is None or expected["out"][:2] != (path, offset):
-                    failed(call, f"answered into shared memory it was not given ({path} at {offset})")
+                problem = answers.shm_answer_problem(answer, expected["out"] if expected is not None else None)
+                if problem is not None:
+                    failed(call, problem)
                     return
+                header, (path, offset, nbytes) = answer
                 # Copied out: the slab is rewritten two steps on, and results may be kept longer.
                 answer = header, np.array(shared[0].out[offset: offset + nbytes])
                 stats.shared_memory_calls += 1
-            value = unpack(answer)
-            problem = check(blocks[call.block], value)
+            value, problem = answers.open_answer(answer)
+            problem = problem or check(blocks[call.block], value)
             if problem is not None:
                 failed(call, problem)
                 return
@@ -730,8 +723,18 @@ class RayBackend:
         given up on in step ``s`` is killed long before step ``s + 2`` writes its slabs.
         """
         local = {k for k, node in enumerate(self.node_ids) if node == self._driver_node}
-        if not (self.cfg.ray.shared_memory and local and shared_memory_available()):
+        if self._shm_off or not (self.cfg.ray.shared_memory and local and shared_memory_available()):
             return None
+        try:
+            return self._shared_places(meta, blocks, local)
+        except ShmUnavailable as err:  # /dev/shm full or unsafe: never a SIGBUS, never a failed step
+            warnings.warn(f"shared memory unavailable ({err.strerror}); parameters and gradients go through Ray's "
+                          f"object store from now on", RuntimeWarning, stacklevel=2)
+            self._shm_off = True
+            return None
+
+    def _shared_places(self, meta: dict[str, Any], blocks: list[range], local: set[int]) -> _SharedStep:
+        """:meth:`_shared_step`'s slabs, written; raises :class:`ShmUnavailable` when they cannot be made."""
         parity = self._shared_steps % 2
         self._shared_steps += 1
         meta = {name: np.ascontiguousarray(v) for name, v in meta.items()}

@@ -13,10 +13,18 @@ Writes are atomic: everything goes into ``checkpoints/.tmp-step_XXXXXXXX-<pid>``
 fsynced, and the directory is renamed into place, so a reader sees a whole checkpoint
 or none. Readers check the manifest before deserialising anything and fall back from
 a damaged newest checkpoint to the previous valid one, loudly.
+
+Files are written with mode 0640 and directories 0750 (less with a stricter umask):
+readable by the owner's group, by nobody else. A writer holds a ``flock`` on its
+temporary directory while it fills it, and the leftover clean-up skips any temporary
+directory whose lock is held: it only removes those of writers that are gone. A
+checkpoint that fails its checksum is never deleted: it is renamed aside to
+``step_XXXXXXXX.corrupt-<UTC time>`` (ignored by readers) with a warning, for a look.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -26,6 +34,7 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,9 @@ DATA_FILES = (PARAMS_FILE, RNG_FILE, OPTIMIZER_FILE, STATE_FILE)
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
+CORRUPT_TAG = ".corrupt-"
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 _STEP_RE = re.compile(r"step_(\d+)")
 _CHUNK = 1 << 20
 
@@ -61,6 +73,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CheckpointFallbackWarning(UserWarning):
     """The newest checkpoint was unusable and an older one was loaded instead."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A checkpoint that failed verification was renamed aside (``step_*.corrupt-<time>``), not deleted."""
 
 
 @dataclass
@@ -352,7 +368,7 @@ def _serialise(ckpt: Checkpoint) -> dict[str, bytes]:
 
 def _write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file and fsync it (os.write loop: a short write is retried, ENOSPC raises)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
     try:
         view = memoryview(data)
         while view:
@@ -383,25 +399,82 @@ def _manifest(step: int, blobs: dict[str, bytes]) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
 
 
+def keep_aside(path: Path, why: str) -> Path | None:
+    """Rename a damaged checkpoint to ``<name>.corrupt-<UTC time>`` (readers ignore it) and warn; returns where.
+
+    Never deleted: a checkpoint that fails its checksum is evidence (a disk fault, or
+    someone writing into the run) and may still hold recoverable parameters.
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = path.with_name(f"{path.name.removeprefix(OLD_PREFIX)}{CORRUPT_TAG}{stamp}")
+    try:
+        os.rename(path, aside)
+    except OSError as e:
+        warnings.warn(f"checkpoint {path} failed verification ({why}) and could not be renamed aside: {e}",
+                      CorruptCheckpointWarning, stacklevel=3)
+        return None
+    warnings.warn(f"checkpoint {path} failed verification ({why}); kept aside as {aside.name}, not deleted",
+                  CorruptCheckpointWarning, stacklevel=3)
+    return aside
+
+
+def _lock_dir(path: Path) -> int:
+    """An open descriptor of directory ``path`` with an exclusive flock: this writer is alive while it is open."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether a live writer holds the flock of temporary directory ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _clean_leftovers(ckdir: Path) -> None:
-    """Remove temp dirs of interrupted saves; put back an ``.old-*`` dir whose replacement never landed."""
+    """Remove temp dirs of writers that are gone; put back an ``.old-*`` dir whose replacement never landed.
+
+    A temp dir whose writer still holds its flock is left alone, and a damaged
+    ``.old-*`` dir is kept aside rather than deleted.
+    """
     for p in ckdir.iterdir():
-        if p.name.startswith(OLD_PREFIX) and p.is_dir():
+        if p.name.startswith(OLD_PREFIX) and p.is_dir() and not p.is_symlink():
             final = ckdir / p.name[len(OLD_PREFIX):].rsplit("-", 1)[0]
+            try:
+                verify_checkpoint(p)
+            except CheckpointError as e:
+                keep_aside(p, str(e))
+                continue
             if not final.exists():
                 try:
-                    verify_checkpoint(p)
                     os.rename(p, final)
                     continue
-                except (CheckpointError, OSError):
+                except OSError:
                     pass
             shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith(TMP_PREFIX) and p.is_dir():
+        elif p.name.startswith(TMP_PREFIX) and p.is_dir() and not p.is_symlink() and not _writer_alive(p):
             shutil.rmtree(p, ignore_errors=True)
 
 
 def _install(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted only afterwards."""
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted only afterwards.
+
+    An existing ``final`` that fails verification is kept aside (:func:`keep_aside`) instead.
+    """
+    if final.exists():
+        try:
+            verify_checkpoint(final)
+        except CheckpointError as e:
+            keep_aside(final, str(e))
     if not final.exists():
         os.rename(tmp, final)
         return
@@ -419,7 +492,7 @@ def _install(tmp: Path, final: Path) -> None:
 
 
 def _prune(ckdir: Path, saved: Path, keep: int) -> None:
-    """Keep the newest ``keep`` valid checkpoints up to ``saved``; delete older and damaged ones below it.
+    """Keep the newest ``keep`` valid checkpoints up to ``saved``; delete older valid ones, keep damaged ones aside.
 
     Checkpoints with a higher step than ``saved`` are left alone: they are not this
     save's history to judge.
@@ -429,12 +502,12 @@ def _prune(ckdir: Path, saved: Path, keep: int) -> None:
     older = [p for p in list_checkpoints(ckdir) if (_step_of(p) or 0) < saved_step]
     kept = 1
     for p in reversed(older):
+        try:
+            verify_checkpoint(p)
+        except CheckpointError as e:  # damaged: never deleted, kept aside for a look
+            keep_aside(p, str(e))
+            continue
         if kept < keep:
-            try:
-                verify_checkpoint(p)
-            except CheckpointError:
-                shutil.rmtree(p, ignore_errors=True)
-                continue
             kept += 1
         else:
             shutil.rmtree(p, ignore_errors=True)
@@ -460,10 +533,12 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int = 3) -> Pat
     ckdir = Path(run_dir) / CHECKPOINTS_DIR
     final = ckdir / step_dirname(ckpt.step)
     tmp = ckdir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    lock = None
     try:
-        ckdir.mkdir(parents=True, exist_ok=True)
+        ckdir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         _clean_leftovers(ckdir)
-        tmp.mkdir()
+        tmp.mkdir(mode=DIR_MODE)
+        lock = _lock_dir(tmp)  # held until installed: no clean-up may remove a live writer's temp dir
         for name, data in blobs.items():
             _write_file(tmp / name, data)
         _write_file(tmp / MANIFEST_FILE, _manifest(ckpt.step, blobs))
@@ -475,5 +550,8 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int = 3) -> Pat
         if isinstance(e, OSError):
             raise CheckpointError(_describe_oserror(e, ckpt.step, final)) from e
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     _prune(ckdir, final, keep)
     return final

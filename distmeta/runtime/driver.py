@@ -118,9 +118,10 @@ class Trainer:
     def _setup(self) -> None:
         """Prepare the run directory, data, backend and optimiser (restoring them on resume)."""
         from distmeta.runtime.checkpoint import load_checkpoint
-        from distmeta.runtime.rundir import prepare_run_dir, write_text_atomic
+        from distmeta.runtime.rundir import lock_run_dir, prepare_run_dir, write_text_atomic
 
         self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
+        lock_run_dir(self.run_dir, owner=self)  # one writer per run directory; released with this Trainer
         # Verified and safely deserialised before any worker starts: a bad checkpoint costs no actors.
         ckpt = load_checkpoint(self.run_dir) if self.resume else None
         self._build(reuse_saved=self.resume)
@@ -143,15 +144,24 @@ class Trainer:
         self.step = ckpt.step
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, overrides: list[str] | None = None) -> "Trainer":
-        """A trainer holding a saved run's parameters, ready for :meth:`evaluate` (``distmeta eval``)."""
-        from distmeta.config import apply_overrides, config_from_dict
+    def from_checkpoint(cls, path: str | Path, overrides: list[str] | None = None, *,
+                        trust_config: bool = False) -> "Trainer":
+        """A trainer holding a saved run's parameters, ready for :meth:`evaluate` (``distmeta eval``).
+
+        The checkpoint's config supplies the model and its tasks only; Ray, run, fault and
+        worker settings come from ``overrides`` over the schema defaults, and a data or
+        model path it names must be given in ``overrides`` too
+        (:func:`distmeta.security.config_from_saved`), unless ``trust_config``.
+        """
         from distmeta.runtime.checkpoint import load_checkpoint
+        from distmeta.security import config_from_saved
 
         ckpt = load_checkpoint(path)
-        cfg = config_from_dict(apply_overrides(ckpt.config, list(overrides or [])))
+        run_dir = run_dir_of(Path(path))
+        cfg = config_from_saved(ckpt.config, list(overrides or []), trust=trust_config,
+                                source=f"the config in {ckpt.path}", pins={"run.dir": str(run_dir)})
         trainer = cls(cfg)
-        trainer.run_dir = run_dir_of(Path(path))
+        trainer.run_dir = run_dir
         trainer._build(reuse_saved=True)
         trainer._restore(ckpt)
         return trainer

@@ -7,12 +7,20 @@ Three cases, in order:
 * ``ray.address`` in the config, or ``RAY_ADDRESS`` in the environment: connect to
   that existing cluster (shut down the connection on close, not the cluster).
 * Otherwise start a private single-node instance bound to 127.0.0.1, with no
-  dashboard, usage stats off and a modest object store.
+  dashboard, usage stats off and a modest object store, closed to other local users:
+  token authentication with a fresh token in a 0600 file inside a 0700 directory made
+  for this session (:func:`private_auth_dir`), which also holds Ray's temp dir (its
+  sockets and logs). Never ``~/.ray/auth_token``, which Ray would otherwise generate
+  with the default umask. The token leaves this process only through the environment
+  of the Ray processes it starts; the directory is removed on close.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 
 from distmeta.config import Config
 
@@ -41,12 +49,40 @@ def default_object_store_memory() -> int:
     return int(min(MAX_DEFAULT_OBJECT_STORE, max(MIN_OBJECT_STORE, total // 10)))
 
 
+#: Ray's auth environment while a private cluster runs; restored on close.
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+
+
+def private_auth_dir() -> tuple[str, str]:
+    """``(directory, token file)``: a fresh 0700 directory (``mkdtemp``) with a random token in a 0600 file.
+
+    The directory is short (under ``/tmp``) because Ray's socket paths live below it.
+    """
+    directory = tempfile.mkdtemp(prefix="dmray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    os.chmod(directory, 0o700)
+    token_path = os.path.join(directory, "auth_token")
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return directory, token_path
+
+
+def _refresh_ray_auth() -> None:
+    """Make this process's Ray re-read ``RAY_AUTH_MODE`` and the token (both are cached at first use)."""
+    from ray._raylet import AuthenticationTokenLoader, Config as RayCConfig
+
+    RayCConfig.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @dataclass
 class RaySession:
     """How this process is attached to Ray; :meth:`close` undoes only what :func:`connect` did."""
 
     started: bool
     address: str | None
+    auth_dir: str | None = None  # the private cluster's token and temp directory, removed on close
+    saved_env: dict[str, str | None] = field(default_factory=dict)
 
     def close(self) -> None:
         import ray
@@ -54,6 +90,15 @@ class RaySession:
         if self.started and ray.is_initialized():
             ray.shutdown()
         self.started = False
+        if self.auth_dir is not None:
+            for key, value in self.saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            _refresh_ray_auth()
+            shutil.rmtree(self.auth_dir, ignore_errors=True)
+            self.auth_dir = None
 
 
 def connect(cfg: Config) -> RaySession:
@@ -68,13 +113,24 @@ def connect(cfg: Config) -> RaySession:
         # An existing cluster: its resources and object store are its own business.
         ray.init(address=address, log_to_driver=True)
         return RaySession(started=True, address=address)
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        object_store_memory=cfg.ray.object_store_memory or default_object_store_memory(),
-        _node_ip_address="127.0.0.1",
-        log_to_driver=True,
-        configure_logging=True,
-        logging_level="warning",
-    )
-    return RaySession(started=True, address="local")
+    auth_dir, token_path = private_auth_dir()
+    session = RaySession(started=True, address="local", auth_dir=auth_dir,
+                         saved_env={k: os.environ.get(k) for k in AUTH_ENV})
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the private token file
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
+    try:
+        _refresh_ray_auth()
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            object_store_memory=cfg.ray.object_store_memory or default_object_store_memory(),
+            _node_ip_address="127.0.0.1",
+            _temp_dir=os.path.join(auth_dir, "ray"),
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="warning",
+        )
+    except BaseException:
+        session.close()
+        raise
+    return session

@@ -4,11 +4,22 @@ A directory "holds a run" when it has a ``config.yaml`` or a non-empty
 ``checkpoints/``. Starting a new run there needs ``--overwrite`` (the old run is
 moved aside to ``<dir>.replaced-<UTC timestamp>``, not deleted); continuing it needs
 ``--resume`` and a valid checkpoint.
+
+One writer at a time: a writer holds an exclusive ``flock`` on ``RUN_DIR/.distmeta.lock``
+(:func:`lock_run_dir`) for as long as it runs, so a second writer (a duplicate
+``--resume``, a restarted Tune trial whose old process still runs) is refused with an
+error naming the holder. The lock, not the PID written next to it, decides: PIDs
+repeat across PID namespaces, and the kernel drops the lock when its holder dies.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
+import socket
+import sys
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +27,8 @@ from distmeta.errors import RunDirError
 from distmeta.runtime.checkpoint import CHECKPOINTS_DIR, fsync_dir, latest_checkpoint, list_checkpoints
 
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".distmeta.lock"
+_held: dict[str, int] = {}  # run directories this process holds the lock of -> descriptor
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,10 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool =
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} exists and is not a directory")
     has_run = path.is_dir() and holds_run(path)
+    holder = run_dir_in_use(path) if path.is_dir() else None
+    if holder is not None:
+        raise RunDirError(f"run directory {path} is in use by another distmeta writer: {holder}; "
+                          f"wait for it to finish or stop it")
     if resume:
         if not has_run:
             raise RunDirError(f"nothing to resume in {path}: it has no {CONFIG_FILE} and no checkpoints")
@@ -100,3 +117,67 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _holder(fd: int) -> str:
+    """Who holds a run directory's lock, from what it wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+        return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} (uid {info.get('uid', '?')}), "
+                f"started {info.get('since', '?')}: {info.get('command', '?')}")
+    except (OSError, ValueError):
+        return "another process (its lock file is unreadable)"
+
+
+def lock_run_dir(path: str | Path, owner: object | None = None) -> int:
+    """Take the run directory's writer lock for this process, or raise RunDirError naming the holder.
+
+    The lock file is opened with ``O_NOFOLLOW`` and mode 0600. Held until the process
+    exits or :func:`unlock_run_dir`; with ``owner`` (a Trainer), also released when
+    ``owner`` is garbage-collected. Taking it again in the process that holds it is a no-op.
+    """
+    path = Path(path).absolute()
+    key = str(path)
+    if key in _held:
+        return _held[key]
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise RunDirError(f"run directory {path} is in use by another distmeta writer: {holder}. Two writers would "
+                          f"corrupt its checkpoints; wait for it to finish or stop it") from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "uid": os.getuid(),
+            "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": " ".join(sys.argv)[:500]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+    _held[key] = fd
+    if owner is not None:
+        weakref.finalize(owner, unlock_run_dir, key)
+    return fd
+
+
+def unlock_run_dir(path: str | Path) -> None:
+    """Release this process's lock on a run directory (nothing if it holds none)."""
+    fd = _held.pop(str(Path(path).absolute()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def run_dir_in_use(path: str | Path) -> str | None:
+    """The holder of a run directory's lock when another process holds it, else None (no lock file, or free)."""
+    path = Path(path).absolute()
+    if str(path) in _held:
+        return None
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+    return None

@@ -80,7 +80,8 @@ def test_kuberay_raycluster():
 
 
 def test_kuberay_rayjob_runs_distmeta_train():
-    (job,) = load("kuberay/rayjob.yaml")
+    job, policy = load("kuberay/rayjob.yaml")
+    assert policy["kind"] == "NetworkPolicy"
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     spec = job["spec"]
     assert spec["entrypoint"].startswith("distmeta train ") and "run.dir=/mnt/shared/" in spec["entrypoint"]

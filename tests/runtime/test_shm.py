@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from distmeta.runtime.shm import SHM_DIR, Slab, SlabMaps, shared_memory_available, sweep_orphans
+from distmeta.runtime.shm import Slab, SlabMaps, shared_memory_available, sweep_orphans
 from distmeta.runtime.wire import pack, pack_into, unpack
 from distmeta.worker import GroupResult
 
@@ -78,15 +78,19 @@ def test_files_of_dead_drivers_are_swept_and_live_ones_kept():
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = SHM_DIR / f"distmeta-{int(dead.stdout)}-0123456789ab-out0"
-    orphan.write_bytes(b"x")
+    from distmeta.runtime.shm import slab_dir
+
+    # A driver that made a slab and was killed before unlinking it: its flock died with it.
+    code = "from distmeta.runtime.shm import Slab; s = Slab('out0'); s.ensure(10); s._finalizer.detach(); print(s.path)"
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    orphan = slab_dir() / os.path.basename(dead.stdout.strip())
+    assert orphan.exists()
     live = Slab("t")
     live.ensure(10)
     try:
         removed = sweep_orphans()
         assert str(orphan) in removed and not orphan.exists()
-        assert os.path.exists(live.path), "a running driver's file is left alone"
+        assert os.path.exists(live.path), "a running driver's file (its flock held) is left alone"
     finally:
         live.close()
         orphan.unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""Item 1: a crafted checkpoint config (valid manifest) cannot choose the cluster, faults, run dir or files read."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from distmeta.cli import main
+from distmeta.runtime import checkpoint as ck
+from distmeta.runtime import ray_session
+from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
+
+HOSTILE = {"ray": {"address": "10.66.66.66:6379"}, "workers": 2, "run": {"dir": "/tmp/attacker-run"},
+           "faults": [{"kind": "stall", "step": 0, "seconds": 3600}]}
+
+
+def recraft(step_dir: Path, edit) -> None:
+    """What a checkpoint's author can do: change state.json's config and re-manifest it (checksums pass)."""
+    doc = json.loads((step_dir / ck.STATE_FILE).read_text())
+    edit(doc["config"])
+    (step_dir / ck.STATE_FILE).write_text(json.dumps(doc))
+    manifest = json.loads((step_dir / ck.MANIFEST_FILE).read_text())
+    for name in ck.DATA_FILES:
+        data = (step_dir / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (step_dir / ck.MANIFEST_FILE).write_text(json.dumps(manifest))
+    ck.verify_checkpoint(step_dir)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Any attempt to join or start a Ray cluster fails the test."""
+    monkeypatch.setattr(ray_session, "connect", lambda cfg: pytest.fail(f"joined Ray at {cfg.ray.address!r}"))
+
+
+def test_eval_ignores_a_crafted_ray_address_faults_workers_and_run_dir(tmp_path, no_ray):
+    run = tmp_path / "run"
+    assert main(["train", *SINUSOID_TINY, *QUIET, f"run.dir={run}"]) == 0
+    recraft(ck.latest_checkpoint(run), lambda c: c.update(HOSTILE))
+    out = tmp_path / "r.json"
+    with pytest.warns(UserWarning, match="ray.address"):
+        assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["step"] == 3 and not Path("/tmp/attacker-run").exists()
+
+
+def test_eval_refuses_a_data_path_the_user_did_not_give(tmp_path, no_ray, capsys):
+    data = write_tiny_csv(tmp_path / "d.csv")
+    secret = write_tiny_csv(tmp_path / "victim_secret.csv", seed=1)  # readable by the victim, not the author
+    run = tmp_path / "run"
+    assert main(["train", *text_tiny(data), *QUIET, f"run.dir={run}"]) == 0
+    recraft(ck.latest_checkpoint(run), lambda c: c["data"].update(source=f"csv:{secret}"))
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "data.source" in err and str(secret) in err and "--trust-checkpoint-config" in err, err
+    # Given by the user (or trusted on purpose), the same path is used.
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", f"data.source=csv:{secret}"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", "--trust-checkpoint-config",
+                 "workers=0"]) == 0
+
+
+def test_resume_ignores_a_crafted_config_yaml_environment(tmp_path, no_ray):
+    run = tmp_path / "run"
+    args = [*SINUSOID_TINY, *QUIET, "run.checkpoint_every=1", f"run.dir={run}"]
+    assert main(["train", *args, "train.steps=2"]) == 0
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved.update(HOSTILE)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.warns(UserWarning, match="ray.address"):
+        assert main(["train", "--resume", str(run), "train.steps=3"]) == 0
+    assert ck.load_checkpoint(run).step == 3 and not Path("/tmp/attacker-run").exists()
