@@ -78,7 +78,7 @@ def test_damaged_latest_checkpoint_falls_back_loudly_and_resumes_bit_identical(f
     assert json.loads(out.read_text())["step"] == 2, "eval used the previous valid checkpoint"
 
     with pytest.warns(CheckpointFallbackWarning, match=r"step_00000004"):
-        assert main(["train", "--resume", str(run), "train.steps=6"]) == 0
+        assert main(["train", "--resume", str(run), *ARGS, "train.steps=6"]) == 0
     final = distmeta.load_checkpoint(run)
     assert final.step == 6
     assert_bit_identical(straight, final.meta_params, f"resumed past a {how} checkpoint vs uninterrupted")
@@ -92,7 +92,7 @@ def test_no_valid_checkpoint_is_a_clear_error_never_a_fresh_start(four_steps, ca
     damage(run / "checkpoints" / "step_00000004", "truncated")
     before = snapshot(run)
 
-    assert main(["train", "--resume", str(run), "train.steps=6"]) == 2
+    assert main(["train", "--resume", str(run), *ARGS, "train.steps=6"]) == 2
     err = capsys.readouterr().err
     assert "no valid checkpoint" in err and "step_00000002" in err and "step_00000004" in err, err
     assert snapshot(run) == before, "the run directory was not touched"
@@ -133,7 +133,7 @@ def test_disk_full_stops_training_keeps_the_previous_checkpoint_then_resumes(tmp
     assert max(steps) == 4 and not (run / "results.json").exists(), "the Trainer stopped at the failed save"
 
     monkeypatch.undo()  # space freed
-    assert main(["train", "--resume", str(run)]) == 0
+    assert main(["train", "--resume", str(run), *ARGS]) == 0
     assert_bit_identical(straight, distmeta.load_checkpoint(run).meta_params, "resumed after disk full")
 
 
@@ -176,7 +176,7 @@ def test_planted_pickle_is_refused_by_eval_and_resume_and_never_runs(four_steps,
 
     started = []
     monkeypatch.setattr(driver, "make_backend", lambda *a: started.append(a) or pytest.fail("a backend was started"))
-    assert main(["train", "--resume", str(run), "train.steps=6", "workers=2", "cpus_per_worker=0.25"]) == 2
+    assert main(["train", "--resume", str(run), *ARGS, "train.steps=6", "workers=2", "cpus_per_worker=0.25"]) == 2
     err = capsys.readouterr().err
     assert "refusing to unpickle" in err and "step_00000004" in err and not marker.exists()
     assert started == [], "refused before any worker or actor started"
@@ -186,7 +186,7 @@ def test_yaml_with_python_tags_is_refused_and_never_runs(four_steps, tmp_path, c
     run, marker = four_steps, tmp_path / "pwned"
     evil = f"!!python/object/apply:os.system ['touch {marker}']\n"
     (run / "config.yaml").write_text(evil)
-    assert main(["train", "--resume", str(run)]) == 2
+    assert main(["train", "--resume", str(run), *ARGS]) == 2
     assert "not valid YAML" in capsys.readouterr().err and not marker.exists()
     (tmp_path / "evil.yaml").write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
     assert main(["train", "--config", str(tmp_path / "evil.yaml"), f"run.dir={tmp_path / 'r2'}"]) == 2

@@ -97,7 +97,7 @@ def test_driver_sigkilled_mid_step_resumes_bit_identical(tmp_path, setup):
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003", "step_00000006"]
     assert not (run / "results.json").exists()
 
-    assert main(["train", "--resume", str(run), "faults=[]"]) == 0
+    assert main(["train", "--resume", str(run), *args, "faults=[]"]) == 0
     assert_same_run(run, straight)
 
 
@@ -120,7 +120,7 @@ def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_and_resumes(tm
         warnings.simplefilter("error")  # loads cleanly: no fallback needed
         assert distmeta.load_checkpoint(run).step == 2
 
-    assert main(["train", "--resume", str(run)]) == 0
+    assert main(["train", "--resume", str(run), *args]) == 0
     assert_same_run(run, straight)
     assert not [p for p in ckdir.iterdir() if p.name.startswith(".tmp-")], "the next save cleaned up the leftover"
 
@@ -138,5 +138,5 @@ def test_driver_of_a_ray_run_sigkilled_then_resumed(ray_local, tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
-    assert main(["train", "--resume", str(run), "faults=[]"]) == 0
+    assert main(["train", "--resume", str(run), *args, "faults=[]"]) == 0
     assert_same_run(run, straight)
