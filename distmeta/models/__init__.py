@@ -8,12 +8,15 @@ and ``embed_dim`` is the embedding width. All are pure enough for ``torch.func``
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from distmeta.config import Config
 from distmeta.errors import ConfigError
 from distmeta.models.bag import BagEncoder
+from distmeta.models.hf import HFEncoder, build_hf_encoder
 from distmeta.models.minilm import load_minilm, minilm_model_dir
 from distmeta.models.mlp import SinusoidMLP
 from distmeta.models.transformer import TransformerEncoder
@@ -32,16 +35,38 @@ def build_model(cfg: Config, vocab_size: int, out_dim: int) -> nn.Module:
         if m.dim % m.heads:
             raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
         model = TransformerEncoder(vocab_size, m.dim, m.layers, m.heads, m.ff_dim, cfg.data.max_length, out_dim)
-    elif m.name == "minilm":
-        model = load_minilm(m.path, out_dim)
-        own = model.embeddings.word.num_embeddings
-        if vocab_size and vocab_size != own:
-            raise ConfigError(f"model.name=minilm has a {own}-token vocabulary but the tokenizer has {vocab_size}")
+    elif m.name in ("minilm", "hf"):
+        model = build_hf_encoder(str(pretrained_dir(cfg)), out_dim, m.pooling)
+        own = int(getattr(model.config, "vocab_size", 0) or 0)
+        if vocab_size and own and vocab_size > own:
+            raise ConfigError(f"model.name={m.name} has a {own}-token vocabulary but the tokenizer has {vocab_size}")
     elif m.name == "mlp":
         model = SinusoidMLP(list(m.hidden))
     else:  # unreachable: the config validates the name
         raise ConfigError(f"unknown model.name {m.name!r}")
     return model.to(DTYPES[cfg.dtype])
+
+
+def pretrained_dir(cfg: Config) -> Path:
+    """The local directory of a pretrained encoder (``model.name`` minilm or hf), never a download.
+
+    ``model.path`` is a directory, or for ``hf`` a model name already in the local Hugging Face
+    cache (``huggingface_hub.snapshot_download`` with ``local_files_only``; set ``HF_HUB_OFFLINE=1``
+    so nothing is ever fetched at run time).
+    """
+    m = cfg.model
+    if m.name == "minilm":
+        return minilm_model_dir(m.path)
+    if m.path is None:
+        raise ConfigError("model.name=hf needs model.path (a local directory or a cached model name)")
+    if Path(m.path).is_dir():
+        return Path(m.path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(m.path, local_files_only=True))
+    except Exception as err:  # huggingface_hub raises several unrelated types for "not cached"
+        raise ConfigError(f"model.path {m.path!r} is neither a directory nor a model in the local HF cache ({err})") from None
 
 
 def layer_groups(model: nn.Module) -> list[list[str]]:
@@ -80,6 +105,6 @@ def select_params(model: nn.Module, selector: str) -> list[str]:
 
 
 __all__ = [
-    "BagEncoder", "SinusoidMLP", "TransformerEncoder", "build_model", "layer_groups", "load_minilm",
-    "minilm_model_dir", "select_params",
+    "BagEncoder", "HFEncoder", "SinusoidMLP", "TransformerEncoder", "build_model", "layer_groups", "load_minilm",
+    "minilm_model_dir", "pretrained_dir", "select_params",
 ]

@@ -16,11 +16,26 @@ Task = dict[str, torch.Tensor]
 
 
 class TextTaskBuilder:
-    """Episodes from a tokenised corpus (``token_ids[row]`` is one padded example)."""
+    """Episodes from a tokenised corpus (``token_ids[row]`` is one padded example).
 
-    def __init__(self, token_ids: torch.Tensor, device: torch.device | str = "cpu") -> None:
+    With a ``prefix`` cache (:class:`~distmeta.models.prefix.PrefixCache`) an example is the
+    cached output of the encoder's frozen layers instead of its token ids, as ``dtype`` floats.
+    """
+
+    def __init__(self, token_ids: torch.Tensor, device: torch.device | str = "cpu", prefix: Any = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.token_ids = token_ids.to(device)
         self.device = torch.device(device)
+        self.prefix = prefix
+        self.dtype = dtype
+
+    def inputs(self, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Model inputs of ``rows``: token ids ``[n, L]``, or cached prefix states ``[n, L', D]``."""
+        if self.prefix is not None:
+            flat = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else rows
+            return self.prefix.batch(flat, self.device, self.dtype)
+        index = rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
+        return self.token_ids[index.to(self.device)]
 
     def _rows(self, groups: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
         rows, labels = [], []
@@ -44,7 +59,11 @@ class TextTaskBuilder:
 
     def build(self, specs: Sequence[TaskSpec]) -> Task:
         sx, sy, qx, qy = self.rows(specs)
-        ids = lambda rows: self.token_ids[torch.tensor(rows, device=self.device)]  # noqa: E731
+
+        def ids(rows: list[list[int]]) -> torch.Tensor:  # [T, n, ...]: one gather for the whole group
+            flat = self.inputs([r for task in rows for r in task])
+            return flat.view(len(rows), len(rows[0]), *flat.shape[1:])
+
         lab = lambda ls: torch.tensor(ls, dtype=torch.long, device=self.device)  # noqa: E731
         return {"support_x": ids(sx), "support_y": lab(sy), "query_x": ids(qx), "query_y": lab(qy)}
 

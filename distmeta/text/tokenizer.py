@@ -114,9 +114,16 @@ def _check_pad(tok: Tokenizer, what: str) -> None:
 def load_pretrained_tokenizer(model_dir: str | Path) -> Tokenizer:
     """The tokenizer of a pretrained encoder, from ``model_dir/tokenizer.json`` (its [PAD] must be id 0)."""
     path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        raise ConfigError(f"pretrained tokenizer {str(path)!r} does not exist (model.path)")
-    tok = Tokenizer.from_file(str(path))
+    if path.is_file():
+        tok = Tokenizer.from_file(str(path))
+    else:  # a directory with only a slow tokenizer's files: transformers converts it to a fast one
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True).backend_tokenizer
+        except Exception as err:  # transformers raises OSError, ValueError or its own types here
+            raise ConfigError(f"pretrained tokenizer: {str(path)!r} does not exist and {str(model_dir)!r} has no "
+                              f"tokenizer transformers can load ({err})") from None
     tok.no_truncation()  # encode() sets its own length
     tok.no_padding()
     _check_pad(tok, f"pretrained tokenizer {str(path)!r}")

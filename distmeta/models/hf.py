@@ -1,0 +1,135 @@
+"""Any pretrained Hugging Face encoder as a distmeta model (``model.name: hf``; MiniLM is one case).
+
+The weights load through ``transformers.AutoModel`` from a local directory or a name in
+the local HF cache (offline when ``HF_HUB_OFFLINE=1``), with eager attention so that
+second-order MAML terms flow through softmax attention.
+
+BERT-like stacks (an ``embeddings`` module and a list of layers, as in BERT, RoBERTa,
+ELECTRA, bge, e5, gte, MiniLM) are run layer by layer with an additive attention mask
+built here: transformers' own mask helpers branch on tensor values, which ``torch.func.vmap``
+refuses. That also lets the encoder start *after* a frozen prefix: a float input
+``[B, L, D]`` is the cached output of the first ``prefix_layers`` layers
+(:mod:`distmeta.models.prefix`), with padding positions exactly zero. Other architectures
+run as one ``AutoModel`` call (no vmap, no prefix cache, ``model.trainable`` all or head).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from distmeta.errors import ConfigError
+from distmeta.models._common import masked_mean, names_under, pad_mask
+
+POOLINGS = ("mean", "cls")
+
+
+def _layer_stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
+    """``(embeddings, layers)`` of a BERT-like encoder, or None for other architectures."""
+    embeddings = getattr(model, "embeddings", None)
+    encoder = getattr(model, "encoder", None)
+    layers = getattr(encoder, "layer", None) if encoder is not None else None
+    if isinstance(embeddings, nn.Module) and isinstance(layers, nn.ModuleList) and len(layers) > 0:
+        return embeddings, layers
+    return None
+
+
+def load_auto_model(path: str) -> nn.Module:
+    """``AutoModel.from_pretrained(path)`` in eval mode with eager attention; errors name ``model.path``."""
+    try:
+        from transformers import AutoModel
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        raise ConfigError("model.name=hf needs the transformers package: pip install transformers") from None
+    try:
+        model = AutoModel.from_pretrained(path, attn_implementation="eager")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.path {path!r}: cannot load a pretrained encoder ({err})") from None
+    return model.eval()
+
+
+class HFEncoder(nn.Module):
+    """A pretrained encoder -> pooled sentence embedding -> linear ``head`` (zero-initialised).
+
+    Args:
+        model: a transformers encoder (``AutoModel``), in eval mode.
+        out_dim: outputs of the head (ways, or 1).
+        pooling: ``mean`` over real tokens (sentence-transformers) or the ``cls`` token.
+        pad_id: the tokenizer's padding id; distmeta pads with 0 and masks ``x != 0``.
+    """
+
+    def __init__(self, model: nn.Module, out_dim: int, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        stack = _layer_stack(model)
+        self.config = model.config
+        self.embed_dim = int(model.config.hidden_size)
+        self.prefix_layers = 0  # set by the worker when a prefix cache feeds the encoder
+        if stack is not None:
+            self.embeddings, self.layers = stack
+            self.whole = None
+        else:
+            self.embeddings, self.layers, self.whole = None, nn.ModuleList(), model
+        self.head = nn.Linear(self.embed_dim, out_dim)
+        with torch.no_grad():  # every class starts equal, which suits MAML's label permutations
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+        self.eval()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def train(self, mode: bool = True) -> "HFEncoder":
+        """Always eval mode: dropout would make meta-gradients depend on an RNG state the workers do not share."""
+        return super().train(False)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Token ids ``[B, L]`` -> the input of layer 0 ``[B, L, D]``."""
+        assert self.embeddings is not None
+        return self.embeddings(input_ids=x, token_type_ids=torch.zeros_like(x))
+
+    def run_layers(self, h: Tensor, mask: Tensor, start: int, stop: int | None = None) -> Tensor:
+        """Layers ``start:stop`` on hidden states ``h`` with real-token ``mask`` ``[B, L]``."""
+        # A finite large negative on padded keys: softmax never sees -inf (no NaN in double backward).
+        additive = (~mask).to(h.dtype)[:, None, None, :] * torch.finfo(h.dtype).min
+        for layer in self.layers[start:stop]:
+            out = layer(h, attention_mask=additive)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def forward(self, x: Tensor, head: bool = True) -> Tensor:
+        """Token ids ``[B, L]`` (0 = pad), or cached prefix outputs ``[B, L, D]``, -> logits or the pooled embedding."""
+        if self.whole is not None:
+            mask = pad_mask(x)
+            h = self.whole(input_ids=x, attention_mask=mask.long()).last_hidden_state
+        elif x.is_floating_point():
+            mask = (x != 0).any(-1)
+            h = self.run_layers(x, mask, self.prefix_layers)
+        else:
+            mask = pad_mask(x)
+            h = self.run_layers(self.embed(x), mask, 0)
+        pooled = masked_mean(h, mask) if self.pooling == "mean" else h[..., 0, :]
+        return self.head(pooled) if head else pooled
+
+    def layer_groups(self) -> list[list[str]]:
+        """[embeddings], [layer 0], ..., [layer N-1], [head]; one body group for non-BERT-like models."""
+        if self.whole is not None:
+            return [names_under(self, "whole"), names_under(self, "head")]
+        groups = [names_under(self, "embeddings")]
+        groups += [names_under(self, f"layers.{i}") for i in range(len(self.layers))]
+        return groups + [names_under(self, "head")]
+
+
+def build_hf_encoder(path: str, out_dim: int, pooling: str = "mean") -> HFEncoder:
+    """Load ``path`` (directory or local-cache name) and wrap it; padding must be token id 0."""
+    model = load_auto_model(path)
+    pad = getattr(model.config, "pad_token_id", 0)
+    if pad not in (0, None):
+        raise ConfigError(
+            f"model.path {path!r}: the tokenizer pads with id {pad}; distmeta's text pipeline pads with 0 "
+            "(BERT-style vocabularies: BERT, MiniLM, bge, e5, gte)")
+    return HFEncoder(model, out_dim, pooling)
+
+
+__all__ = ["HFEncoder", "POOLINGS", "build_hf_encoder", "load_auto_model", "masked_mean"]

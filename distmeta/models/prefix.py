@@ -1,0 +1,177 @@
+"""Frozen-prefix cache: a pretrained encoder's frozen layers computed once per example.
+
+When only the last N layers (and the head) of an :class:`~distmeta.models.hf.HFEncoder` are
+meta-trained and adapted, the embeddings and the layers before them give the same output
+for an example at every step. This module computes that output once, for every row the
+run's class split uses, and stores it on disk as a memory-mapped ragged array (float32,
+real tokens only, plus row offsets). Every process on a node maps the same file, so the
+page cache holds one copy per node whatever the number of actors; training and
+evaluation then run only the trainable suffix.
+
+Files live in ``model.cache_dir`` (default ``$DISTMETA_CACHE_DIR/prefix`` or
+``~/.cache/distmeta/prefix``) under a key made from the prefix's parameters, the token ids
+and the row set, so a second run (or another actor on the node) reuses it; concurrent
+builders on a node serialise on a lock file and the loser just opens the result.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distmeta.config import Config
+from distmeta.models.hf import HFEncoder
+
+STATES, OFFSETS, META = "states.npy", "offsets.npy", "meta.json"
+
+
+def default_cache_dir(cfg: Config) -> Path:
+    """``model.cache_dir``, else ``$DISTMETA_CACHE_DIR/prefix``, else ``~/.cache/distmeta/prefix``."""
+    if cfg.model.cache_dir:
+        return Path(cfg.model.cache_dir).expanduser()
+    root = os.environ.get("DISTMETA_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "distmeta") / "prefix"
+
+
+def frozen_prefix_layers(module: HFEncoder, moving: set[str]) -> int:
+    """How many leading layers have no parameter in ``moving`` (meta-trained or adapted names).
+
+    0 when the embeddings move (nothing can be cached) or the encoder is not a layer stack.
+    """
+    if module.whole is not None:
+        return 0
+    groups = module.layer_groups()  # [embeddings], [layer 0], ..., [head]
+    if moving & set(groups[0]):
+        return 0
+    count = 0
+    for group in groups[1:-1]:
+        if moving & set(group):
+            break
+        count += 1
+    return count
+
+
+@dataclass
+class PrefixCache:
+    """Outputs of the first ``layers`` layers for a corpus's rows: ``states[offsets[r]:offsets[r+1]]`` is row r."""
+
+    path: Path
+    layers: int
+    states: np.ndarray  # [total real tokens, D] float32, memory-mapped read-only
+    offsets: np.ndarray  # [rows + 1] int64
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.states.nbytes + self.offsets.nbytes)
+
+    def batch(self, rows: Sequence[int] | np.ndarray, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        """``[len(rows), L, D]`` hidden states, zero after each row's tokens; L = the longest row asked for."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        start, stop = self.offsets[rows], self.offsets[rows + 1]
+        lengths = stop - start
+        width = max(1, int(lengths.max())) if len(rows) else 1
+        pos = np.arange(width)
+        idx = start[:, None] + pos[None, :]
+        valid = pos[None, :] < lengths[:, None]
+        out = self.states[np.where(valid, idx, 0)]  # one gather from the mapped file
+        out[~valid] = 0.0
+        return torch.from_numpy(out).to(device, dtype)
+
+
+def cache_key(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.ndarray) -> str:
+    """Identity of a cache: the prefix's parameters and buffers, the token ids of ``rows``, the layer count."""
+    h = hashlib.sha256()
+    h.update(f"v1:{layers}:{module.pooling}".encode())
+    prefix = ("embeddings.",) + tuple(f"layers.{i}." for i in range(layers))
+    for name, t in sorted(module.state_dict().items()):
+        if name.startswith(prefix):
+            h.update(name.encode())
+            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(token_ids[rows]).tobytes())
+    return h.hexdigest()[:24]
+
+
+def open_cache(path: Path) -> PrefixCache:
+    """Map a finished cache directory read-only."""
+    meta = json.loads((path / META).read_text())
+    states = np.load(path / STATES, mmap_mode="r")
+    offsets = np.load(path / OFFSETS)
+    return PrefixCache(path, int(meta["layers"]), states, offsets)
+
+
+@torch.no_grad()
+def _compute(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.ndarray, out: Path,
+             batch: int, progress: bool) -> None:
+    """Write ``states.npy`` / ``offsets.npy`` for ``rows`` into ``out`` (rows outside get zero length)."""
+    from tqdm.auto import tqdm
+
+    lengths = np.zeros(len(token_ids), dtype=np.int64)
+    lengths[rows] = (token_ids[rows] != 0).sum(1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    states = np.lib.format.open_memmap(out / STATES, mode="w+", dtype=np.float32,
+                                       shape=(int(offsets[-1]), module.embed_dim))
+    order = rows[np.argsort(lengths[rows], kind="stable")]  # similar lengths together: little padding
+    bar = tqdm(total=len(order), desc=f"prefix cache ({layers} layers)", unit="ex", disable=not progress)
+    for s in range(0, len(order), batch):
+        chunk = order[s : s + batch]
+        width = int(lengths[chunk].max())
+        x = torch.from_numpy(np.ascontiguousarray(token_ids[chunk, :width]))
+        h = module.run_layers(module.embed(x), x != 0, 0, layers).to(torch.float32).numpy()
+        for i, r in enumerate(chunk):
+            states[offsets[r] : offsets[r + 1]] = h[i, : lengths[r]]
+        bar.update(len(chunk))
+    bar.close()
+    states.flush()
+    del states
+    np.save(out / OFFSETS, offsets)
+
+
+def open_or_build(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.ndarray, cache_dir: Path,
+                  batch: int = 128, progress: bool = True) -> PrefixCache:
+    """The cache for (module prefix, rows): opened if a process on this node built it, else built here.
+
+    Args:
+        module: the encoder whose first ``layers`` layers are frozen.
+        layers: prefix length (>= 1).
+        token_ids: ``[rows, L]`` padded token ids of the whole corpus (0 = pad).
+        rows: the rows to cache (those of the run's classes).
+        cache_dir: directory of caches; created if missing.
+    Returns:
+        The mapped cache; its ``nbytes`` is what the node holds for it.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    path = cache_dir / cache_key(module, layers, token_ids, rows)
+    if (path / META).is_file():
+        return open_cache(path)
+    with open(cache_dir / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this node may be building it
+        if (path / META).is_file():
+            return open_cache(path)
+        tmp = cache_dir / f".{path.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        t0 = time.perf_counter()
+        try:
+            _compute(module, layers, token_ids, rows, tmp, batch, progress)
+            (tmp / META).write_text(json.dumps({"layers": layers, "rows": int(len(rows)),
+                                                "build_s": round(time.perf_counter() - t0, 3)}))
+            os.replace(tmp, path)  # published whole or not at all
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_cache(path)
+
+
+__all__ = ["PrefixCache", "cache_key", "default_cache_dir", "frozen_prefix_layers", "open_cache", "open_or_build"]
