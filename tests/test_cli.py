@@ -16,7 +16,7 @@ def test_train_then_eval_and_load_checkpoint(tmp_path, capsys):
     args = [*text_tiny(write_tiny_csv(tmp_path / "d.csv")), *QUIET, "algorithm.name=protonet", f"run.dir={run}"]
     assert main(["train", *args]) == 0
     out = capsys.readouterr().out
-    assert "3way_1shot: accuracy" in out
+    assert "3way_1shot: meta-trained" in out
     for name in ("config.yaml", "split.json", "tokenizer.json", "metrics.jsonl", "results.json"):
         assert (run / name).exists(), name
     split = json.loads((run / "split.json").read_text())

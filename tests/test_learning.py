@@ -49,7 +49,7 @@ ICD_RUNS = {
     "protomaml": ["train.steps=150", "algorithm.adapt=head", "algorithm.inner_lr=0.1", "algorithm.inner_steps=3",
                   "outer.lr=0.003"],
     "maml": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=3"],
-    "fomaml": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=3"],
+    "fomaml": ["train.steps=300", "algorithm.inner_lr=0.5", "algorithm.inner_steps=3", "outer.lr=0.003", "eval.inner_steps=5"],
     "anil": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=3", "outer.lr=0.003"],
     "metasgd": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=1", "outer.lr=0.003", "eval.inner_steps=1"],
     "reptile": ["train.steps=150", "algorithm.inner_lr=0.5", "algorithm.inner_steps=5", "outer.name=sgd", "outer.lr=0.5"],

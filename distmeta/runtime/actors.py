@@ -320,9 +320,9 @@ class WorkerActor:
         opened = self._open(request, meta_ref)
         if opened is None:
             return NEEDS_SETUP
-        meta, groups, _, (inner_steps, cache_key) = opened
+        meta, groups, _, (inner_steps, cache_key, baseline) = opened
         self._take_fault()
-        return pack([self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups])
+        return pack([self.worker.evaluate(meta, g, inner_steps, cache_key, baseline) for g in groups])
 
     # ------------------------------------------------------------------ fault injection (tests)
     def inject_fault(self, kind: str, times: int = 1, seconds: float = 60.0, task: tuple[int, int] | None = None) -> None:
@@ -567,14 +567,14 @@ class RayBackend:
         return results
 
     def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int,
-                 cache_key: str | None = None) -> list[dict[str, list[float]]]:
-        """Per-episode metrics of each episode group, in group order (``cache_key``: see :meth:`Worker.evaluate`)."""
+                 cache_key: str | None = None, baseline: bool = False) -> list[dict[str, list[float]]]:
+        """Per-episode metrics of each episode group, in group order (``cache_key``, ``baseline``: see :meth:`Worker.evaluate`)."""
         groups = [list(g) for g in groups]
 
         def check(block: range, value: Any) -> str | None:
             return answers.evaluation_problem(block, value, groups)
 
-        return self._dispatch("evaluate", meta, groups, (inner_steps, cache_key), check, StepStats())
+        return self._dispatch("evaluate", meta, groups, (inner_steps, cache_key, baseline), check, StepStats())
 
     def _dispatch(self, method: str, meta: dict[str, Any], groups: list[list[TaskSpec]], args: tuple,
                   check: Callable[[range, Any], str | None], stats: StepStats,

@@ -17,7 +17,7 @@ import torch
 
 from distmeta.config import Config, dump_config
 from distmeta.errors import CheckpointError, DistmetaError
-from distmeta.evaluate import format_results, run_episodes, setting_name
+from distmeta.evaluate import add_error_reduction, format_results, run_episodes, setting_name
 from distmeta.experiment import Experiment, prepare_experiment
 from distmeta.optim import OuterOptimizer
 from distmeta.runtime.faults import with_faults
@@ -308,10 +308,10 @@ class Trainer:
         fn = self._eval_fn(self._meta_numpy(), f"val-{self.step}")
         return run_episodes(fn, sampler, self.cfg.eval.val_episodes, self.cfg.eval.batch)
 
-    def _eval_fn(self, meta: dict[str, Any], cache_key: str):
+    def _eval_fn(self, meta: dict[str, Any], cache_key: str, baseline: bool = False):
         """Evaluate episode groups on the backend; ``cache_key`` names this parameter set for feature reuse."""
         steps = self.cfg.inner_steps_eval
-        return lambda groups: self.backend.evaluate(meta, groups, steps, cache_key=cache_key)
+        return lambda groups: self.backend.evaluate(meta, groups, steps, cache_key=cache_key, baseline=baseline)
 
     def evaluate(self, split: str = "test", episodes: int | None = None,
                  settings: list[tuple[int, int]] | None = None, baseline: bool | None = None) -> dict[str, Any]:
@@ -324,7 +324,7 @@ class Trainer:
             settings = [(1, cfg.data.shots)]
         settings = settings or [tuple(s) for s in cfg.eval.settings]  # type: ignore[misc]
         metas = {split: self._meta_numpy()}
-        if baseline:
+        if baseline:  # the encoder before meta-training, used the standard way (distmeta.baselines)
             metas["before_meta_training"] = {n: t.numpy() for n, t in self.initial_meta.items()}
         out: dict[str, Any] = {"step": self.step, "split": split}
         for key, meta in metas.items():
@@ -332,9 +332,13 @@ class Trainer:
             for ways, shots in settings:
                 sampler = self.exp.sampler(split, ways=ways, shots=shots, queries=cfg.eval.queries)
                 name = setting_name(ways, shots) if not cfg.data.is_regression else f"{shots}shot"
-                fn = self._eval_fn(meta, f"{key}-{self.step}")
-                table[name] = run_episodes(fn, sampler, episodes, cfg.eval.batch)
+                as_baseline = key != split and not cfg.data.is_regression
+                fn = self._eval_fn(meta, f"{key}-{self.step}", baseline=as_baseline)
+                label = f"{'baseline' if key != split else 'meta-test'} {name}"
+                table[name] = run_episodes(fn, sampler, episodes, cfg.eval.batch, progress=cfg.run.progress, desc=label)
             out["test" if key == split else key] = table
+        if "before_meta_training" in out:
+            add_error_reduction(out["test"], out["before_meta_training"])
         print(format_results(out["test"], out.get("before_meta_training")), flush=True)
         return out
 

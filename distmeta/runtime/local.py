@@ -27,9 +27,11 @@ class LocalBackend:
         return self.worker.meta_grad_groups(meta, groups, version)
 
     def evaluate(
-        self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int, cache_key: str | None = None
+        self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int, cache_key: str | None = None,
+        baseline: bool = False,
     ) -> list[dict[str, list[float]]]:
-        return [self.worker.evaluate(meta, g, inner_steps, cache_key) for g in groups]
+        """Per-episode metrics of each group (see :meth:`Worker.evaluate`)."""
+        return [self.worker.evaluate(meta, g, inner_steps, cache_key, baseline) for g in groups]
 
     def close(self) -> None:
         pass
