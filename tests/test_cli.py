@@ -26,7 +26,8 @@ def test_train_then_eval_and_load_checkpoint(tmp_path, capsys):
     assert ckpt.step == 3 and set(ckpt.meta_params) and all(isinstance(v, torch.Tensor) for v in ckpt.meta_params.values())
 
     out_json = tmp_path / "results.json"
-    assert main(["eval", "--checkpoint", str(run), "--split", "test", "--episodes", "12", "--output", str(out_json)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--split", "test", "--episodes", "12", "--output", str(out_json),
+                 "--trust-checkpoint-config"]) == 0
     res = json.loads(out_json.read_text())
     r = res["test"]["3way_1shot"]
     assert 0.0 <= r["accuracy"] <= 1.0 and r["ci95"] > 0 and r["episodes"] == 12

@@ -90,7 +90,7 @@ def test_text_mixture_trains_validates_and_meta_tests_then_evaluates_from_checkp
     for c in (0, 1):
         saved = json.loads((run / f"split_{c}.json").read_text())
         assert [len(saved[k]) for k in ("train", "val", "test")] == [4, 2, 2]
-    with distmeta.Trainer.from_checkpoint(run) as again:  # the saved splits and tokenizer rebuild the same tasks
+    with distmeta.Trainer.from_checkpoint(run, trust_config=True) as again:  # the saved splits and tokenizer rebuild the same tasks
         res = again.evaluate(episodes=10, baseline=False)
     assert res["test"]["2way_1shot"] == results["test"]["2way_1shot"]
 
