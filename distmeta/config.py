@@ -96,6 +96,16 @@ class DataConfig(_Section):
     sinusoid: SinusoidConfig = SinusoidConfig()
     mixture: list[MixtureComponent] | None = Field(
         None, description="tasks from several sources (weights, per-source ways/shots); replaces data.source")
+    ways_range: tuple[int, int] | None = Field(
+        None, description="meta-train only (Meta-Dataset style): each meta-batch's ways drawn uniformly from "
+        "[lo, hi], inclusive, lo >= 2, as a function of (seed, step). Drawn per meta-batch, not per task, so a "
+        "step's tasks share one shape and a task group stacks into one tensor batch for vmap. ProtoNet / "
+        "Proto-MAML only (a prototype head; fixed-head algorithms have one data.ways-way head). data.ways is "
+        "then not a training shape (it need not lie in the range): it stays the meta-validation ways")
+    shots_range: tuple[int, int] | None = Field(
+        None, description="meta-train only: each meta-batch's shots drawn uniformly from [lo, hi], inclusive, "
+        "lo >= 1, per meta-batch like ways_range (any classification algorithm). data.shots is then not a "
+        "training shape (it need not lie in the range): it stays the meta-validation shots")
 
     @field_validator("source")
     @classmethod
@@ -110,6 +120,38 @@ class DataConfig(_Section):
     @property
     def is_regression(self) -> bool:
         return self.source == "sinusoid"
+
+    @field_validator("ways_range", "shots_range")
+    @classmethod
+    def _inclusive_range(cls, v: tuple[int, int] | None, info: Any) -> tuple[int, int] | None:
+        if v is None:
+            return v
+        lo, hi = v
+        least = 2 if info.field_name == "ways_range" else 1
+        if lo > hi:
+            raise ValueError(f"lower bound {lo} is above upper bound {hi} (inclusive [lo, hi])")
+        if lo < least:
+            raise ValueError(f"lower bound {lo} must be >= {least}")
+        return v
+
+    @model_validator(mode="after")
+    def _ranges_need_one_text_source(self) -> "DataConfig":
+        for name in ("ways_range", "shots_range"):
+            if getattr(self, name) is None:
+                continue
+            if self.is_regression:
+                raise ValueError(f"data.{name}: variable-shape episodes are for classification sources, not sinusoid")
+            if self.mixture:
+                raise ValueError(f"data.{name}: not with data.mixture (each source has its own ways/shots there)")
+        return self
+
+    def train_ways(self) -> int:
+        """The largest ways of a meta-train episode (``ways_range``'s upper bound, else ``ways``)."""
+        return self.ways_range[1] if self.ways_range else self.ways
+
+    def train_shots(self) -> int:
+        """The largest shots of a meta-train episode (``shots_range``'s upper bound, else ``shots``)."""
+        return self.shots_range[1] if self.shots_range else self.shots
 
     @model_validator(mode="after")
     def _mixture_of_one_kind(self) -> "DataConfig":
@@ -346,6 +388,14 @@ class Config(_Section):
                 raise ValueError(f"faults.{i}.actor={f.actor}: there are only workers={self.workers} actors (0..{self.workers - 1})")
             if self.workers == 0 and f.kind == "stale":
                 raise ValueError(f"faults.{i}.kind=stale needs Ray workers (workers >= 1): the in-process worker has no versions")
+        return self
+
+    @model_validator(mode="after")
+    def _variable_ways_needs_prototypes(self) -> "Config":
+        if self.data.ways_range is not None and not self.data.is_regression and not self.algorithm.prototype_head:
+            raise ValueError(
+                f"data.ways_range: {self.algorithm.name} has one {self.data.ways}-way head (data.ways), so its "
+                "training ways cannot vary; use data.shots_range, or algorithm.name=protonet / protomaml")
         return self
 
     @model_validator(mode="after")

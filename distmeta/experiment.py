@@ -33,17 +33,25 @@ class Experiment:
 
     def sampler(self, split: str = "train", ways: int | None = None, shots: int | None = None,
                 queries: int | None = None, seed: int | None = None) -> Sampler:
-        """Sampler over one split's classes (or sinusoid tasks), episode shape from config unless given."""
+        """Sampler over one split's classes (or sinusoid tasks), episode shape from config unless given.
+
+        The ``"train"`` split draws each step's ways / shots from ``data.ways_range`` /
+        ``data.shots_range`` when set (and not given here); validation and test keep fixed shapes.
+        """
         d = self.cfg.data
         if d.mixture:
             return self._mixture_sampler(split, ways, shots, queries, seed)
+        train = split == "train"
+        ways_range = d.ways_range if train and ways is None else None
+        shots_range = d.shots_range if train and shots is None else None
         shots = shots or d.shots
         queries = queries or d.queries
         seed = self.cfg.seed if seed is None else seed
         if d.is_regression:
             return SinusoidSampler(d.sinusoid, shots, queries, seed, split)
         classes = getattr(self.split, split)
-        return EpisodeSampler(self.data.rows_by_class(), classes, ways or d.ways, shots, queries, seed, split)
+        return EpisodeSampler(self.data.rows_by_class(), classes, ways or d.ways, shots, queries, seed, split,
+                              ways_range=ways_range, shots_range=shots_range)
 
     def worker_args(self) -> dict[str, Any]:
         """What a Worker is built from (sent once per actor, never per step)."""
@@ -86,9 +94,10 @@ class MixtureSplit:
 
 
 def min_examples_per_class(cfg: Config, data: Any = None) -> int:
-    """Enough rows per class for training episodes and every evaluation setting (of ``data``: one mixture source)."""
+    """Enough rows per class for training episodes (their largest shots), validation and every evaluation setting
+    (of ``data``: one mixture source)."""
     data = data or cfg.data
-    need = data.shots + data.queries
+    need = max(data.shots, data.train_shots()) + data.queries
     for _, shots in cfg.eval.settings:
         need = max(need, shots + cfg.eval.queries)
     return need
@@ -113,9 +122,13 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
     else:
         usable = usable_classes(data, min_examples_per_class(cfg), cfg.data.small_classes)
         split = make_split(data, cfg.data.split, cfg.seed, usable)
-    ways = {"train": cfg.data.ways, "test": max(w for w, _ in cfg.eval.settings)}
+    ways = {"train": cfg.data.train_ways(), "test": max(w for w, _ in cfg.eval.settings)}  # largest of each
     if split.val:
         ways["val"] = cfg.data.ways
+    if cfg.data.ways_range and len(split.train) < cfg.data.ways_range[1]:
+        raise DataError(f"split 'train' has {len(split.train)} classes, fewer than the largest training ways "
+                        f"{cfg.data.ways_range[1]} (data.ways_range={list(cfg.data.ways_range)}); lower it or give "
+                        "that split more classes (data.split)")
     check_ways(split, ways)
 
     tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None

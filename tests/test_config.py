@@ -55,12 +55,46 @@ def test_dump_round_trips(tmp_path):
         (["data.source=sinusoid"], "model.name=mlp"),
         (["model.name=minilm"], "tokenizer.kind=pretrained"),
         (["data.split.train=0.9"], "sum to 1"),
+        (["data.ways_range=[1,5]"], "data.ways_range: lower bound 1 must be >= 2"),
+        (["data.ways_range=[6,5]"], "data.ways_range: lower bound 6 is above upper bound 5"),
+        (["data.shots_range=[0,5]"], "data.shots_range: lower bound 0 must be >= 1"),
+        (["data.shots_range=[3,2]"], "data.shots_range: lower bound 3 is above upper bound 2"),
+        (["data.shots_range=[1,2,3]"], "data.shots_range"),
+        (["algorithm.name=maml", "data.ways_range=[2,5]"], "data.ways_range: maml has one 5-way head"),
+        (["algorithm.name=anil", "data.ways_range=[2,5]"], "data.ways_range: anil has one 5-way head"),
+        (["algorithm.name=reptile", "data.ways_range=[2,5]"], "data.ways_range: reptile has one 5-way head"),
+        (["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots_range=[2,5]"],
+         "data.shots_range: variable-shape episodes are for classification sources"),
+        (["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.ways_range=[2,5]"],
+         "data.ways_range: variable-shape episodes are for classification sources"),
+        (["algorithm.name=protonet", "data.ways_range=[2,5]", "data.mixture=[{source: icd10cm}]"],
+         "data.ways_range: not with data.mixture"),
+        (["data.shots_range=[1,5]", "data.mixture=[{source: icd10cm}]"], "data.shots_range: not with data.mixture"),
     ],
 )
 def test_bad_values_name_the_field(override, needle):
     with pytest.raises(ConfigError, match=None) as info:
         load_config(None, override)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("algorithm", ["protonet", "protomaml"])
+def test_variable_shape_ranges_load_and_round_trip(algorithm, tmp_path):
+    cfg = load_config(None, [f"algorithm.name={algorithm}", "data.ways_range=[3,10]", "data.shots_range=[1,5]",
+                             "data.ways=20", "data.shots=7"])  # data.ways / data.shots (validation) need not lie in them
+    assert (cfg.data.ways_range, cfg.data.shots_range) == ((3, 10), (1, 5))
+    assert (cfg.data.train_ways(), cfg.data.train_shots()) == (10, 5)
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
+    plain = load_config(None, [f"algorithm.name={algorithm}"])
+    assert plain.data.ways_range is None and plain.data.shots_range is None
+    assert (plain.data.train_ways(), plain.data.train_shots()) == (plain.data.ways, plain.data.shots)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml"])
+def test_shots_range_is_for_every_classification_algorithm(algorithm):
+    assert load_config(None, [f"algorithm.name={algorithm}", "data.shots_range=[1,5]"]).data.shots_range == (1, 5)
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -1,7 +1,8 @@
 """Samplers: the task specs of step ``s`` are a pure function of (seed, stream, s, index).
 
 No sampler holds mutable state, so any number of workers, a resumed run and a
-single-process run all draw the same tasks.
+single-process run all draw the same tasks. Variable-shape episodes
+(``data.ways_range`` / ``data.shots_range``) draw each step's shape from (seed, stream, step) too.
 """
 from __future__ import annotations
 
@@ -23,8 +24,26 @@ def task_rng(seed: int, stream: int, step: int, index: int) -> np.random.Generat
     return np.random.default_rng([seed, stream, step, index])
 
 
+SHAPE_STREAM = 8  # the per-step (ways, shots) draw of variable-shape episodes: its own generator
+
+
+def shape_rng(seed: int, stream: int, step: int) -> np.random.Generator:
+    """The generator of step ``step``'s episode shape: shared by its tasks, apart from every task's own draws."""
+    return np.random.default_rng([seed, stream, step, 0, SHAPE_STREAM])
+
+
 class EpisodeSampler:
-    """N-way K-shot episodes over a fixed set of classes."""
+    """N-way K-shot episodes over a fixed set of classes.
+
+    With ``ways_range`` and/or ``shots_range`` (inclusive ``(lo, hi)``; ``data.ways_range`` /
+    ``data.shots_range``, meta-train only) the episodes vary in shape, Meta-Dataset style:
+    each step's (ways, shots) is drawn uniformly from the ranges by :meth:`shape`, a pure
+    function of (seed, stream, step). The shape is drawn per step (meta-batch), not per
+    task, so every task of a step - hence of a task group - has the same ways and shots
+    and the group still stacks into one tensor batch for ``vmap``. An unset range keeps
+    ``ways`` / ``shots`` fixed; with neither set the draws are exactly the fixed sampler's.
+    Class checks use the largest ways and shots.
+    """
 
     def __init__(
         self,
@@ -35,32 +54,54 @@ class EpisodeSampler:
         queries: int,
         seed: int,
         stream: str = "train",
+        ways_range: tuple[int, int] | None = None,
+        shots_range: tuple[int, int] | None = None,
     ) -> None:
         self.classes = np.asarray(sorted(classes), dtype=np.int64)
         self.rows = {int(c): np.asarray(rows_by_class[c]) for c in self.classes}
         self.ways, self.shots, self.queries = ways, shots, queries
         self.seed, self.stream = seed, STREAMS[stream]
-        if len(self.classes) < ways:
-            raise DataError(f"split {stream!r} has {len(self.classes)} classes, fewer than ways={ways}")
-        need = shots + queries
+        for name, r, least in (("ways_range", ways_range, 2), ("shots_range", shots_range, 1)):
+            if r is not None and not least <= r[0] <= r[1]:
+                raise ValueError(f"{name} must be (lo, hi) with {least} <= lo <= hi, got {tuple(r)}")
+        self.ways_range = None if ways_range is None else (int(ways_range[0]), int(ways_range[1]))
+        self.shots_range = None if shots_range is None else (int(shots_range[0]), int(shots_range[1]))
+        max_ways = self.ways_range[1] if self.ways_range else ways
+        max_shots = self.shots_range[1] if self.shots_range else shots
+        if len(self.classes) < max_ways:
+            what = f"the largest ways={max_ways} (ways_range {self.ways_range})" if self.ways_range else f"ways={ways}"
+            raise DataError(f"split {stream!r} has {len(self.classes)} classes, fewer than {what}")
+        need = max_shots + queries
         small = [int(c) for c in self.classes if len(self.rows[int(c)]) < need]
         if small:
+            shots_name = "largest shots" if self.shots_range else "shots"
             raise DataError(
-                f"split {stream!r}: classes {small[:20]} have fewer than shots+queries={need} examples"
+                f"split {stream!r}: classes {small[:20]} have fewer than {shots_name}+queries={need} examples"
             )
 
-    def sample(self, step: int, index: int) -> EpisodeSpec:
+    def shape(self, step: int) -> tuple[int, int]:
+        """(ways, shots) of every episode of step ``step``: drawn from the ranges, or the fixed ones."""
+        if self.ways_range is None and self.shots_range is None:
+            return self.ways, self.shots
+        rng = shape_rng(self.seed, self.stream, step)
+        ways = int(rng.integers(self.ways_range[0], self.ways_range[1] + 1)) if self.ways_range else self.ways
+        shots = int(rng.integers(self.shots_range[0], self.shots_range[1] + 1)) if self.shots_range else self.shots
+        return ways, shots
+
+    def sample(self, step: int, index: int, shape: tuple[int, int] | None = None) -> EpisodeSpec:
+        ways, shots = shape or self.shape(step)
         rng = task_rng(self.seed, self.stream, step, index)
-        chosen = rng.choice(self.classes, size=self.ways, replace=False)
+        chosen = rng.choice(self.classes, size=ways, replace=False)
         support, query = [], []
         for c in chosen:
-            rows = rng.choice(self.rows[int(c)], size=self.shots + self.queries, replace=False)
-            support.append(tuple(rows[: self.shots].tolist()))  # tolist: Python ints, 10x faster than int() each
-            query.append(tuple(rows[self.shots :].tolist()))
+            rows = rng.choice(self.rows[int(c)], size=shots + self.queries, replace=False)
+            support.append(tuple(rows[:shots].tolist()))  # tolist: Python ints, 10x faster than int() each
+            query.append(tuple(rows[shots:].tolist()))
         return EpisodeSpec(step, index, tuple(chosen.tolist()), tuple(support), tuple(query))
 
     def batch(self, step: int, size: int) -> list[TaskSpec]:
-        return [self.sample(step, i) for i in range(size)]
+        shape = self.shape(step)  # one shape for the whole meta-batch
+        return [self.sample(step, i, shape) for i in range(size)]
 
 
 class SinusoidSampler:

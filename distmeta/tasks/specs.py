@@ -13,7 +13,9 @@ from typing import Union
 class EpisodeSpec:
     """An N-way K-shot episode: label ``j`` of the task is global class ``classes[j]``.
 
-    ``support[j]`` / ``query[j]`` are dataset row indices of class ``classes[j]``.
+    ``support[j]`` / ``query[j]`` are dataset row indices of class ``classes[j]``. Its
+    shape (``ways``, ``shots``) is read from these tuples: with ``data.ways_range`` /
+    ``data.shots_range`` it varies from step to step, never within a step.
     """
 
     step: int
