@@ -258,8 +258,33 @@ class AlgorithmConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The episodic meta-training stage."""
+
     steps: int = Field(1000, ge=0)
     meta_batch: int = Field(16, ge=1)
+    select_best: bool = Field(
+        False, description="meta-test the parameters of the best meta-validation (run.eval_every), not the last")
+    patience: int = Field(0, ge=0, description="stop after this many meta-validations without improvement; 0 = never")
+
+
+class PretrainConfig(_Section):
+    """Optional supervised stage before episodes: whole-class classification over every meta-train class.
+
+    A cosine classifier (one weight vector per meta-train class, logits ``temperature * cos``)
+    on the encoder's pooled embedding trains the meta-trained parameters, as in
+    Meta-Baseline / "a good embedding is all you need"; the classifier is then dropped and
+    episodic meta-training starts from the encoder with the best meta-validation accuracy.
+    """
+
+    steps: int = Field(0, ge=0, description="supervised steps; 0 = no pretraining stage")
+    batch: int = Field(128, ge=2, description="examples per step, drawn uniformly from the meta-train rows")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the encoder's meta-trained parameters")
+    classifier_lr: float = Field(1e-2, gt=0, description="Adam learning rate of the class weight vectors")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    temperature: float = Field(10.0, gt=0, description="scale of the cosine logits")
+    eval_every: int = Field(100, ge=0, description="meta-validation every K steps (0 = only at the end)")
+    patience: int = Field(0, ge=0, description="stop after this many meta-validations without improvement; 0 = never")
 
 
 class OuterConfig(_Section):
@@ -274,6 +299,9 @@ class OuterConfig(_Section):
     noise_eta: float = Field(0.01, ge=0, description="noisy_sgd: variance eta / (1 + t)^gamma")
     noise_gamma: float = Field(0.55, ge=0)
     grad_clip: float | None = Field(None, gt=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate after warm-up: constant, or cosine decay to 0 at the last step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to lr over this many steps")
 
 
 class EvalConfig(_Section):
@@ -346,6 +374,7 @@ class Config(_Section):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     train: TrainConfig = TrainConfig()
     outer: OuterConfig = OuterConfig()
     eval: EvalConfig = EvalConfig()

@@ -7,6 +7,7 @@ seeded by (seed, step) so runs stay reproducible and resumable.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,21 @@ from distmeta.config import OuterConfig
 Params = dict[str, Tensor]
 
 
+def scheduled_lr(base: float, step: int, warmup: int, schedule: str, total: int) -> float:
+    """Learning rate at update ``step``: linear warm-up over ``warmup`` steps, then constant or cosine to 0 at ``total``."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "cosine" and total > warmup:
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base
+
+
 class OuterOptimizer:
     """Applies mean meta-gradients to meta-parameters held as leaf tensors."""
 
-    def __init__(self, cfg: OuterConfig, params: Params, seed: int = 0) -> None:
-        self.cfg, self.seed = cfg, seed
+    def __init__(self, cfg: OuterConfig, params: Params, seed: int = 0, total_steps: int = 0) -> None:
+        self.cfg, self.seed, self.total_steps = cfg, seed, total_steps
         self.names = list(params)
         self.params = {n: p.detach().clone() for n, p in params.items()}
         tensors = [self.params[n] for n in self.names]
@@ -52,6 +63,13 @@ class OuterOptimizer:
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
+    def lr_at(self, step: int) -> float:
+        """``outer.lr`` after linear warm-up and the ``outer.schedule`` decay at (0-based) update ``step``.
+
+        A pure function of the step, so a resumed run follows the same schedule.
+        """
+        return scheduled_lr(self.cfg.lr, step, self.cfg.warmup_steps, self.cfg.schedule, self.total_steps)
+
     def noise_std(self, step: int) -> float:
         return (self.cfg.noise_eta / (1.0 + step) ** self.cfg.noise_gamma) ** 0.5
 
@@ -75,6 +93,8 @@ class OuterOptimizer:
         norm = torch.nn.utils.get_total_norm(list(buffers.values()), foreach=True)
         if self.cfg.grad_clip:  # clip_grad_norm_ would also rescale by 1.0 when not clipping: a pass over every gradient
             torch.nn.utils.clip_grads_with_norm_([self.params[n] for n in self.names], self.cfg.grad_clip, norm, foreach=True)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.steps)
         self.opt.step()
         self.steps += 1
         return {"grad_norm": float(norm)}

@@ -21,6 +21,7 @@ from distmeta.evaluate import add_error_reduction, format_results, run_episodes,
 from distmeta.experiment import Experiment, prepare_experiment
 from distmeta.optim import OuterOptimizer
 from distmeta.runtime.faults import with_faults
+from distmeta.runtime.selection import BestTracker
 from distmeta.tasks.materialise import chunks
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import DTYPES, GroupResult, all_finite
@@ -113,6 +114,10 @@ class Trainer:
         self.backend: Any = None
         self.optimizer: OuterOptimizer | None = None
         self.step = 0
+        self.best = BestTracker(self.run_dir, cfg.train.patience)
+        self.pretrained = False  # the supervised stage (pretrain:) has run; kept in checkpoints
+        self.stopped_early = False  # train.patience ran out
+        self._val_calls = 0  # a fresh evaluation feature-cache key per validated parameter set
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -121,6 +126,7 @@ class Trainer:
         from distmeta.runtime.rundir import lock_run_dir, prepare_run_dir, write_text_atomic
 
         self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
+        self.best.path = self.run_dir / self.best.path.name
         lock_run_dir(self.run_dir, owner=self)  # one writer per run directory; released with this Trainer
         # Verified and safely deserialised before any worker starts: a bad checkpoint costs no actors.
         ckpt = load_checkpoint(self.run_dir) if self.resume else None
@@ -134,7 +140,7 @@ class Trainer:
         self.exp = prepare_experiment(cfg, self.run_dir, reuse_saved=reuse_saved)
         self.backend = with_faults(make_backend(cfg, self.exp), cfg)
         self.initial_meta = {n: t.clone() for n, t in self.backend.initial_meta.items()}
-        self.optimizer = OuterOptimizer(cfg.outer, self.initial_meta, seed=cfg.seed)
+        self.optimizer = OuterOptimizer(cfg.outer, self.initial_meta, seed=cfg.seed, total_steps=cfg.train.steps)
 
     def _restore(self, ckpt: Any) -> None:
         assert self.optimizer is not None
@@ -142,6 +148,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         torch.set_rng_state(ckpt.rng["torch"])
         self.step = ckpt.step
+        self.best.load_state(ckpt.state.get("best"))
+        self.pretrained = bool(ckpt.state.get("pretrained", False))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, overrides: list[str] | None = None, *,
@@ -195,6 +203,8 @@ class Trainer:
         names = optimizer.names
         dtype = DTYPES[cfg.dtype]
         logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
+        if cfg.pretrain.steps and not self.pretrained and self.step == 0:
+            self._pretrain(logger)
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress, desc="meta-train", unit="step")
         upcoming: dict[int, list] = {}  # the next step's specs, sampled while the workers compute this one
 
@@ -257,9 +267,16 @@ class Trainer:
                     logger.log(self.step, val, prefix="val/")
                     bar.write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "episodes"))
                     self._emit("validation", val)
+                    if self.best.update(self.step, val, optimizer.params):
+                        bar.write(f"step {self.step}: no better meta-validation in {self.best.bad} validations "
+                                  f"(train.patience); stopping, best at step {self.best.step}")
+                        self.stopped_early = True
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
                     self._emit("checkpoint", {"path": self.save_checkpoint()})
+                if self.stopped_early:
+                    break
             bar.close()
+            self._select_best(bar)
             self._emit("checkpoint", {"path": self.save_checkpoint()})
             results = self.evaluate()
             (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
@@ -270,6 +287,33 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+
+    def _pretrain(self, logger: Any) -> None:
+        """The supervised stage (:mod:`distmeta.pretrain`): its selected encoder becomes the meta-parameters."""
+        from distmeta.pretrain import Pretrainer
+
+        assert self.optimizer is not None and self.exp is not None
+        stage = Pretrainer(self.cfg, self.exp, self.validate, self.run_dir)
+        chosen = stage.run(self.meta_params, lambda step, row: logger.log(step, row, prefix="pretrain/"),
+                           progress=self.cfg.run.progress)
+        self.optimizer.load_params(chosen)
+        self.pretrained = True
+        print(f"pretrain: best meta-validation {stage.best.score:.4f} at step {stage.best.step}; "
+              f"episodic meta-training starts from it", flush=True)
+        self._emit("checkpoint", {"path": self.save_checkpoint()})
+
+    def _select_best(self, bar: Any) -> None:
+        """With ``train.select_best``, put the best meta-validated parameters back before the final checkpoint."""
+        if not self.cfg.train.select_best:
+            return
+        best = self.best.best_params()
+        if best is None:
+            bar.write("train.select_best: no meta-validation ran; keeping the last parameters")
+            return
+        assert self.optimizer is not None
+        self.optimizer.load_params(best)
+        bar.write(f"train.select_best: meta-testing the parameters of step {self.best.step} "
+                  f"(meta-validation {self.best.score:.4f})")
 
     def _nan_policy(self, results: list[GroupResult], n_tasks: int) -> list[tuple[int, int]]:
         """The task keys this step leaves out for a NaN/Inf ([] on the usual path); raises under ``nan_policy: raise``."""
@@ -301,11 +345,12 @@ class Trainer:
     def _has_val(self) -> bool:
         return self.cfg.data.is_regression or bool(self.exp and self.exp.split and self.exp.split.val)
 
-    def validate(self) -> dict[str, float]:
-        """Meta-validation on ``eval.val_episodes`` episodes of the training shape."""
+    def validate(self, meta: dict[str, Any] | None = None) -> dict[str, float]:
+        """Meta-validation on ``eval.val_episodes`` episodes of the training shape (of ``meta``, default the current)."""
         assert self.exp is not None
         sampler = self.exp.sampler("val")
-        fn = self._eval_fn(self._meta_numpy(), f"val-{self.step}")
+        self._val_calls += 1
+        fn = self._eval_fn(self._meta_numpy() if meta is None else meta, f"val-{self.step}-{self._val_calls}")
         return run_episodes(fn, sampler, self.cfg.eval.val_episodes, self.cfg.eval.batch)
 
     def _eval_fn(self, meta: dict[str, Any], cache_key: str, baseline: bool = False):
@@ -351,7 +396,8 @@ class Trainer:
             step=self.step,
             meta_params=self.meta_params,
             optimizer_state=self.optimizer.state_dict(),
-            state={"sampler": {"seed": self.cfg.seed, "next_step": self.step}},
+            state={"sampler": {"seed": self.cfg.seed, "next_step": self.step}, "best": self.best.state(),
+                   "pretrained": self.pretrained},
             rng={"torch": torch.get_rng_state()},
             config=self.cfg.model_dump(mode="json"),
         )

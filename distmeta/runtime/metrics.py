@@ -60,7 +60,8 @@ def _truncate_jsonl(path: Path, resume_step: int | None) -> None:
         return
     rows = _parse_lines(text.split("\n"), path)
     if resume_step is not None:
-        rows = [r for r in rows if not (isinstance(r.get("step"), int) and r["step"] > resume_step)]
+        rows = [r for r in rows if not (isinstance(r.get("step"), int) and r["step"] > resume_step
+                                        and not any(k.startswith("pretrain/") for k in r))]  # that stage is over
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
