@@ -192,8 +192,10 @@ class Worker:
     def _group_grad(self, params: Params, specs: Sequence[TaskSpec]) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
         """The group's summed meta-gradient (numpy) and per-task metric lists."""
         batch = self.builder.build(specs)
+        # data.ways_range: a step's episodes share a shape, but steps differ; prototype heads follow the ways
+        algorithm = self._algorithm_for(specs[0].ways) if self.cfg.data.ways_range else self.algorithm  # type: ignore[union-attr]
         with self._autocast():
-            grads, metrics = self.algorithm.batch_grad(params, batch, use_vmap=self.use_vmap)
+            grads, metrics = algorithm.batch_grad(params, batch, use_vmap=self.use_vmap)
         grad_np = {n: g.detach().to("cpu", self.dtype).numpy() for n, g in grads.items()}
         metric_lists = {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
         poisoned = [i for i, s in enumerate(specs) if task_key(s) in self.poisoned]
