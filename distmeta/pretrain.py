@@ -27,6 +27,7 @@ from distmeta.optim import scheduled_lr
 from distmeta.runtime.selection import BestTracker
 
 PRETRAIN_STREAM = 11  # the batches' own random stream, apart from the episode samplers'
+INIT_PER_CLASS = 32
 
 Validate = Callable[[dict[str, np.ndarray]], dict[str, float]]
 
@@ -64,6 +65,23 @@ class Pretrainer:
         self.classes = len(exp.split.train)
         self.best = BestTracker(run_dir, cfg.pretrain.patience, name="pretrain_")
 
+    @torch.no_grad()
+    def _class_means(self, enc: dict[str, Tensor]) -> Tensor:
+        """Initial class weights: each class's mean normalised embedding over up to ``INIT_PER_CLASS`` rows.
+
+        Starting at the class means makes step 0 the nearest-centroid classifier, so the first
+        encoder updates follow a sensible classifier instead of a random one (which would
+        pull the pretrained features apart before the classifier has learnt anything).
+        """
+        rng = np.random.default_rng([self.cfg.seed, PRETRAIN_STREAM + 1])  # apart from every step's batch
+        means = []
+        for c in range(self.classes):
+            rows = self.rows[self.labels == c]
+            pick = rows[rng.permutation(len(rows))[:INIT_PER_CLASS]]
+            feats = self.worker.algorithm.model(enc, self.worker.builder.inputs(pick.tolist()), head=False)
+            means.append(F.normalize(feats, dim=-1).mean(0))
+        return F.normalize(torch.stack(means), dim=-1)
+
     def _loss(self, enc: dict[str, Tensor], weight: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """Cross-entropy and accuracy of step ``step``'s batch under the cosine classifier."""
         pick = batch_rows(self.rows, self.cfg.seed, step, self.p.batch)
@@ -81,8 +99,7 @@ class Pretrainer:
         w = self.worker
         own = set(getattr(w.algorithm, "own_meta_names", ()))
         enc = {n: t.detach().to(w.device, w.dtype).clone().requires_grad_() for n, t in meta.items() if n not in own}
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        weight = torch.randn(self.classes, w.module.embed_dim, generator=gen, dtype=w.dtype).to(w.device).requires_grad_()
+        weight = self._class_means(enc).requires_grad_()
         opt = torch.optim.AdamW([{"params": list(enc.values()), "lr": self.p.lr},
                                  {"params": [weight], "lr": self.p.classifier_lr}], weight_decay=self.p.weight_decay)
         base = [g["lr"] for g in opt.param_groups]

@@ -36,7 +36,7 @@ def build_model(cfg: Config, vocab_size: int, out_dim: int) -> nn.Module:
             raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
         model = TransformerEncoder(vocab_size, m.dim, m.layers, m.heads, m.ff_dim, cfg.data.max_length, out_dim)
     elif m.name in ("minilm", "hf"):
-        model = build_hf_encoder(str(pretrained_dir(cfg)), out_dim, m.pooling)
+        model = build_hf_encoder(str(pretrained_dir(cfg)), out_dim, m.pooling, m.length_buckets)
         own = int(getattr(model.config, "vocab_size", 0) or 0)
         if vocab_size and own and vocab_size > own:
             raise ConfigError(f"model.name={m.name} has a {own}-token vocabulary but the tokenizer has {vocab_size}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distmeta.algorithms.inner import transforms_active
 from distmeta.errors import ConfigError
 from distmeta.models._common import masked_mean, names_under, pad_mask
 
@@ -65,6 +66,7 @@ class HFEncoder(nn.Module):
         self.config = model.config
         self.embed_dim = int(model.config.hidden_size)
         self.prefix_layers = 0  # set by the worker when a prefix cache feeds the encoder
+        self.length_buckets = 1  # model.length_buckets
         if stack is not None:
             self.embeddings, self.layers = stack
             self.whole = None
@@ -99,18 +101,38 @@ class HFEncoder(nn.Module):
         return h
 
     def forward(self, x: Tensor, head: bool = True) -> Tensor:
-        """Token ids ``[B, L]`` (0 = pad), or cached prefix outputs ``[B, L, D]``, -> logits or the pooled embedding."""
+        """Token ids ``[B, L]`` (0 = pad), or cached prefix outputs ``[B, L, D]``, -> logits or the pooled embedding.
+
+        Outside ``torch.func`` transforms a batch runs as ``length_buckets`` sub-batches of
+        similar lengths, each cut to its own longest row: padding costs attention and
+        feed-forward time but changes no real token's result.
+        """
+        mask = (x != 0).any(-1) if x.is_floating_point() else pad_mask(x)
+        if self.length_buckets > 1 and x.shape[0] > 1 and not transforms_active():
+            pooled = self._bucketed(x, mask)
+        else:
+            pooled = self._pooled(x, mask)
+        return self.head(pooled) if head else pooled
+
+    def _pooled(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Pooled embeddings of one batch, all rows at the batch's width."""
         if self.whole is not None:
-            mask = pad_mask(x)
             h = self.whole(input_ids=x, attention_mask=mask.long()).last_hidden_state
         elif x.is_floating_point():
-            mask = (x != 0).any(-1)
             h = self.run_layers(x, mask, self.prefix_layers)
         else:
-            mask = pad_mask(x)
             h = self.run_layers(self.embed(x), mask, 0)
-        pooled = masked_mean(h, mask) if self.pooling == "mean" else h[..., 0, :]
-        return self.head(pooled) if head else pooled
+        return masked_mean(h, mask) if self.pooling == "mean" else h[..., 0, :]
+
+    def _bucketed(self, x: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`_pooled` over length-sorted sub-batches, each trimmed to its longest row, in the input's order."""
+        lengths = mask.sum(-1)
+        order = torch.argsort(lengths, stable=True)
+        outs = []
+        for idx in order.tensor_split(min(self.length_buckets, x.shape[0])):
+            width = max(1, int(lengths[idx].max()))
+            outs.append(self._pooled(x[idx, :width], mask[idx, :width]))
+        return torch.cat(outs).index_select(0, torch.argsort(order))
 
     def layer_groups(self) -> list[list[str]]:
         """[embeddings], [layer 0], ..., [layer N-1], [head]; one body group for non-BERT-like models."""
@@ -121,7 +143,7 @@ class HFEncoder(nn.Module):
         return groups + [names_under(self, "head")]
 
 
-def build_hf_encoder(path: str, out_dim: int, pooling: str = "mean") -> HFEncoder:
+def build_hf_encoder(path: str, out_dim: int, pooling: str = "mean", length_buckets: int = 1) -> HFEncoder:
     """Load ``path`` (directory or local-cache name) and wrap it; padding must be token id 0."""
     model = load_auto_model(path)
     pad = getattr(model.config, "pad_token_id", 0)
@@ -129,7 +151,9 @@ def build_hf_encoder(path: str, out_dim: int, pooling: str = "mean") -> HFEncode
         raise ConfigError(
             f"model.path {path!r}: the tokenizer pads with id {pad}; distmeta's text pipeline pads with 0 "
             "(BERT-style vocabularies: BERT, MiniLM, bge, e5, gte)")
-    return HFEncoder(model, out_dim, pooling)
+    encoder = HFEncoder(model, out_dim, pooling)
+    encoder.length_buckets = length_buckets
+    return encoder
 
 
 __all__ = ["HFEncoder", "POOLINGS", "build_hf_encoder", "load_auto_model", "masked_mean"]

@@ -131,3 +131,22 @@ def test_prefix_cache_equals_full_forward(tiny_dirs, tmp_path):
         cached = enc(x, head=False)
     assert full.abs().max() > 0.1
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_length_buckets_change_nothing_but_padding(tiny_dirs, tmp_path, cached):
+    """Sorting a batch into length buckets (each trimmed to its longest row) gives each row's own result, in order."""
+    enc = build_hf_encoder(tiny_dirs["bert"], out_dim=3).double()
+    ids = _ids(tiny_dirs["bert"], 30).numpy()
+    x = torch.from_numpy(ids[[2, 0, 3, 1, 2]])
+    if cached:
+        cache = open_or_build(enc, 1, ids, np.arange(len(ids)), tmp_path, progress=False)
+        enc.prefix_layers = 1
+        x = cache.batch([2, 0, 3, 1, 2], dtype=torch.float64)
+    with torch.no_grad():
+        enc.length_buckets = 1
+        whole = enc(x, head=False)
+        enc.length_buckets = 3
+        bucketed = enc(x, head=False)
+    torch.testing.assert_close(bucketed, whole, rtol=1e-10, atol=1e-10)
+    assert torch.equal(bucketed[0], bucketed[4])  # the same row twice: same result, wherever it lands
