@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -548,14 +549,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 #: The embedded default run (``distmeta train`` with no ``--config``); ``configs/default.yaml`` links here.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
+#: Environment variable naming the base config used when none is given (a site-wide default;
+#: the test suite points it at configs/bag_protonet.yaml, a from-scratch model).
+BASE_CONFIG_ENV = "DISTMETA_BASE_CONFIG"
+
+
+def base_config_path() -> Path:
+    """``$DISTMETA_BASE_CONFIG`` if set, else the embedded default."""
+    env = os.environ.get(BASE_CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (the embedded default when ``path`` is None) and apply ``key=value`` overrides.
+    """Load a YAML config (the embedded default, or ``$DISTMETA_BASE_CONFIG``, when ``path`` is None) and apply overrides.
 
     Keys a file leaves out take the schema defaults of :class:`Config`.
     """
-    raw = read_yaml(path if path is not None else DEFAULT_CONFIG)
+    raw = read_yaml(path if path is not None else base_config_path())
     return config_from_dict(apply_overrides(raw, list(overrides or [])))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Before anything imports ray, datasets or tokenizers.
 for _k, _v in {
@@ -13,6 +14,12 @@ for _k, _v in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_k, _v)
+
+# Tests that build on `load_config(None, [...])` (and their subprocesses) start from the from-scratch
+# bag config: the embedded default loads a pretrained encoder and caches its frozen layers over the
+# whole corpus (minutes), which a tiny test run does not need. The shipped default itself is tested
+# in tests/test_default_config.py.
+os.environ.setdefault("DISTMETA_BASE_CONFIG", str(Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml"))
 
 import pytest  # noqa: E402
 

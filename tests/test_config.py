@@ -11,10 +11,13 @@ from distmeta.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_default_yaml_is_the_embedded_default():
+def test_default_yaml_is_the_embedded_default(monkeypatch):
     # `distmeta train` without --config and `--config configs/default.yaml` must be the same run.
+    monkeypatch.delenv("DISTMETA_BASE_CONFIG")  # tests/conftest.py points it at the bag config
     assert load_config(ROOT / "configs" / "default.yaml") == load_config(None)
     assert (ROOT / "configs" / "default.yaml").read_text() == DEFAULT_CONFIG.read_text()
+    monkeypatch.setenv("DISTMETA_BASE_CONFIG", str(ROOT / "configs" / "bag_protonet.yaml"))
+    assert load_config(None).model.name == "bag"  # a site-wide base config, when one is set
 
 
 # Tune search and grid files (tune_*, grid_*) are read by `distmeta tune` / `distmeta grid`: tests/tune loads each.
