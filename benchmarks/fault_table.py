@@ -45,6 +45,8 @@ for _k, _v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disab
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The cases override a from-scratch base (the embedded default is the pretrained MiniLM run).
+os.environ.setdefault("DISTMETA_BASE_CONFIG", str(ROOT / "configs" / "bag_protonet.yaml"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

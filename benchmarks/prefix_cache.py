@@ -8,7 +8,7 @@ the speed-up is the median of per-round time ratios. Before timing, the two meta
 of one meta-batch are compared (they must agree to float32 rounding: the cached path pads
 each batch to its longest row instead of ``data.max_length``, nothing else differs).
 
-    .venv/bin/python benchmarks/prefix_cache.py [--config configs/protonet_minilm.yaml] [--rounds 20] [key=value ...]
+    .venv/bin/python benchmarks/prefix_cache.py [--config configs/default.yaml] [--rounds 20] [key=value ...]
 
 Prints the cache's size and build time, the gradient difference and the table.
 """
@@ -46,7 +46,7 @@ def rel_diff(a: dict, b: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="configs/protonet_minilm.yaml")
+    ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (both rows)")
     ap.add_argument("overrides", nargs="*")

@@ -10,7 +10,7 @@ otherwise used as shipped: the point is to measure what users get. Corpora: ``ic
 (the config's own source) and the parquet files that ``benchmarks/corpora.py`` builds
 (``debian-sections``, ``wordnet-topics``, ``fortunes``), read with ``data.max_length=64``.
 
-    python benchmarks/quality.py --configs configs/default.yaml configs/protonet_minilm.yaml \\
+    python benchmarks/quality.py --configs configs/default.yaml configs/bag_protonet.yaml \\
         --corpora icd10cm debian-sections wordnet-topics fortunes [--episodes 600] \\
         [--out benchmarks/results/quality] [--set key=value ...] [--rerun] [--dry-run]
     python benchmarks/quality.py --from-json benchmarks/results/quality/quality.json

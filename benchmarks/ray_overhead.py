@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import statistics
 import time
 
@@ -77,7 +78,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, logging_level="warning", log_to_driver=False)
-    cfg = load_config(None, OVERRIDES)
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml", OVERRIDES)
     exp = prepare_experiment(cfg)
     worker = Worker(cfg, **exp.worker_args(), threads=1)
     meta = {n: t.numpy() for n, t in worker.initial_meta.items()}

@@ -22,7 +22,7 @@ from distmeta.worker import Worker  # noqa: E402
 
 CASES = {
     "sinusoid mlp, maml": ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=10", "data.queries=10"],
-    "icd10cm bag, protonet (default)": [],
+    "icd10cm bag, protonet (bag_protonet.yaml)": [],
     "icd10cm bag d64, maml (~260K)": ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml", "data.queries=5"],
     "icd10cm transformer d64, maml": ["model.name=transformer", "algorithm.name=maml", "model.dim=64", "model.layers=2", "model.ff_dim=128", "data.queries=5", "train.meta_batch=8"],
 }
@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--meta-batch", type=int, default=16)
-    ap.add_argument("--config", default="configs/default.yaml")
+    ap.add_argument("--config", default="configs/bag_protonet.yaml")
     args = ap.parse_args()
     print(f"meta-batch {args.meta_batch}, {args.repeats} repeats each, interleaved; median seconds per meta-batch")
     print(f"{'case':36} {'params':>9} {'vmap s':>8} {'loop s':>8} {'loop/vmap':>9}")

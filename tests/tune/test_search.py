@@ -51,10 +51,24 @@ class InterruptOnce(Callback):
             # thread; a crash during that copy can leave a trial list and a searcher state from
             # different moments, and the restored search then misses trials (Tune warns of this for
             # drivers that exit ungracefully; it failed this test once in a loaded full run). This
-            # test is about distmeta's resume, so the crash waits for the copy launched at the end
-            # of the last loop iteration (local files: milliseconds; a second under load).
-            time.sleep(2.0)
+            # test is about distmeta's resume, so the crash waits until the stored experiment state
+            # lists every trial the driver knows (a fixed sleep was not enough in a loaded full run).
+            wait_for_stored_state(Path(self.marker).parent, len(trials))
             raise RuntimeError("simulated crash of the search driver")
+
+
+def wait_for_stored_state(storage: Path, trials: int, timeout: float = 60.0) -> None:
+    """Until the newest ``experiment_state-*.json`` under ``storage`` holds ``trials`` trials (Tune's background copy)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = sorted(storage.rglob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+        try:
+            if states and len(json.loads(states[-1].read_text())["trial_data"]) >= trials:
+                time.sleep(0.5)  # the searcher state is written beside it in the same copy
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # caught mid-write: look again
+        time.sleep(0.2)
 
 
 def test_asha_search_is_cut_off_then_restored_and_reports_the_best_trial(ray_local, tune_storage, monkeypatch, capsys):
