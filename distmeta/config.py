@@ -318,6 +318,10 @@ class EvalConfig(_Section):
     inner_steps: int | None = Field(None, ge=0, description="inner steps at test time; default algorithm.inner_steps")
     baseline: bool = True
     batch: int = Field(32, ge=1, description="episodes evaluated together")
+    finetune_head: bool = Field(
+        False, description="text: meta-test the meta-trained encoder with a cosine classifier fine-tuned on each "
+        "support set (started at the prototypes; distmeta.baselines.finetune_accuracy) instead of the algorithm's "
+        "own adaptation; the nearest-centroid accuracy is reported beside it")
 
 
 class RayConfig(_Section):

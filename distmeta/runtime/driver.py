@@ -17,7 +17,7 @@ import torch
 
 from distmeta.config import Config, dump_config
 from distmeta.errors import CheckpointError, DistmetaError
-from distmeta.evaluate import add_error_reduction, format_results, run_episodes, setting_name
+from distmeta.evaluate import add_error_reduction, finetuned_summary, format_results, run_episodes, setting_name
 from distmeta.experiment import Experiment, prepare_experiment
 from distmeta.optim import OuterOptimizer
 from distmeta.runtime.faults import with_faults
@@ -377,10 +377,13 @@ class Trainer:
             for ways, shots in settings:
                 sampler = self.exp.sampler(split, ways=ways, shots=shots, queries=cfg.eval.queries)
                 name = setting_name(ways, shots) if not cfg.data.is_regression else f"{shots}shot"
-                as_baseline = key != split and not cfg.data.is_regression
+                finetuned = key == split and cfg.eval.finetune_head and not cfg.data.is_regression
+                as_baseline = (key != split or finetuned) and not cfg.data.is_regression
                 fn = self._eval_fn(meta, f"{key}-{self.step}", baseline=as_baseline)
                 label = f"{'baseline' if key != split else 'meta-test'} {name}"
                 table[name] = run_episodes(fn, sampler, episodes, cfg.eval.batch, progress=cfg.run.progress, desc=label)
+                if finetuned:
+                    table[name] = finetuned_summary(table[name])
             out["test" if key == split else key] = table
         if "before_meta_training" in out:
             add_error_reduction(out["test"], out["before_meta_training"])
