@@ -77,3 +77,31 @@ def grad_via(alg, meta, task, path: str):
     batch = {k: v.unsqueeze(0) for k, v in task.items()}
     grads, metrics = alg.batch_grad(meta, batch, use_vmap=path == "batched")
     return grads, {k: v[0] for k, v in metrics.items()}
+
+
+def assert_vmap_equals_loop(alg, meta, tasks, n_tasks: int) -> None:
+    """batch_grad and batch_eval give the same numbers under vmap and as the per-task loop."""
+    g_vmap, m_vmap = alg.batch_grad(meta, tasks, use_vmap=True)
+    g_loop, m_loop = alg.batch_grad(meta, tasks, use_vmap=False)
+    for n in meta:
+        torch.testing.assert_close(g_vmap[n], g_loop[n], atol=1e-12, rtol=1e-10, msg=n)
+    for k in m_loop:
+        torch.testing.assert_close(m_vmap[k], m_loop[k], atol=1e-12, rtol=1e-10)
+    assert m_loop["loss"].shape == (n_tasks,)
+    e_vmap = alg.batch_eval(meta, tasks, 3, use_vmap=True)
+    e_loop = alg.batch_eval(meta, tasks, 3, use_vmap=False)
+    torch.testing.assert_close(e_vmap["accuracy"], e_loop["accuracy"])
+    torch.testing.assert_close(e_vmap["loss"], e_loop["loss"])
+
+
+def assert_matches_finite_differences(got, meta, loss_at, tol=1e-6, relative=False) -> None:
+    """Directional derivatives of ``got`` along 3 random directions equal float64 central differences of ``loss_at``."""
+    g = torch.Generator().manual_seed(3)
+    eps = 1e-6
+    for _ in range(3):
+        direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in meta.items()}
+        plus = {n: p + eps * direction[n] for n, p in meta.items()}
+        minus = {n: p - eps * direction[n] for n, p in meta.items()}
+        fd = (loss_at(plus) - loss_at(minus)) / (2 * eps)
+        analytic = sum(float((got[n] * direction[n]).sum()) for n in meta)
+        assert abs(fd - analytic) < tol * (max(1.0, abs(fd)) if relative else 1.0), (fd, analytic)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import PATHS, grad_via, make_algorithm, manual_forward, random_tasks
+from tests.algorithms.conftest import (PATHS, assert_matches_finite_differences, grad_via, make_algorithm, manual_forward,
+                                      random_tasks)
 
 
 def reference_query_loss(meta, task, *, steps, lr, first_order=False, optimizer="sgd", momentum=0.9,
@@ -64,15 +65,7 @@ def test_second_order_maml_matches_finite_differences(tasks, path):
         leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
         return float(reference_query_loss(leaves, task, steps=2, lr=0.5).detach())
 
-    g = torch.Generator().manual_seed(3)
-    eps = 1e-6
-    for _ in range(3):
-        direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in meta.items()}
-        plus = {n: p + eps * direction[n] for n, p in meta.items()}
-        minus = {n: p - eps * direction[n] for n, p in meta.items()}
-        fd = (loss_at(plus) - loss_at(minus)) / (2 * eps)
-        analytic = sum(float((got[n] * direction[n]).sum()) for n in meta)
-        assert abs(fd - analytic) < 1e-6, (fd, analytic)
+    assert_matches_finite_differences(got, meta, loss_at)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import PATHS, grad_via, make_algorithm, random_tasks
+from tests.algorithms.conftest import (PATHS, assert_matches_finite_differences, assert_vmap_equals_loop, grad_via,
+                                      make_algorithm, random_tasks)
 from tests.algorithms.references import protomaml_loss, reference_grad
 
 HEAD = ["head.weight", "head.bias"]  # the model's head: for Proto-MAML, "adapt the prototype head only"
@@ -57,15 +58,7 @@ def test_second_order_protomaml_matches_finite_differences(tasks, distance, adap
         leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
         return float(protomaml_loss(leaves, task, **kw)[0].detach())
 
-    g = torch.Generator().manual_seed(3)
-    eps = 1e-6
-    for _ in range(3):
-        direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in meta.items()}
-        plus = {n: p + eps * direction[n] for n, p in meta.items()}
-        minus = {n: p - eps * direction[n] for n, p in meta.items()}
-        fd = (loss_at(plus) - loss_at(minus)) / (2 * eps)
-        analytic = sum(float((got[n] * direction[n]).sum()) for n in meta)
-        assert abs(fd - analytic) < 1e-6 * max(1.0, abs(fd)), (fd, analytic)
+    assert_matches_finite_differences(got, meta, loss_at, relative=True)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -83,19 +76,8 @@ def test_second_order_differs_from_first_order(tasks, distance, adapt, path):
                                   ("cosine", "head", True), ("cosine", "all", False)])
 def test_vmap_equals_loop_on_a_multi_task_batch(case):
     distance, adapt, first_order = case
-    tasks = random_tasks(n_tasks=5)
     alg, meta = make(distance, adapt, steps=2, first_order=first_order)
-    g_vmap, m_vmap = alg.batch_grad(meta, tasks, use_vmap=True)
-    g_loop, m_loop = alg.batch_grad(meta, tasks, use_vmap=False)
-    for n in meta:
-        torch.testing.assert_close(g_vmap[n], g_loop[n], atol=1e-12, rtol=1e-10, msg=n)
-    for k in m_loop:
-        torch.testing.assert_close(m_vmap[k], m_loop[k], atol=1e-12, rtol=1e-10)
-    assert m_loop["loss"].shape == (5,)
-    e_vmap = alg.batch_eval(meta, tasks, 3, use_vmap=True)
-    e_loop = alg.batch_eval(meta, tasks, 3, use_vmap=False)
-    torch.testing.assert_close(e_vmap["accuracy"], e_loop["accuracy"])
-    torch.testing.assert_close(e_vmap["loss"], e_loop["loss"])
+    assert_vmap_equals_loop(alg, meta, random_tasks(n_tasks=5), 5)
 
 
 @pytest.mark.parametrize("adapt", ["head", "all"])

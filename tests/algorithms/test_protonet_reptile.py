@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import PATHS, grad_via, make_algorithm, manual_forward, random_tasks
+from tests.algorithms.conftest import PATHS, grad_via, make_algorithm, manual_forward
 
 
 @pytest.mark.parametrize("path", PATHS)
