@@ -118,6 +118,7 @@ class Trainer:
         self.pretrained = False  # the supervised stage (pretrain:) has run; kept in checkpoints
         self.stopped_early = False  # train.patience ran out
         self._val_calls = 0  # a fresh evaluation feature-cache key per validated parameter set
+        self._locked = False  # holds the run directory's writer lock (runtime.rundir)
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -127,7 +128,8 @@ class Trainer:
 
         self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
         self.best.path = self.run_dir / self.best.path.name
-        lock_run_dir(self.run_dir, owner=self)  # one writer per run directory; released with this Trainer
+        lock_run_dir(self.run_dir, owner=self)  # one writer per run directory; released by close()
+        self._locked = True
         # Verified and safely deserialised before any worker starts: a bad checkpoint costs no actors.
         ckpt = load_checkpoint(self.run_dir) if self.resume else None
         self._build(reuse_saved=self.resume)
@@ -416,6 +418,12 @@ class Trainer:
             ) from e
 
     def close(self) -> None:
+        """Release the workers (Ray actors) and this run directory's writer lock."""
+        from distmeta.runtime.rundir import unlock_run_dir
+
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        if self._locked:
+            unlock_run_dir(self.run_dir)
+            self._locked = False

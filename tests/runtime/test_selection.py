@@ -103,3 +103,22 @@ def test_pretraining_changes_the_encoder_and_resume_does_not_rerun_it(tiny, tmp_
         again.fit()
         assert again.pretrained and again.step == 3
     assert sum("pretrain/val_accuracy" in r for r in read_metrics(run)) == 3  # not rerun, not truncated away
+
+
+def test_close_releases_the_run_directory_lock(tiny, tmp_path):
+    import fcntl
+    import os
+
+    from distmeta.runtime.rundir import LOCK_FILE
+
+    run = tmp_path / "run"
+    t = Trainer(load_config(None, [*tiny, "train.steps=1", f"run.dir={run}"]))
+    t.fit()
+    fd = os.open(run / LOCK_FILE, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):  # held while the trainer is open (a second writer is refused)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        t.close()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by close(), not only at garbage collection
+    finally:
+        os.close(fd)
