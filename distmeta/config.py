@@ -1,7 +1,14 @@
 """Typed run configuration: YAML files plus ``key=value`` overrides, validated at load.
 
 Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an
-error that names the key and suggests the nearest valid one.
+error that names the key and suggests the nearest valid one::
+
+    cfg = load_config("configs/sinusoid_maml.yaml", ["train.steps=200", "algorithm.inner_lr=0.1"])
+
+The same helpers serve every YAML file distmeta reads (runs, Tune searches, grids):
+:func:`apply_overrides` / :func:`set_key` for dotted ``key=value`` changes,
+:func:`validate` for any pydantic model with errors that name the key, and
+:func:`split_overrides` to send each override to the file it belongs to.
 """
 from __future__ import annotations
 
@@ -9,14 +16,12 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distmeta.errors import ConfigError
-
-PositiveFloat = float
 
 
 class _Section(BaseModel):
@@ -227,7 +232,7 @@ PRETRAINED_MODELS = ("minilm", "hf")
 class AlgorithmConfig(_Section):
     """The meta-learner and its differentiable inner loop."""
 
-    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml"] = "maml"
+    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml", "imaml"] = "maml"
     inner_lr: float = Field(0.4, gt=0)
     inner_steps: int = Field(1, ge=0)
     inner_optimizer: Literal["sgd", "momentum", "nesterov"] = "sgd"
@@ -238,7 +243,17 @@ class AlgorithmConfig(_Section):
         "auto", description="batch a group's tasks with vmap: true | false | auto (vmap unless the inner loop "
         "adapts more than vmap_max_params parameters per task; there the per-task autograd loop is faster)")
     vmap_max_params: int = Field(131072, ge=0, description="vmap: auto uses the loop above this many adapted parameters")
-    group_size: int = Field(8, ge=1, description="tasks per group: the unit of work and of summation")
+    group_size: int | Literal["auto"] = Field(
+        8, description="tasks per group: the unit of work and of summation; auto = the largest group that fits "
+        "memory_budget_mb, measured on the first step")
+    memory_budget_mb: float | None = Field(
+        None, gt=0, description="per-actor memory for one group's meta-gradient (peak above the resting process); "
+        "needed by group_size: auto, checked on the first step for a fixed group_size")
+    checkpoint_inner: bool = Field(
+        False, description="maml / anil / metasgd, second order: recompute each inner step in the backward pass "
+        "(memory nearly flat in inner_steps, the same meta-gradient)")
+    imaml_lambda: float = Field(1.0, gt=0, description="imaml: strength of the proximal term lambda/2 ||phi - theta||^2")
+    cg_steps: int = Field(5, ge=1, description="imaml: conjugate-gradient iterations for (I + H / lambda) v = g")
     distance: Literal["auto", "euclidean", "cosine"] = Field(
         "auto", description="protonet / protomaml: how features meet prototypes; auto = cosine for pretrained "
         "encoders (model.name minilm / hf), squared Euclidean otherwise")
@@ -250,6 +265,22 @@ class AlgorithmConfig(_Section):
     @classmethod
     def _layer_selector(cls, v: str) -> str:
         return _check_selector(v, "algorithm.adapt")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("algorithm.group_size must be >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _memory_options(self) -> "AlgorithmConfig":
+        if self.group_size == "auto" and self.memory_budget_mb is None:
+            raise ValueError("algorithm.group_size=auto needs algorithm.memory_budget_mb (per-actor memory in MB)")
+        if self.checkpoint_inner and self.name not in ("maml", "anil", "metasgd"):
+            raise ValueError(f"algorithm.checkpoint_inner recomputes second-order inner steps (maml, anil, metasgd); "
+                             f"{self.name} keeps no second-order inner graph")
+        return self
 
     @property
     def prototype_head(self) -> bool:
@@ -344,14 +375,16 @@ class FaultConfig(_Section):
     """One injected fault, for tests, benchmarks and drills (``faults: [...]``; see :mod:`distmeta.runtime.faults`).
 
     ``kind``: ``kill`` (SIGKILL the actor's process; with ``workers: 0`` that is the driver
-    itself), ``stall`` (sleep ``seconds`` before computing: past ``ray.step_timeout`` the
-    actor is replaced), ``stale`` (answer for the previous parameter version; Ray only),
-    ``nan`` (task ``task`` of the step, default the first task the actor gets, has a NaN
-    loss and meta-gradient). It hits the first ``times`` calls actor ``actor`` (or ``all``)
-    gets for step ``step`` (0-based, the meta-batch index); a retry that lands on it again counts.
+    itself), ``exit`` (the process exits at once, as a crash would), ``stall`` (sleep
+    ``seconds`` before computing: past ``ray.step_timeout`` the actor is replaced),
+    ``stale`` (answer for the previous parameter version; Ray only), ``nan`` (task ``task``
+    of the step, default the first task the actor gets, has a NaN loss and meta-gradient),
+    ``raise`` (the compute raises: a bug, never retried). It hits the first ``times`` calls
+    actor ``actor`` (or ``all``) gets for step ``step`` (0-based, the meta-batch index); a
+    retry that lands on it again counts.
     """
 
-    kind: Literal["kill", "stall", "stale", "nan"]
+    kind: Literal["kill", "exit", "stall", "stale", "nan", "raise"]
     step: int = Field(ge=0)
     actor: Union[int, Literal["all"]] = 0
     times: int = Field(1, ge=1)
@@ -463,12 +496,9 @@ def _check_selector(v: str, field: str) -> str:
 # ---------------------------------------------------------------- loading
 
 
-def _field_names(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
-
-
-def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_model(root: type[BaseModel], path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model of the section at ``path`` below ``root`` (None when ``path`` is not a section)."""
+    model = root
     for part in path:
         field = model.model_fields.get(part)
         if field is None:
@@ -481,23 +511,55 @@ def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _format_error(err: ValidationError) -> str:
+def format_errors(err: ValidationError, root: type[BaseModel], what: str = "config") -> str:
+    """One line per problem of a pydantic validation, each naming its dotted key.
+
+    An unknown key gets the nearest valid key of its section as a suggestion.
+
+    Args:
+        err: what ``root.model_validate`` raised.
+        root: the model validated (:class:`Config`, a Tune search spec, a grid spec).
+        what: how messages name the file kind ("config", "tune config", ...).
+
+    Returns:
+        The problems, joined by newline and two spaces of indent (no heading).
+    """
     lines = []
     for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int) or True)
-        dotted = ".".join(loc) if loc else "<config>"
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc) if loc else f"<{what}>"
         if e["type"] == "extra_forbidden":
-            parent = _section_model(tuple(loc[:-1]))
-            hint = ""
-            if parent is not None:
-                near = difflib.get_close_matches(loc[-1], _field_names(parent), n=1, cutoff=0.6)
-                if near:
-                    hint = f"; did you mean {'.'.join(loc[:-1] + (near[0],))!r}?"
-            lines.append(f"unknown config key {dotted!r}{hint}")
+            parent = _section_model(root, loc[:-1])
+            near = difflib.get_close_matches(loc[-1], list(parent.model_fields), n=1, cutoff=0.6) if parent else []
+            hint = f"; did you mean {'.'.join(loc[:-1] + (near[0],))!r}?" if near else ""
+            lines.append(f"unknown {what} key {dotted!r}{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{dotted}: {msg} (got {e.get('input')!r})" if "input" in e and not isinstance(e["input"], dict) else f"{dotted}: {msg}")
-    return "invalid config:\n  " + "\n  ".join(lines)
+            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+            lines.append(f"{dotted}: {msg}{got}")
+    return "\n  ".join(lines)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], raw: dict[str, Any], what: str = "config", where: str = "") -> M:
+    """``model.model_validate(raw)``, with a :class:`ConfigError` naming every bad key instead of pydantic's.
+
+    Args:
+        model: the pydantic model.
+        raw: the plain mapping read from YAML (with overrides applied).
+        what: the file kind, for messages ("config", "tune config", "grid config").
+        where: the file's name, for messages.
+
+    Returns:
+        The validated model.
+    """
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        head = f"invalid {what} {where}".rstrip()
+        raise ConfigError(f"{head}:\n  {format_errors(err, model, what)}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -515,27 +577,51 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``key=value`` applied (nested keys by dots)."""
+def set_key(raw: dict[str, Any], key: str | list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``raw`` with the dotted ``key`` (``"algorithm.inner_lr"``) set to ``value``; sections are created.
+
+    Raises:
+        ConfigError: a part of ``key`` names a value, not a section.
+    """
     out = copy.deepcopy(raw)
+    path = key.split(".") if isinstance(key, str) else list(key)
+    node = out
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(path)!r}: {part!r} is a value, not a section")
+        node = nxt
+    node[path[-1]] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key=value`` applied (nested keys by dots, values parsed as YAML)."""
+    out = raw
     for item in overrides:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = nxt
-        node[path[-1]] = value
-    return out
+        try:
+            out = set_key(out, path, value)
+        except ConfigError as err:
+            raise ConfigError(f"override {item!r}: {str(err).split(': ', 1)[1]}") from None
+    return copy.deepcopy(out) if out is raw else out
+
+
+def split_overrides(overrides: list[str] | None, own_keys: Any) -> tuple[list[str], list[str]]:
+    """``(own, rest)``: the overrides whose first key part is in ``own_keys`` (a sweep file's), and the others.
+
+    ``distmeta tune`` / ``grid`` take both kinds on one command line: ``num_samples=2``
+    changes the search, ``train.steps=50`` its base config.
+    """
+    own, rest = [], []
+    for item in overrides or []:
+        (own if item.split("=", 1)[0].strip().split(".")[0] in own_keys else rest).append(item)
+    return own, rest
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a plain dict; errors name each bad field."""
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+    return validate(Config, raw)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> 
     inner = InnerSettings(
         lr=cfg.algorithm.inner_lr, steps=cfg.algorithm.inner_steps,
         optimizer=cfg.algorithm.inner_optimizer, momentum=cfg.algorithm.inner_momentum,
+        checkpoint=cfg.algorithm.checkpoint_inner,
     )
     kind = "regression" if cfg.data.is_regression else "classification"
     algorithm = cls(ModelFn(module, frozen), kind, adapt, inner, ways or cfg.data.ways, **algorithm_options(cfg, cls))

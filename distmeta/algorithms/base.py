@@ -24,6 +24,8 @@ class InnerSettings:
     steps: int
     optimizer: str = "sgd"
     momentum: float = 0.9
+    #: Second order: recompute each inner step in the backward pass instead of keeping its graph.
+    checkpoint: bool = False
 
 
 class Algorithm:

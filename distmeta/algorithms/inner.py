@@ -39,23 +39,42 @@ def inner_loop(
     velocity = {n: torch.zeros_like(p) for n, p in fast.items()} if optimizer != "sgd" else {}
     for _ in range(steps):
         grads = inner_gradients(loss_of, fast, first_order)
-        new = {}
-        for n, p in fast.items():
-            step_lr = lr if isinstance(lr, float) else lr[n]
-            g = grads[n]
-            if optimizer == "sgd":
-                update = g
-            else:
-                velocity[n] = momentum * velocity[n] + g
-                update = g + momentum * velocity[n] if optimizer == "nesterov" else velocity[n]
-            # One fused op instead of a multiply and a subtraction: for a bag model's embedding
-            # table that is one dense pass fewer forward and one (the negation) fewer backward.
-            if isinstance(step_lr, float):
-                new[n] = torch.add(p, update, alpha=-step_lr)
-            else:
-                new[n] = torch.addcmul(p, step_lr, update, value=-1.0)
-        fast = new
+        fast, velocity = apply_update(fast, velocity, grads, lr, optimizer, momentum)
     return fast
+
+
+def apply_update(fast: Params, velocity: Params, grads: Params, lr: LearningRates, optimizer: str,
+                 momentum: float) -> tuple[Params, Params]:
+    """One SGD / momentum / Nesterov update of ``fast`` by ``grads``.
+
+    Args:
+        fast: the parameters before the step.
+        velocity: the momentum buffers (empty for ``sgd``).
+        grads: ``d loss / d fast``.
+        lr: a float or a per-parameter tensor dict (Meta-SGD).
+        optimizer: ``sgd``, ``momentum`` or ``nesterov``.
+        momentum: the momentum coefficient.
+
+    Returns:
+        The parameters and the momentum buffers after the step.
+    """
+    new: Params = {}
+    new_velocity: Params = {}
+    for n, p in fast.items():
+        step_lr = lr if isinstance(lr, float) else lr[n]
+        g = grads[n]
+        if optimizer == "sgd":
+            update = g
+        else:
+            new_velocity[n] = momentum * velocity[n] + g
+            update = g + momentum * new_velocity[n] if optimizer == "nesterov" else new_velocity[n]
+        # One fused op instead of a multiply and a subtraction: for a bag model's embedding
+        # table that is one dense pass fewer forward and one (the negation) fewer backward.
+        if isinstance(step_lr, float):
+            new[n] = torch.add(p, update, alpha=-step_lr)
+        else:
+            new[n] = torch.addcmul(p, step_lr, update, value=-1.0)
+    return new, new_velocity
 
 
 def transforms_active() -> bool:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from distmeta.algorithms.base import Algorithm
+from distmeta.algorithms.checkpoint import checkpointed_inner_loop
 from distmeta.algorithms.functional import Params, task_metrics
 from distmeta.algorithms.inner import LearningRates, inner_loop
 from distmeta.tasks.materialise import Task
@@ -34,6 +35,8 @@ class MAML(Algorithm):
             lr=self._lrs(meta), steps=steps, optimizer=self.inner.optimizer,
             momentum=self.inner.momentum, first_order=first_order,
         )
+        if self.inner.checkpoint and not first_order and steps > 0:
+            return self._checkpointed(meta, task, fast, kwargs)
         if self.head_only:
             # Features do not change in the inner loop: compute them once.
             f_support = self.features(params, task, "support")
@@ -42,6 +45,29 @@ class MAML(Algorithm):
             return self.model.head(adapted, f_query)
         support_loss = lambda f: self.loss(self.model({**params, **f}, task["support_x"]), task["support_y"])  # noqa: E731
         adapted = inner_loop(support_loss, fast, **kwargs)
+        return self.model({**params, **adapted}, task["query_x"])
+
+    def _checkpointed(self, meta: Params, task: Task, fast: Params, kwargs: dict) -> Tensor:
+        """:meth:`_adapt_and_predict` with each inner step recomputed in the backward pass (``checkpoint_inner``).
+
+        The support loss reads only explicit inputs (see :mod:`distmeta.algorithms.checkpoint`):
+        the non-adapted meta-parameters (or the support features) and the support set.
+        """
+        params = self.model_params(meta)
+        kwargs = {k: v for k, v in kwargs.items() if k != "first_order"}
+        if self.head_only:
+            context = {"f": self.features(params, task, "support"), "y": task["support_y"]}
+            adapted = checkpointed_inner_loop(lambda h, c: self.loss(self.model.head(h, c["f"]), c["y"]), fast,
+                                              context, **kwargs)
+            return self.model.head(adapted, self.features(params, task, "query"))
+        rest = {n: p for n, p in params.items() if n not in fast}
+        context = {**{f"p.{n}": p for n, p in rest.items()}, "x": task["support_x"], "y": task["support_y"]}
+
+        def support_loss(f: Params, c: Params) -> Tensor:
+            body = {n[2:]: p for n, p in c.items() if n.startswith("p.")}
+            return self.loss(self.model({**body, **f}, c["x"]), c["y"])
+
+        adapted = checkpointed_inner_loop(support_loss, fast, context, **kwargs)
         return self.model({**params, **adapted}, task["query_x"])
 
     def objective(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:

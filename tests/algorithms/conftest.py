@@ -28,7 +28,8 @@ def manual_forward(p: dict[str, torch.Tensor], x: torch.Tensor, head: bool = Tru
 
 
 def make_algorithm(name: str, *, steps: int = 2, lr: float = 0.3, optimizer: str = "sgd", kind: str = "classification",
-                   out: int = 3, adapt: list[str] | None = None, momentum: float = 0.9, **options):
+                   out: int = 3, adapt: list[str] | None = None, momentum: float = 0.9, checkpoint: bool = False,
+                   **options):
     """``ALGORITHMS[name]`` on a float64 TinyNet and its initial meta-parameters; ``options`` go to the constructor."""
     torch.manual_seed(0)
     net = TinyNet(out=out).double()
@@ -40,7 +41,7 @@ def make_algorithm(name: str, *, steps: int = 2, lr: float = 0.3, optimizer: str
     if ALGORITHMS[name].any_ways:  # prototype classifiers: the model's head is unused
         meta = {n: p for n, p in params.items() if not n.startswith("head.")}
     frozen = {n: p for n, p in params.items() if n not in meta}
-    alg = ALGORITHMS[name](ModelFn(net, frozen), kind, adapt, InnerSettings(lr, steps, optimizer, momentum), out, **options)
+    alg = ALGORITHMS[name](ModelFn(net, frozen), kind, adapt, InnerSettings(lr, steps, optimizer, momentum, checkpoint), out, **options)
     meta.update(alg.extra_meta_params(meta))
     return alg, meta
 
