@@ -64,3 +64,27 @@ def test_python_api_trainer_fit_and_evaluate(tmp_path):
         trainer.fit()
         res = trainer.evaluate(episodes=6)
     assert res["test"]["5shot"]["episodes"] == 6 and res["step"] == 3
+
+
+def test_resume_from_a_step_directory_moved_out_of_its_run(tmp_path):
+    """A checkpoint step directory alone (a Ray Tune trial checkpoint) continues the run bit for bit."""
+    data = text_tiny(write_tiny_csv(tmp_path / "d.csv"))
+    base = [*data, *QUIET, "algorithm.name=protonet", "run.checkpoint_every=2"]
+    straight = distmeta.load_config(None, [*base, "train.steps=4", f"run.dir={tmp_path / 'a'}"])
+    with distmeta.Trainer(straight) as trainer:
+        trainer.fit()
+    first = distmeta.load_config(None, [*base, "train.steps=2", f"run.dir={tmp_path / 'b'}"])
+    with distmeta.Trainer(first) as trainer:
+        trainer.fit()
+    step_dir = tmp_path / "b" / "checkpoints" / "step_00000002"
+    moved = tmp_path / "reported" / step_dir.name
+    moved.parent.mkdir()
+    step_dir.rename(moved)
+    fresh = distmeta.load_config(None, [*base, "train.steps=4", f"run.dir={tmp_path / 'c'}"])
+    with distmeta.Trainer(fresh, resume_from=moved) as trainer:
+        trainer.fit()
+    assert (tmp_path / "c" / "split.json").read_bytes() == (tmp_path / "b" / "split.json").read_bytes()
+    a, c = distmeta.load_checkpoint(str(tmp_path / "a")), distmeta.load_checkpoint(str(tmp_path / "c"))
+    assert a.step == c.step == 4
+    for n in a.meta_params:
+        assert torch.equal(a.meta_params[n], c.meta_params[n]), n

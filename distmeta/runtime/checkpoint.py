@@ -7,7 +7,19 @@ Each checkpoint directory holds
 * ``optimizer.pt``            - ``torch.save`` of the optimiser state, read back ONLY
   with ``torch.load(weights_only=True)`` so a planted pickle cannot run code,
 * ``state.json``              - step, trainer state and the resolved config,
+* ``split.json``, ``tokenizer.json`` (``split_<c>.json`` per mixture source) - the run's
+  class split and tokenizer (:data:`distmeta.files.RUN_FILE_PATTERN`), when it has them,
 * ``manifest.json``           - sha256 and size of every file above, written last.
+
+So a step directory is a complete record of the run at that step: it can be moved, or
+reported to Ray Tune as the trial checkpoint as it is, and a run resumes from it alone
+(``Trainer(cfg, resume_from=step_dir)``: :func:`write_run_files` puts the split and
+tokenizer back into the new run directory).
+
+Use::
+
+    path = save_checkpoint(run_dir, Checkpoint(step, params, opt_state, state, rng, config))
+    ckpt = load_checkpoint(run_dir)      # the newest valid one; or a checkpoints/ or step_* directory
 
 Writes are atomic: everything goes into ``checkpoints/.tmp-step_XXXXXXXX-<pid>``, is
 fsynced, and the directory is renamed into place, so a reader sees a whole checkpoint
@@ -41,11 +53,11 @@ from typing import Any
 import torch
 
 from distmeta.errors import CheckpointError
+from distmeta.files import CHECKPOINTS_DIR, RUN_FILE_PATTERN, run_files
 
 FORMAT = "distmeta-checkpoint"
 FORMAT_VERSION = 1
 
-CHECKPOINTS_DIR = "checkpoints"
 PARAMS_FILE = "meta_params.safetensors"
 RNG_FILE = "rng.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -81,7 +93,11 @@ class CorruptCheckpointWarning(UserWarning):
 
 @dataclass
 class Checkpoint:
-    """One saved training state. ``path`` is set by :func:`load_checkpoint` (where it came from)."""
+    """One saved training state. ``path`` is set by :func:`load_checkpoint` (where it came from).
+
+    ``files``: the run files it carries (name -> bytes: split, tokenizer). ``None`` when
+    saving means "those of the run directory saved into" (:func:`save_checkpoint`).
+    """
 
     step: int
     meta_params: dict[str, torch.Tensor]
@@ -90,6 +106,7 @@ class Checkpoint:
     rng: dict[str, torch.Tensor]
     config: dict
     path: Path | None = field(default=None, compare=False)
+    files: dict[str, bytes] | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------------- names and listing
@@ -158,6 +175,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         entry = files.get(name)
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int)):
             raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} has no valid entry for {name}")
+    for name, entry in files.items():
+        if name in DATA_FILES:
+            continue
+        if not (isinstance(name, str) and RUN_FILE_PATTERN.fullmatch(name)):
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} lists {name!r}, which is no checkpoint file")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int)):
+            raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} has no valid entry for {name}")
     return manifest
 
 
@@ -169,7 +193,7 @@ def _verified_files(path: Path, keep_bytes: bool) -> dict[str, bytes]:
     """
     files = _read_manifest(path)["files"]
     out: dict[str, bytes] = {}
-    for name in DATA_FILES:
+    for name in [*DATA_FILES, *sorted(set(files) - set(DATA_FILES))]:
         fpath = path / name
         want_size, want_sha = files[name]["size"], files[name]["sha256"]
         if not fpath.is_file():
@@ -269,8 +293,9 @@ def _load_one(path: Path, map_location: str) -> Checkpoint:
         params = {k: v.to(map_location) for k, v in params.items()}
     rng = _load_safetensors(data[RNG_FILE], RNG_FILE, path)  # RNG states stay on the CPU
     optimizer_state = _load_optimizer(data[OPTIMIZER_FILE], path, map_location)
+    extra = {name: blob for name, blob in data.items() if name not in DATA_FILES}
     return Checkpoint(step=doc["step"], meta_params=params, optimizer_state=optimizer_state,
-                      state=doc["state"], rng=rng, config=doc["config"], path=path)
+                      state=doc["state"], rng=rng, config=doc["config"], path=path, files=extra)
 
 
 def _is_single_checkpoint(path: Path) -> bool:
@@ -347,8 +372,11 @@ def _tensor_blob(tensors: dict[str, torch.Tensor], what: str) -> bytes:
         raise CheckpointError(f"cannot serialise {what}: {e}") from e
 
 
-def _serialise(ckpt: Checkpoint) -> dict[str, bytes]:
-    """Every data file's bytes, built in memory first so bad input fails before the disk is touched."""
+def _serialise(ckpt: Checkpoint, run_dir: Path) -> dict[str, bytes]:
+    """Every file's bytes, built in memory first so bad input fails before the disk is touched.
+
+    The run files are ``ckpt.files``, or (when None) those of ``run_dir``.
+    """
     if not isinstance(ckpt.step, int) or ckpt.step < 0:
         raise CheckpointError(f"cannot checkpoint step {ckpt.step!r}: expected a non-negative int")
     _check_weights_only(ckpt.optimizer_state, "optimizer_state")
@@ -358,11 +386,16 @@ def _serialise(ckpt: Checkpoint) -> dict[str, bytes]:
         state = json.dumps({"step": ckpt.step, "state": ckpt.state, "config": ckpt.config}, indent=1, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot checkpoint step {ckpt.step}: state/config are not JSON-serialisable: {e}") from e
+    extra = ckpt.files if ckpt.files is not None else {p.name: p.read_bytes() for p in run_files(run_dir)}
+    bad = [name for name in extra if not RUN_FILE_PATTERN.fullmatch(name)]
+    if bad:
+        raise CheckpointError(f"cannot checkpoint files {bad}: a checkpoint carries only {RUN_FILE_PATTERN.pattern}")
     return {
         PARAMS_FILE: _tensor_blob(ckpt.meta_params, "meta_params"),
         RNG_FILE: _tensor_blob(ckpt.rng, "rng"),
         OPTIMIZER_FILE: buf.getvalue(),
         STATE_FILE: state.encode("utf-8"),
+        **extra,
     }
 
 
@@ -522,14 +555,26 @@ def _describe_oserror(e: OSError, step: int, where: Path) -> str:
 
 
 def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int = 3) -> Path:
-    """Atomically write ``ckpt`` to ``run_dir/checkpoints/step_XXXXXXXX`` and prune to ``keep``; returns its path.
+    """Atomically write ``ckpt`` to ``run_dir/checkpoints/step_XXXXXXXX`` and prune to ``keep``.
 
-    On any failure the temp dir is removed and earlier checkpoints are untouched;
-    OS errors (disk full, permissions) surface as CheckpointError naming the path.
+    The step directory also gets the run's split and tokenizer files (``ckpt.files``, or
+    when that is None the run files in ``run_dir``), checksummed with the rest. On any
+    failure the temp dir is removed and earlier checkpoints are untouched.
+
+    Args:
+        run_dir: the run directory.
+        ckpt: what to save.
+        keep: how many valid checkpoints to keep (older valid ones are deleted).
+
+    Returns:
+        The step directory written.
+
+    Raises:
+        CheckpointError: bad input, or an OS error (disk full, permissions) naming the path.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    blobs = _serialise(ckpt)
+    blobs = _serialise(ckpt, Path(run_dir))
     ckdir = Path(run_dir) / CHECKPOINTS_DIR
     final = ckdir / step_dirname(ckpt.step)
     tmp = ckdir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
@@ -555,3 +600,25 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int = 3) -> Pat
             os.close(lock)
     _prune(ckdir, final, keep)
     return final
+
+
+def write_run_files(ckpt: Checkpoint, run_dir: str | Path) -> list[Path]:
+    """Write the split and tokenizer files a loaded checkpoint carries into ``run_dir`` (atomically each).
+
+    What a run resumed from a step directory outside its own run directory (a Ray Tune
+    trial checkpoint) needs before :func:`~distmeta.experiment.prepare_experiment`.
+
+    Args:
+        ckpt: a checkpoint from :func:`load_checkpoint` (its files were verified).
+        run_dir: the run directory to complete.
+
+    Returns:
+        The paths written (none for a run without split or tokenizer, e.g. sinusoid).
+    """
+    from distmeta.runtime.rundir import write_text_atomic
+
+    out = []
+    for name, blob in sorted((ckpt.files or {}).items()):
+        write_text_atomic(Path(run_dir) / name, blob.decode("utf-8"))
+        out.append(Path(run_dir) / name)
+    return out

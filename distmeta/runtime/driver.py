@@ -19,15 +19,13 @@ from distmeta.config import Config, dump_config
 from distmeta.errors import CheckpointError, DistmetaError
 from distmeta.evaluate import add_error_reduction, finetuned_summary, format_results, run_episodes, setting_name
 from distmeta.experiment import Experiment, prepare_experiment
+from distmeta.files import CONFIG_FILE, RESULTS_FILE
 from distmeta.optim import OuterOptimizer
 from distmeta.runtime.faults import with_faults
 from distmeta.runtime.selection import BestTracker
 from distmeta.tasks.materialise import chunks
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import DTYPES, GroupResult, all_finite
-
-CONFIG_FILE = "config.yaml"
-RESULTS_FILE = "results.json"
 
 
 def make_backend(cfg: Config, exp: Experiment):
@@ -104,10 +102,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
-                 callbacks: list[Callback] | None = None) -> None:
+                 callbacks: list[Callback] | None = None,
+                 resume_from: str | Path | None = None) -> None:
         self.cfg = cfg
         self.callbacks = list(callbacks or [])
         self.resume = resume
+        self.resume_from = Path(resume_from) if resume_from is not None else None
+        if resume and resume_from is not None:
+            raise DistmetaError("resume (from run.dir) and resume_from (a checkpoint elsewhere) exclude each other")
         self.overwrite = overwrite
         self.run_dir = Path(cfg.run.dir)
         self.exp: Experiment | None = None
@@ -123,7 +125,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         """Prepare the run directory, data, backend and optimiser (restoring them on resume)."""
-        from distmeta.runtime.checkpoint import load_checkpoint
+        from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
         from distmeta.runtime.rundir import lock_run_dir, prepare_run_dir, write_text_atomic
 
         self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
@@ -131,8 +133,11 @@ class Trainer:
         lock_run_dir(self.run_dir, owner=self)  # one writer per run directory; released by close()
         self._locked = True
         # Verified and safely deserialised before any worker starts: a bad checkpoint costs no actors.
-        ckpt = load_checkpoint(self.run_dir) if self.resume else None
-        self._build(reuse_saved=self.resume)
+        source = self.resume_from if self.resume_from is not None else (self.run_dir if self.resume else None)
+        ckpt = load_checkpoint(source) if source is not None else None
+        if self.resume_from is not None:
+            write_run_files(ckpt, self.run_dir)  # the split and tokenizer it was trained with
+        self._build(reuse_saved=ckpt is not None)
         write_text_atomic(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         if ckpt is not None:
             self._restore(ckpt)

@@ -24,10 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distmeta.errors import RunDirError
-from distmeta.runtime.checkpoint import CHECKPOINTS_DIR, fsync_dir, latest_checkpoint, list_checkpoints
-
-CONFIG_FILE = "config.yaml"
-LOCK_FILE = ".distmeta.lock"
+from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE
+from distmeta.runtime.checkpoint import fsync_dir, latest_checkpoint, list_checkpoints
 _held: dict[str, int] = {}  # run directories this process holds the lock of -> descriptor
 
 log = logging.getLogger(__name__)

@@ -307,3 +307,55 @@ def test_malicious_pickle_is_refused(tmp_path: Path, fmt: str, via: str) -> None
     with pytest.raises(UnsafeCheckpointError, match="refusing to unpickle"):
         load_checkpoint(run)  # no silent fallback past a planted payload
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- self-contained step directories
+def test_a_step_directory_carries_the_runs_split_and_tokenizer(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"split.json": b'{"train": [1]}', "split_0.json": b'{"train": [2]}', "tokenizer.json": b'{"v": 1}'}
+    for name, blob in files.items():
+        (run / name).write_bytes(blob)
+    (run / "notes.txt").write_text("not a run file")
+    path = save_checkpoint(run, make_ckpt(5))
+    assert sorted(p.name for p in path.iterdir() if p.name in files) == sorted(files)
+    listed = json.loads((path / "manifest.json").read_text())["files"]
+    assert {n: listed[n]["sha256"] for n in files} == {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+    assert "notes.txt" not in listed and not (path / "notes.txt").exists()
+
+    moved = tmp_path / "elsewhere" / path.name  # moved away from its run: still a whole checkpoint
+    moved.parent.mkdir()
+    os.rename(path, moved)
+    ckpt = load_checkpoint(moved)
+    assert ckpt.files == files and ckpt.step == 5
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    written = ck.write_run_files(ckpt, fresh)
+    assert {p.name: p.read_bytes() for p in written} == files
+
+
+def test_a_carried_file_is_verified_like_the_weights(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tokenizer.json").write_text('{"v": 1}')
+    path = save_checkpoint(run, make_ckpt(1))
+    (path / "tokenizer.json").write_text('{"v": 2}')
+    with pytest.raises(CheckpointError, match="tokenizer.json is 8 bytes|tokenizer.json fails its sha256"):
+        verify_checkpoint(path)
+
+
+def test_a_manifest_naming_a_foreign_file_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path, make_ckpt(1), keep=1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["../../escape.json"] = {"sha256": "0" * 64, "size": 1}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="lists '../../escape.json', which is no checkpoint file"):
+        load_checkpoint(path)
+
+
+def test_explicit_files_replace_the_run_dirs_and_bad_names_are_refused(tmp_path):
+    (tmp_path / "split.json").write_text("{}")
+    path = save_checkpoint(tmp_path, Checkpoint(**{**make_ckpt(1).__dict__, "files": {}}))
+    assert load_checkpoint(path).files == {}, "an explicit empty set carries nothing"
+    with pytest.raises(CheckpointError, match="carries only"):
+        save_checkpoint(tmp_path, Checkpoint(**{**make_ckpt(2).__dict__, "files": {"config.yaml": b"x"}}))

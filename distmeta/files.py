@@ -1,0 +1,55 @@
+"""The names of the files in a run directory, in one place.
+
+A run directory (``run.dir``) holds::
+
+    config.yaml          the resolved config the run was started with
+    split.json           its class split (``split_<c>.json``: one per text source of a data.mixture)
+    tokenizer.json       its tokenizer
+    results.json         the final meta-test
+    checkpoints/step_*/  checkpoints (:mod:`distmeta.runtime.checkpoint`); each carries a copy of the
+                         split and tokenizer files (:data:`RUN_FILES`), so one step directory is a
+                         complete, movable record of the run (what Ray Tune reports as a trial checkpoint)
+
+Import the names from here instead of spelling them::
+
+    from distmeta.files import CONFIG_FILE
+    cfg = load_config(run_dir / CONFIG_FILE)
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.json"
+SPLIT_FILE = "split.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".distmeta.lock"
+
+#: The run files a checkpoint step directory carries: the split (one per mixture source) and the tokenizer.
+RUN_FILE_PATTERN = re.compile(r"split\.json|split_\d+\.json|tokenizer\.json")
+
+
+def split_file(component: int | None = None) -> str:
+    """``split.json``, or ``split_<c>.json`` for text source ``c`` of a ``data.mixture``."""
+    return SPLIT_FILE if component is None else f"split_{component}.json"
+
+
+def run_files(directory: str | Path) -> list[Path]:
+    """The run files (:data:`RUN_FILE_PATTERN`) present in ``directory``, sorted by name.
+
+    Args:
+        directory: a run directory or a checkpoint step directory.
+
+    Returns:
+        Their paths; an empty list when there are none (sinusoid runs have no split or tokenizer).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_file() and RUN_FILE_PATTERN.fullmatch(p.name))
+
+
+__all__ = ["CONFIG_FILE", "RESULTS_FILE", "SPLIT_FILE", "TOKENIZER_FILE", "CHECKPOINTS_DIR", "LOCK_FILE",
+           "RUN_FILE_PATTERN", "split_file", "run_files"]
