@@ -5,6 +5,7 @@ from torch import nn
 
 from distmeta.algorithms.base import Algorithm, InnerSettings
 from distmeta.algorithms.functional import ModelFn, Params
+from distmeta.algorithms.imaml import IMAML
 from distmeta.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
 from distmeta.algorithms.protomaml import ProtoMAML
 from distmeta.algorithms.protonet import PrototypeAlgorithm, ProtoNet, centroid_logits, prototype_logits
@@ -19,6 +20,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "reptile": Reptile,
     "protonet": ProtoNet,
     "protomaml": ProtoMAML,
+    "imaml": IMAML,
 }
 
 
@@ -42,6 +44,8 @@ def algorithm_options(cfg: Config, cls: type[Algorithm]) -> dict[str, object]:
         options.update(distance=resolve_distance(cfg), temperature=a.temperature, learn_temperature=a.learn_temperature)
     if issubclass(cls, ProtoMAML):
         options["first_order"] = cfg.algorithm.first_order
+    if issubclass(cls, IMAML):
+        options.update(imaml_lambda=cfg.algorithm.imaml_lambda, cg_steps=cfg.algorithm.cg_steps)
     return options
 
 
@@ -80,6 +84,6 @@ def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> 
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "InnerSettings", "ModelFn", "Params", "build_algorithm",
-    "MAML", "FOMAML", "ANIL", "MetaSGD", "Reptile", "ProtoNet", "ProtoMAML", "PrototypeAlgorithm",
+    "MAML", "FOMAML", "ANIL", "IMAML", "MetaSGD", "Reptile", "ProtoNet", "ProtoMAML", "PrototypeAlgorithm",
     "algorithm_options", "centroid_logits", "prototype_logits", "resolve_distance",
 ]

@@ -8,7 +8,7 @@ from distmeta.tasks.materialise import split_task
 from tests.algorithms.conftest import assert_vmap_equals_loop, make_algorithm, random_tasks
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml", "imaml"])
 def test_vmap_equals_loop(name):
     alg, meta = make_algorithm(name, steps=2)
     assert_vmap_equals_loop(alg, meta, random_tasks(n_tasks=5), 5)
