@@ -8,6 +8,8 @@ The front door::
         trainer.fit()
         trainer.evaluate(episodes=600)
     ckpt = distmeta.load_checkpoint("runs/default")   # .step, .meta_params
+    distmeta.run_search("configs/tune_sinusoid_asha.yaml")   # a Ray Tune search (distmeta.sweeps.tune)
+    distmeta.run_grid("configs/grid_sinusoid.yaml")          # a grid of runs (distmeta.sweeps.grid)
 """
 from __future__ import annotations
 
@@ -45,10 +47,14 @@ def __getattr__(name: str) -> Any:
         from distmeta.worker import Worker
 
         return Worker
+    if name in ("run_search", "run_grid"):
+        from distmeta import sweeps
+
+        return getattr(sweeps, name)
     raise AttributeError(f"module 'distmeta' has no attribute {name!r}")
 
 
 __all__ = [
-    "Config", "load_config", "load_checkpoint", "Trainer", "Worker",
+    "Config", "load_config", "load_checkpoint", "Trainer", "Worker", "run_search", "run_grid",
     "DistmetaError", "ConfigError", "DataError", "CheckpointError", "RunDirError",
 ]

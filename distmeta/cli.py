@@ -1,4 +1,9 @@
-"""``distmeta train | eval | tune | grid``: the command-line front door."""
+"""``distmeta train | eval | tune | grid``: the command-line front door.
+
+``distmeta <command> --help`` lists each command's flags; ``main(argv)`` runs one from Python
+and returns its exit status (0 done, 1 finished with failed trials or no results, 2 a
+DistmetaError such as a bad config, 130 interrupted).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +12,7 @@ import sys
 from pathlib import Path
 
 from distmeta.errors import DistmetaError
+from distmeta.files import CONFIG_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,9 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
+        saved = run_dir / CONFIG_FILE
         if args.config is None and not saved.exists():
-            raise DistmetaError(f"--resume {run_dir}: no config.yaml there; is it a distmeta run directory?")
+            raise DistmetaError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a distmeta run directory?")
         if args.config is not None:  # the user's own file: taken whole
             cfg = load_config(args.config, [*args.overrides, f"run.dir={run_dir}"])
         else:  # the run directory's: its definition, the user's environment (distmeta.security)
@@ -101,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from ray.tune import TuneError
 
-    from distmeta.tune import run_search
+    from distmeta.sweeps.tune import run_search
 
     try:
         summary = run_search(args.config, args.overrides, resume=args.resume)
@@ -109,11 +115,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"distmeta tune: the search stopped: {err}\n(continue it with: distmeta tune --config {args.config} "
               f"--resume)", file=sys.stderr)
         return 1
-    return 0 if summary["errored_trials"] == 0 else 1
+    return 0 if summary["errored_trials"] == 0 else 1  # diverged trials are results, not errors
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from distmeta.grid import run_grid
+    from distmeta.sweeps.grid import run_grid
 
     run_grid(args.config, args.overrides)
     return 0

@@ -10,7 +10,7 @@ import yaml
 from distmeta.cli import main
 from distmeta.config import apply_overrides
 from distmeta.errors import ConfigError
-from distmeta.grid import load_grid
+from distmeta.sweeps.grid import load_grid
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 

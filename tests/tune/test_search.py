@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from ray.tune import Callback
 
-from distmeta.tune import BEST_CONFIG_FILE, BEST_FILE, load_search, run_search
+from distmeta.sweeps.search import load_search
+from distmeta.sweeps.tune import BEST_CONFIG_FILE, BEST_FILE, run_search
 from tests.tune.conftest import SINUSOID_TRIAL, wait_released
 
 pytestmark = pytest.mark.ray

@@ -6,7 +6,8 @@ import yaml
 
 from distmeta.config import load_config
 from distmeta.errors import ConfigError
-from distmeta.tune import load_search, trial_config, trial_resources
+from distmeta.sweeps.search import load_search
+from distmeta.sweeps.trial import trial_config, trial_resources
 
 SINUSOID_BASE = {"data": {"source": "sinusoid", "shots": 5, "queries": 5}, "model": {"name": "mlp"},
                  "workers": 2, "cpus_per_worker": 0.5, "run": {"eval_every": 2}}
@@ -86,7 +87,7 @@ def test_trial_config_and_resources():
 
 
 def test_workers_take_the_last_bundles_of_a_trial_placement_group():
-    from distmeta.runtime.actors import _worker_bundles
+    from distmeta.runtime.ray.plan import worker_bundles as _worker_bundles
 
     w = {"CPU": 0.5}
     assert _worker_bundles([{"CPU": 1.0}, w, w], 2, w) == 1  # driver bundle first

@@ -1,0 +1,124 @@
+"""Does one trial (or grid cell) fit the Ray cluster? Checked before a sweep starts anything.
+
+A Tune trial whose placement group the cluster can never hold stays PENDING forever, and
+Ray says why only in a warning deep in its log. So ``distmeta tune`` and ``distmeta grid``
+check first, like ``distmeta train``: on a fixed cluster (the private local Ray) a trial
+that cannot fit is an error naming the shortfall; on a cluster distmeta joined
+(``ray.address`` / ``RAY_ADDRESS``), which may autoscale, it is a message saying what the
+sweep waits for, and the sweep goes on::
+
+    problem = fit_problem(bundles, "PACK", ray.cluster_resources(), node_resources())
+    check_fits(bundles, "PACK", cfg, "one trial", hint="lower driver_cpus, workers or cpus_per_worker")
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import Sequence
+
+from distmeta.config import Config
+from distmeta.errors import ConfigError
+from distmeta.runtime.ray.plan import fmt_resources, shortfall
+
+log = logging.getLogger(__name__)
+
+Bundle = dict[str, float]
+
+
+def describe_bundles(bundles: Sequence[Bundle]) -> str:
+    """``[CPU=1] + 2 x [CPU=0.5]``: a placement group in a message (identical bundles counted)."""
+    counts = Counter(tuple(sorted(b.items())) for b in bundles)
+    parts = []
+    for items, n in counts.items():
+        text = "[" + ", ".join(f"{k}={v:g}" for k, v in items) + "]" if items else "[nothing]"
+        parts.append(text if n == 1 else f"{n} x {text}")
+    return " + ".join(parts)
+
+
+def total(bundles: Sequence[Bundle]) -> Bundle:
+    """The resources of all bundles together."""
+    out: Bundle = {}
+    for b in bundles:
+        for k, v in b.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
+
+
+def _fits(bundle: Bundle, node: dict[str, float]) -> bool:
+    return all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+
+
+def fit_problem(bundles: Sequence[Bundle], strategy: str, cluster: dict[str, float],
+                nodes: Sequence[dict[str, float]]) -> str | None:
+    """Why a placement group of ``bundles`` can never be granted on this cluster, or None when it can.
+
+    Args:
+        bundles: the group's bundles (empty ones are left out, as Tune does).
+        strategy: ``PACK``, ``SPREAD``, ``STRICT_PACK`` or ``STRICT_SPREAD``.
+        cluster: the cluster's total resources (``ray.cluster_resources()``).
+        nodes: each alive node's total resources.
+
+    Returns:
+        A sentence naming the group, the cluster and the shortfall; None when it fits.
+    """
+    bundles = [b for b in bundles if any(v > 0 for v in b.values())]
+    need = total(bundles)
+    head = f"a placement group of {describe_bundles(bundles)} = {fmt_resources(need)}"
+    short = shortfall(need, cluster)
+    if short:
+        return f"{head}, but the Ray cluster has {fmt_resources(cluster)} in all (short of {fmt_resources(short)})"
+    big = [b for b in bundles if not any(_fits(b, n) for n in nodes)]
+    if big:
+        return f"{head}, but no node of the Ray cluster can hold a bundle of {describe_bundles(big[:1])}"
+    if strategy == "STRICT_PACK" and not any(_fits(need, n) for n in nodes):
+        return f"{head} on one node (STRICT_PACK), but no node of the Ray cluster has that much"
+    if strategy == "STRICT_SPREAD" and len(nodes) < len(bundles):
+        return f"{head} on {len(bundles)} distinct nodes (STRICT_SPREAD), but the Ray cluster has {len(nodes)}"
+    return None
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of every alive node of the connected Ray cluster."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def joined_cluster(cfg: Config) -> bool:
+    """Whether distmeta joined an existing cluster (which may autoscale) rather than its private local Ray."""
+    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS")) and cfg.ray.address != "local"
+
+
+def check_fits(bundles: Sequence[Bundle], strategy: str, cfg: Config, what: str, hint: str) -> str | None:
+    """Fail at once when ``what`` (one trial, one grid cell) can never run on the connected cluster.
+
+    Args:
+        bundles: its placement group's bundles.
+        strategy: the group's placement strategy.
+        cfg: the base config (``ray.address`` tells a joined cluster from the private one).
+        what: the unit named in messages ("one trial", "a grid cell").
+        hint: what to lower, for the error.
+
+    Returns:
+        None when it fits; on a joined cluster that may autoscale, the message saying what the
+        sweep waits for (also logged as a warning).
+
+    Raises:
+        ConfigError: it does not fit a fixed cluster, naming the shortfall.
+    """
+    import ray
+
+    problem = fit_problem(bundles, strategy, ray.cluster_resources(), node_resources())
+    if problem is None:
+        return None
+    if joined_cluster(cfg):
+        msg = (f"waiting for the cluster to grow: {what} needs {problem}; it starts once the autoscaler adds "
+               f"that (or stays pending if this cluster does not autoscale)")
+        log.warning(msg)
+        print(f"warning: {msg}", flush=True)
+        return msg
+    raise ConfigError(f"{what} needs {problem}, so it could never start; {hint}")
+
+
+__all__ = ["fit_problem", "check_fits", "describe_bundles", "total", "node_resources", "joined_cluster"]

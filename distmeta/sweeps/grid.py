@@ -1,0 +1,250 @@
+"""Grids over task-distribution settings: one short meta-training + meta-test per cell, one table.
+
+A grid is described by a YAML file (``configs/grid_*.yaml``)::
+
+    base: maml_icd10cm.yaml            # a distmeta config (path relative to this file) or a mapping
+    overrides: [train.steps=300]
+    name: ways_shots
+    output_dir: runs/grid              # experiment directory = output_dir/name
+    axes:                              # the cells are every combination, in this order
+      data.ways: [3, 5]
+      data.shots: [1, 5]
+
+Each cell trains the base config with the cell's values (``run.dir`` = ``cells/<cell>``)
+and is meta-tested on its own N-way K-shot setting (``eval.settings`` follows the cell's
+``data.ways``/``data.shots``; sinusoid cells report MSE). Cells run one after another;
+with ``workers: N`` they share one pool of N Ray actors (:class:`~distmeta.sweeps.pool.BackendPool`),
+rebuilt per cell, after a check that a cell fits the cluster. A cell whose run directory
+already holds results for the same resolved config is reused, so a killed grid continues
+where it stopped. Written to the experiment directory: ``grid.csv``, ``grid.md``
+(meta-test accuracy ± 95% CI per cell), ``grid.json`` and ``grid.png``
+(:mod:`distmeta.sweeps.grid_report`)::
+
+    distmeta grid --config configs/grid_sinusoid.yaml episodes=50
+    from distmeta.sweeps.grid import run_grid
+    run_grid("configs/grid_sinusoid.yaml", ["train.steps=100"])
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from distmeta.config import Config, config_from_dict, dump_config, set_key
+from distmeta.errors import ConfigError
+from distmeta.files import CONFIG_FILE, RESULTS_FILE
+from distmeta.sweeps.common import load_sweep, one_line, sweep_error
+
+WHAT = "grid config"
+
+
+class GridSpec(BaseModel):
+    """A whole grid: ``configs/grid_*.yaml``. Field names are the YAML keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: Union[str, dict[str, Any]]
+    overrides: list[str] = []
+    name: str = "grid"
+    output_dir: str = "runs/grid"
+    axes: dict[str, list[Any]] = Field(min_length=1)
+    episodes: int | None = Field(None, ge=2, description="meta-test episodes per cell (default base eval.episodes)")
+    plot: bool = True
+
+    @field_validator("axes")
+    @classmethod
+    def _non_empty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+            if len({json.dumps(x, sort_keys=True, default=str) for x in values}) != len(values):
+                raise ValueError(f"axis {key!r} repeats a value: {values}")
+        return v
+
+
+class Cell:
+    """One combination of axis values and its resolved config."""
+
+    def __init__(self, values: dict[str, Any], cfg: Config) -> None:
+        self.values, self.cfg = values, cfg
+
+    @property
+    def name(self) -> str:
+        """``ways=3_shots=1``: the cell's directory name under ``cells/``."""
+        parts = []
+        for key, value in self.values.items():
+            if isinstance(value, (list, tuple)):
+                text = "-".join(str(x) for x in value)
+            else:
+                text = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+            text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
+            parts.append(f"{key.split('.')[-1]}={text}")
+        return "_".join(parts)[:120]
+
+    @property
+    def setting(self) -> tuple[int, int]:
+        """The (ways, shots) the cell is meta-tested on (``(1, shots)`` for sinusoid)."""
+        d = self.cfg.data
+        return (1, d.shots) if d.is_regression else (d.ways, d.shots)
+
+
+class Grid:
+    """A validated grid: its spec and every cell's resolved config."""
+
+    def __init__(self, spec: GridSpec, cells: list[Cell], where: str) -> None:
+        self.spec, self.cells, self.where = spec, cells, where
+
+    @property
+    def experiment_path(self) -> Path:
+        """``output_dir/name``: where the table, plot and cells go."""
+        return Path(self.spec.output_dir) / self.spec.name
+
+
+def _cell_raw(base_raw: dict[str, Any], values: dict[str, Any], spec: GridSpec, where: str) -> dict[str, Any]:
+    raw = copy.deepcopy(base_raw)
+    for key, value in values.items():
+        try:
+            raw = set_key(raw, key, value)
+        except ConfigError as err:
+            raise sweep_error(WHAT, where, f"axes.{key}: {err}") from None
+    try:
+        probe: Config | None = config_from_dict(raw)
+    except ConfigError:
+        probe = None  # reported below, with the cell's values
+    if probe is not None and not probe.data.is_regression:
+        raw = set_key(raw, "eval.settings", [[probe.data.ways, probe.data.shots]])  # the cell's own setting
+    if spec.episodes is not None:
+        raw = set_key(raw, "eval.episodes", spec.episodes)
+    return set_key(raw, "run.progress", False)
+
+
+def load_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Grid:
+    """Read and check a grid YAML and every cell's config before anything runs; errors name the key.
+
+    Args:
+        path: the YAML file, or its content as a mapping.
+        overrides: ``key=value``; a grid key (``name=...``, ``episodes=...``) changes the grid,
+            any other key its base config.
+
+    Returns:
+        The validated :class:`Grid`.
+    """
+    spec, base_raw, where = load_sweep(path, overrides, GridSpec, WHAT)
+    exp = Path(spec.output_dir) / spec.name
+    cells: list[Cell] = []
+    keys = list(spec.axes)
+    for combo in itertools.product(*(spec.axes[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        raw = _cell_raw(base_raw, values, spec, where)
+        try:
+            cfg = config_from_dict(raw)
+        except ConfigError as err:
+            what = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise sweep_error(WHAT, where, f"axes: the cell {what}: {one_line(err)}") from None
+        cell = Cell(values, cfg)
+        cell.cfg = config_from_dict(set_key(raw, "run.dir", str(exp / "cells" / cell.name)))
+        cells.append(cell)
+    if len({c.name for c in cells}) != len(cells):
+        raise sweep_error(WHAT, where, "axes: two cells get the same name; make the values distinct")
+    return Grid(spec, cells, where)
+
+
+def _cell_result(cell: Cell, results: dict[str, Any], seconds: float, cached: bool) -> dict[str, Any]:
+    ways, shots = cell.setting
+    name, r = next(iter(results["test"].items()))  # the cell's own setting: the only one evaluated
+    row: dict[str, Any] = {**cell.values, "cell": cell.name, "setting": name, "ways": ways, "shots": shots}
+    if "accuracy" in r:
+        row.update(metric="accuracy", value=r["accuracy"], ci95=r["ci95"])
+    else:
+        row.update(metric="mse", value=r["loss"], ci95=r["loss_ci95"])
+    before = results.get("before_meta_training", {}).get(name)
+    if before:
+        row["before"] = before.get("accuracy", before.get("loss"))
+    row.update(episodes=int(r.get("episodes", 0)), steps=results.get("step"), seconds=round(seconds, 2), cached=cached)
+    return row
+
+
+def _cached(cell: Cell) -> dict[str, Any] | None:
+    run = Path(cell.cfg.run.dir)
+    try:
+        if (run / CONFIG_FILE).read_text() == dump_config(cell.cfg):
+            return json.loads((run / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def check_cells_fit(grid: Grid) -> None:
+    """Fail before the first cell when a cell's actors can never fit the Ray cluster (Ray cells only)."""
+    from distmeta.runtime.ray.plan import bundle
+    from distmeta.sweeps.fit import check_fits
+
+    seen = set()
+    for cell in grid.cells:
+        c = cell.cfg
+        if c.workers in (0, "auto") or (c.workers, c.cpus_per_worker, c.gpus_per_worker) in seen:
+            continue
+        seen.add((c.workers, c.cpus_per_worker, c.gpus_per_worker))
+        check_fits([bundle(c.cpus_per_worker, c.gpus_per_worker)] * int(c.workers), "SPREAD", c, f"the cell {cell.name}",
+                   "lower workers or cpus_per_worker / gpus_per_worker (fractions are fine, e.g. cpus_per_worker=0.5)")
+
+
+def run_cells(grid: Grid) -> list[dict[str, Any]]:
+    """Train and meta-test every cell, in order (reusing finished ones); one row per cell."""
+    from distmeta.runtime.driver import Trainer
+    from distmeta.sweeps.pool import BackendPool
+
+    ray_cells = [c for c in grid.cells if c.cfg.workers != 0 and _cached(c) is None]
+    session = None
+    if ray_cells:  # one Ray connection for every cell, checked to hold one before any trains
+        from distmeta.runtime.ray import session as ray_session
+
+        session = ray_session.connect(ray_cells[0].cfg)
+    pool, rows = BackendPool(), []
+    try:
+        if session is not None:
+            check_cells_fit(Grid(grid.spec, ray_cells, grid.where))
+        for i, cell in enumerate(grid.cells):
+            t0 = time.perf_counter()
+            results = _cached(cell)
+            cached = results is not None
+            if results is None:
+                print(f"[grid] cell {i + 1}/{len(grid.cells)}: {cell.name}", flush=True)
+                with Trainer(cell.cfg, overwrite=True, backend_factory=pool.factory) as trainer:
+                    results = trainer.fit()
+            else:
+                print(f"[grid] cell {i + 1}/{len(grid.cells)}: {cell.name} (reused {cell.cfg.run.dir})", flush=True)
+            rows.append(_cell_result(cell, results, time.perf_counter() - t0, cached))
+    finally:
+        pool.close()
+        if session is not None:
+            session.close()
+    return rows
+
+
+def run_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = None) -> dict[str, Any]:
+    """Validate the grid, run its cells, write the table (and plot), print the Markdown table.
+
+    Returns:
+        ``{"rows": one dict per cell, "files": {"csv", "md", "json"[, "png"]: Path}, "experiment": Path}``.
+    """
+    from distmeta.sweeps.grid_report import PLOT_FILE, plot, write_table
+
+    grid = load_grid(path, overrides)
+    rows = run_cells(grid)
+    out = grid.experiment_path
+    files = write_table(grid, rows, out)
+    if grid.spec.plot:
+        files["png"] = plot(grid, rows, out / PLOT_FILE)
+    print(files["md"].read_text(), flush=True)
+    print(f"wrote {', '.join(str(p) for p in files.values())}", flush=True)
+    return {"rows": rows, "files": files, "experiment": out}
+
+
+__all__ = ["GridSpec", "Grid", "Cell", "load_grid", "run_cells", "check_cells_fit", "run_grid"]

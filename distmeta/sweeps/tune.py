@@ -1,0 +1,209 @@
+"""Run a Ray Tune search over distributed meta-training runs, and report its best trial.
+
+::
+
+    distmeta tune --config configs/tune_sinusoid_asha.yaml [--resume] [key=value ...]
+
+    from distmeta.sweeps.tune import run_search
+    summary = run_search("configs/tune_sinusoid_asha.yaml", ["num_samples=3"])   # or resume=True after a kill
+
+:func:`run_search` checks the search (:func:`~distmeta.sweeps.search.load_search`), connects
+to Ray like ``distmeta train``, checks that one trial's placement group fits the cluster
+(:func:`~distmeta.sweeps.fit.check_fits`: an error at once on a fixed cluster, a message on
+one that may autoscale), runs the trials (:mod:`distmeta.sweeps.trial`) and writes
+``best.json`` and ``best_config.yaml`` (the best trial's resolved config) to the experiment
+directory. Diverged trials are results (``diverged_trials`` in the summary), not failures.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from distmeta.config import config_from_dict, dump_config, set_key
+from distmeta.errors import DistmetaError
+from distmeta.sweeps.search import BASE_KEY, Search, load_search
+from distmeta.sweeps.trial import meta_test_metrics, trainable, trial_config, trial_resources
+
+BEST_FILE = "best.json"
+BEST_CONFIG_FILE = "best_config.yaml"
+FIT_HINT = ("lower driver_cpus, workers or cpus_per_worker / gpus_per_worker in the search (fractions are fine, "
+            "e.g. cpus_per_worker=0.5), or run it on a bigger cluster (ray.address)")
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _scheduler(search: Search) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    sched = search.spec.scheduler
+    if sched.name == "asha":
+        return ASHAScheduler(time_attr=sched.time_attr, max_t=sched.max_t, grace_period=sched.grace_period,
+                             reduction_factor=sched.reduction_factor, brackets=sched.brackets)
+    if sched.name == "pbt":
+        return PopulationBasedTraining(
+            time_attr=sched.time_attr, perturbation_interval=sched.perturbation_interval,
+            burn_in_period=sched.burn_in_period, hyperparam_mutations=search.mutations(),
+            quantile_fraction=sched.quantile_fraction, resample_probability=sched.resample_probability,
+            synch=sched.synch)
+    return FIFOScheduler()
+
+
+def build_tuner(search: Search, callbacks: list[Any] | None = None, resume: bool = False) -> Any:
+    """A ``ray.tune.Tuner`` for the search (or ``Tuner.restore`` of its experiment with ``resume``)."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    spec = search.spec
+    run_root = str(search.experiment_path / "runs") if search.local_storage else None
+    fn = tune.with_parameters(trainable, run_root=run_root, metric=search.metric, mode=spec.mode)
+    fn = tune.with_resources(fn, trial_resources(search.base_cfg, spec.driver_cpus, spec.driver_gpus,
+                                                 spec.placement_strategy))
+    if resume:
+        path = str(search.experiment_path) if search.local_storage else f"{spec.storage_path.rstrip('/')}/{spec.name}"
+        if not tune.Tuner.can_restore(path):
+            raise DistmetaError(f"--resume: no Tune experiment to restore at {path}")
+        return tune.Tuner.restore(path, trainable=fn, param_space=search.param_space(),
+                                  resume_unfinished=True, resume_errored=True)
+    pbt = spec.scheduler.name == "pbt"
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=spec.storage_path, verbose=spec.verbose, callbacks=callbacks,
+        # PBT clones other trials' checkpoints: keep a few more of them than a plain search needs.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=max(spec.keep_checkpoints, 4) if pbt else spec.keep_checkpoints),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        # Run dirs (TensorBoard, metrics) live in trial working directories when storage is remote.
+        sync_config=None if search.local_storage else tune.SyncConfig(sync_artifacts=True),
+    )
+    seeded = spec.search_seed is not None
+    tune_config = tune.TuneConfig(
+        metric=search.metric, mode=spec.mode, scheduler=_scheduler(search), num_samples=spec.num_samples,
+        max_concurrent_trials=None if seeded else spec.max_concurrent_trials, reuse_actors=spec.reuse_actors,
+        trial_dirname_creator=_trial_dirname,
+        search_alg=BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials or 0)
+        if seeded else None,
+    )
+    return tune.Tuner(fn, param_space=search.param_space(), tune_config=tune_config, run_config=run_config)
+
+
+def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
+    """The best trial's meta-test: from its final report, or by meta-testing its latest checkpoint here."""
+    metrics = best.metrics or {}
+    test = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    if metrics.get("final") and test:
+        return test, "trial"
+    if best.checkpoint is None:
+        return {}, "none"
+    from distmeta.runtime.driver import Trainer
+
+    with best.checkpoint.as_directory() as d:
+        over = ["workers=0", "run.progress=false"]
+        # This search's own trial (storage_path is checked private by run_search): its data paths are ours.
+        with Trainer.from_checkpoint(d, over, trust_config=True) as trainer:
+            results = trainer.evaluate(split="test", episodes=search.spec.test_episodes, baseline=False)
+    return meta_test_metrics(results), "checkpoint"
+
+
+def summarise(search: Search, grid: Any, out_dir: Path | None = None) -> dict[str, Any]:
+    """Best trial, its config and meta-test ± CI; written to ``best.json`` / ``best_config.yaml`` and printed.
+
+    Args:
+        search: the search.
+        grid: Tune's ``ResultGrid``.
+        out_dir: where to write (default the experiment directory).
+
+    Returns:
+        The summary written to ``best.json`` (plus ``files``).
+
+    Raises:
+        DistmetaError: no trial reported the metric, or every trial diverged.
+    """
+    errors = [r for r in grid if r.error is not None]
+    diverged = [r for r in grid if r.error is None and (r.metrics or {}).get("diverged")]
+    try:
+        best = grid.get_best_result(metric=search.metric, mode=search.spec.mode, scope="last")
+    except RuntimeError as err:
+        raise DistmetaError(f"no trial reported {search.metric!r}: {err}; "
+                            f"{len(errors)} of {len(grid)} trials failed: {[str(e)[:200] for e in errors[:3]]}") from None
+    if best.metrics.get("diverged"):
+        raise DistmetaError(f"every trial that reported diverged ({len(diverged)} of {len(grid)}); lower the learning "
+                            f"rates of the search space (first: {best.metrics.get('diverged_because', '')})")
+    test, test_source = _best_test(search, best)
+    cfg = config_from_dict(set_key(trial_config(best.config), "run.dir", f"runs/{search.spec.name}-best"))
+    summary = {
+        "experiment": str(search.experiment_path), "metric": search.metric, "mode": search.spec.mode,
+        "best_trial": best.metrics.get("trial_id"), "best_value": best.metrics.get(search.metric),
+        "best_step": best.metrics.get("step"), "best_params": {k: v for k, v in best.config.items() if k != BASE_KEY},
+        "test": test, "test_source": test_source, "trials": len(grid), "errored_trials": len(errors),
+        "diverged_trials": len(diverged),
+        "diverged": [{"trial": r.metrics.get("trial_id"), "params": {k: v for k, v in r.config.items() if k != BASE_KEY},
+                      "because": r.metrics.get("diverged_because", "")} for r in diverged],
+    }
+    out_dir = out_dir or (search.experiment_path if search.local_storage else Path("runs") / search.spec.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / BEST_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / BEST_CONFIG_FILE).write_text(dump_config(cfg))
+    summary["files"] = [str(out_dir / BEST_FILE), str(out_dir / BEST_CONFIG_FILE)]
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as the lines ``distmeta tune`` prints."""
+    lines = [f"best trial {summary['best_trial']}: {summary['metric']} = {summary['best_value']:.4f} "
+             f"(step {summary['best_step']}) with " + ", ".join(f"{k}={v}" for k, v in summary["best_params"].items())]
+    test = summary["test"]
+    for key in sorted(k for k in test if k.endswith("_accuracy")):
+        name = key[len("test_"):-len("_accuracy")]
+        lines.append(f"  meta-test {name}: accuracy {100 * test[key]:.2f} ± {100 * test[f'test_{name}_ci95']:.2f}%")
+    for key in sorted(k for k in test if k.endswith("_mse")):
+        name = key[len("test_"):-len("_mse")]
+        lines.append(f"  meta-test {name}: mse {test[key]:.4f} ± {test[f'test_{name}_mse_ci95']:.4f}")
+    for d in summary.get("diverged", []):
+        lines.append(f"  trial {d['trial']} diverged with " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+    lines.append(f"  {summary['trials']} trials ({summary['errored_trials']} failed, {summary['diverged_trials']} "
+                 f"diverged); wrote {BEST_FILE} and {BEST_CONFIG_FILE} to {summary['experiment']}")
+    return "\n".join(lines)
+
+
+def run_search(path: str | Path | dict[str, Any], overrides: list[str] | None = None, *, resume: bool = False,
+               callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Validate, run (or with ``resume`` restore) a search, then write and print its best trial.
+
+    Uses an already-initialised Ray as it is; otherwise connects like ``distmeta train``
+    (``ray.address`` / ``RAY_ADDRESS``, else a private Ray on 127.0.0.1).
+
+    Args:
+        path: the tune YAML, or its content as a mapping.
+        overrides: ``key=value`` for the search or its base config.
+        resume: restore the search's stored experiment and finish it.
+        callbacks: Ray Tune callbacks.
+
+    Returns:
+        :func:`summarise`'s summary, with ``result_grid`` (Tune's ``ResultGrid``).
+    """
+    search = load_search(path, overrides)
+    if search.local_storage:  # Tuner.restore unpickles what it finds there: nobody else may write it
+        from distmeta.security import check_private_dir
+
+        check_private_dir(search.experiment_path, "Tune storage_path")
+    from distmeta.runtime.ray import session
+    from distmeta.sweeps.fit import check_fits
+
+    ray_session = session.connect(search.base_cfg)
+    try:
+        spec = search.spec
+        pgf = trial_resources(search.base_cfg, spec.driver_cpus, spec.driver_gpus, spec.placement_strategy)
+        check_fits(pgf.bundles, spec.placement_strategy, search.base_cfg, "one trial", FIT_HINT)
+        if search.local_storage:
+            search.experiment_path.mkdir(parents=True, exist_ok=True)
+        grid = build_tuner(search, callbacks=callbacks, resume=resume).fit()
+        summary = summarise(search, grid)
+        summary["result_grid"] = grid
+        return summary
+    finally:
+        ray_session.close()
+
+
+__all__ = ["build_tuner", "run_search", "summarise", "format_summary", "BEST_FILE", "BEST_CONFIG_FILE"]
