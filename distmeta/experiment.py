@@ -1,87 +1,103 @@
-"""Everything a run needs before the first step: data, class split, tokenizer, samplers.
+"""Everything a run needs before the first step: sources, class splits, tokenizer, corpus, samplers.
 
-Bad data and impossible settings fail here, before any worker or Ray actor starts.
+An experiment is a list of one or more sources: ``data.*`` itself, or each entry of
+``data.mixture`` (a single source is the case of one). Each text source is loaded,
+checked and split on its own; one tokenizer serves them all and their rows form one
+:class:`~distmeta.text.corpus.TokenCorpus`, so a worker has one data path whatever the
+number of sources. Bad data and impossible settings fail here, before any worker or Ray
+actor starts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distmeta.config import Config
+from distmeta.config import Config, DataConfig
 from distmeta.errors import ConfigError, DataError
-from distmeta.tasks.sampler import EpisodeSampler, Sampler, SinusoidSampler
+from distmeta.tasks.sampler import EpisodeSampler, MixtureSampler, Sampler, SinusoidSampler, component_seed
 
 SPLIT_FILE = "split.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass
+class Source:
+    """One source of the task distribution: its data settings, weight, and (text) rows and class split."""
+
+    cfg: DataConfig
+    weight: float = 1.0
+    data: Any = None  # LabelledText; None for sinusoid families
+    split: Any = None  # ClassSplit
+
+
+@dataclass
 class Experiment:
-    """A prepared task distribution: what the driver samples from and what workers materialise."""
+    """A prepared task distribution: what the driver samples from and what workers materialise.
+
+    Attributes:
+        cfg: the run's config.
+        sources: one per ``data.mixture`` entry, or ``[data.*]`` without a mixture.
+        corpus: every text source's token ids (source ``c``'s rows from ``corpus.starts[c]``).
+        vocab_size: the tokenizer's vocabulary size.
+        tokenizer: the tokenizer (trained on the sources' meta-train rows, or the pretrained one).
+        prefix: the frozen-prefix cache workers open (path, layers, rows), or None.
+    """
 
     cfg: Config
-    data: Any = None  # LabelledText for text sources
-    split: Any = None  # ClassSplit
-    token_ids: np.ndarray | None = None
+    sources: list[Source] = field(default_factory=list)
+    corpus: Any = None  # TokenCorpus for text sources
     vocab_size: int = 0
     tokenizer: Any = None
-    components: list["Experiment"] | None = None  # data.mixture text sources: each with its own data and split
-    prefix: dict[str, Any] | None = None  # the frozen-prefix cache workers open (path, layers, rows)
+    prefix: dict[str, Any] | None = None
+
+    @property
+    def data(self) -> Any:
+        """The corpus of a single-source experiment (None with several sources, or none)."""
+        return self.sources[0].data if len(self.sources) == 1 else None
+
+    @property
+    def split(self) -> Any:
+        """The class split of a single source; with several, a view whose ``val`` is empty unless every source has one."""
+        return self.sources[0].split if len(self.sources) == 1 else SourcesSplit([s.split for s in self.sources])
 
     def sampler(self, split: str = "train", ways: int | None = None, shots: int | None = None,
                 queries: int | None = None, seed: int | None = None) -> Sampler:
-        """Sampler over one split's classes (or sinusoid tasks), episode shape from config unless given.
+        """Sampler over one split's classes (or sinusoid tasks); episode shape from each source's config unless given.
 
         The ``"train"`` split draws each step's ways / shots from ``data.ways_range`` /
         ``data.shots_range`` when set (and not given here); validation and test keep fixed shapes.
+        With ``data.mixture`` each task's source is drawn by weight (:class:`MixtureSampler`).
         """
-        d = self.cfg.data
-        if d.mixture:
-            return self._mixture_sampler(split, ways, shots, queries, seed)
-        train = split == "train"
-        ways_range = d.ways_range if train and ways is None else None
-        shots_range = d.shots_range if train and shots is None else None
-        shots = shots or d.shots
-        queries = queries or d.queries
         seed = self.cfg.seed if seed is None else seed
+        mixture = self.cfg.data.mixture is not None
+        samplers = [self._source_sampler(c, split, ways, shots, queries, component_seed(seed, c) if mixture else seed)
+                    for c in range(len(self.sources))]
+        if not mixture:
+            return samplers[0]
+        return MixtureSampler(samplers, [s.weight for s in self.sources], seed, split)
+
+    def _source_sampler(self, c: int, split: str, ways: int | None, shots: int | None, queries: int | None,
+                        seed: int) -> Sampler:
+        """Source ``c``'s own sampler (its shape unless ways/shots/queries are given)."""
+        src, d = self.sources[c], self.sources[c].cfg
+        train = split == "train"
+        s, q = shots or d.shots, queries or d.queries
         if d.is_regression:
-            return SinusoidSampler(d.sinusoid, shots, queries, seed, split)
-        classes = getattr(self.split, split)
-        return EpisodeSampler(self.data.rows_by_class(), classes, ways or d.ways, shots, queries, seed, split,
-                              ways_range=ways_range, shots_range=shots_range)
+            return SinusoidSampler(d.sinusoid, s, q, seed, split)
+        return EpisodeSampler(src.data.rows_by_class(), getattr(src.split, split), ways or d.ways, s, q, seed, split,
+                              ways_range=d.ways_range if train and ways is None else None,
+                              shots_range=d.shots_range if train and shots is None else None)
 
     def worker_args(self) -> dict[str, Any]:
-        """What a Worker is built from (sent once per actor, never per step)."""
-        if self.components is not None:
-            return {"token_ids": None, "vocab_size": self.vocab_size,
-                    "components": [c.token_ids for c in self.components]}
-        return {"token_ids": self.token_ids, "vocab_size": self.vocab_size, "prefix_cache": self.prefix}
-
-    def _mixture_sampler(self, split: str, ways: int | None, shots: int | None, queries: int | None,
-                         seed: int | None) -> Sampler:
-        """Per-component samplers (component shapes unless ways/shots/queries are given) drawn by weight."""
-        from distmeta.tasks.sampler import MixtureSampler, component_seed
-
-        d = self.cfg.data
-        seed = self.cfg.seed if seed is None else seed
-        samplers: list[Sampler] = []
-        for c, dc in enumerate(d.components()):
-            s_c, q_c, w_c = shots or dc.shots, queries or dc.queries, ways or dc.ways
-            if d.is_regression:
-                samplers.append(SinusoidSampler(dc.sinusoid, s_c, q_c, component_seed(seed, c), split))
-            else:
-                assert self.components is not None
-                part = self.components[c]
-                samplers.append(EpisodeSampler(part.data.rows_by_class(), getattr(part.split, split), w_c, s_c, q_c,
-                                               component_seed(seed, c), split))
-        return MixtureSampler(samplers, [m.weight for m in d.mixture or []], seed, split)
+        """What a Worker is built from (sent once per actor, never per step): ``corpus``, ``vocab_size``, ``prefix_cache``."""
+        return {"corpus": self.corpus, "vocab_size": self.vocab_size, "prefix_cache": self.prefix}
 
 
-class MixtureSplit:
-    """The class splits of a text mixture's sources; ``val`` is non-empty when every source has validation classes."""
+class SourcesSplit:
+    """The class splits of several sources; a split is non-empty when every source has classes in it."""
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = parts
@@ -93,9 +109,9 @@ class MixtureSplit:
         return lists if all(lists) else []
 
 
-def min_examples_per_class(cfg: Config, data: Any = None) -> int:
-    """Enough rows per class for training episodes (their largest shots), validation and every evaluation setting
-    (of ``data``: one mixture source)."""
+def min_examples_per_class(cfg: Config, data: DataConfig | None = None) -> int:
+    """Enough rows per class of a source (``data``, default ``cfg.data``) for its training episodes (their largest
+    shots), validation and every evaluation setting."""
     data = data or cfg.data
     need = max(data.shots, data.train_shots()) + data.queries
     for _, shots in cfg.eval.settings:
@@ -103,53 +119,104 @@ def min_examples_per_class(cfg: Config, data: Any = None) -> int:
     return need
 
 
-def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bool = False) -> Experiment:
-    """Load and check the data, split classes, build the tokenizer; save split and tokenizer to ``run_dir``.
+def split_file(cfg: Config, c: int) -> str:
+    """The run-directory file of source ``c``'s class split: ``split.json``, ``split_<c>.json`` in a mixture."""
+    return SPLIT_FILE if cfg.data.mixture is None else f"split_{c}.json"
 
-    With ``reuse_saved`` (resume, eval) the run's saved split and tokenizer are used as they are.
-    """
-    if cfg.data.is_regression:
-        return Experiment(cfg)
-    if cfg.data.mixture:
-        return _prepare_text_mixture(cfg, run_dir, reuse_saved)
-    from distmeta.data import check_ways, load_source, load_split, make_split, save_split, usable_classes
-    from distmeta.text import encode, load_pretrained_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
-    data = load_source(cfg.data)
-    split_path = run_dir / SPLIT_FILE if run_dir is not None else None
-    if reuse_saved and split_path is not None and split_path.exists():
-        split = load_split(split_path, data)
+def _named(cfg: Config, c: int, err: DataError) -> DataError:
+    """``err`` prefixed with the mixture source it is about (unchanged without a mixture)."""
+    if cfg.data.mixture is None:
+        return err
+    return DataError(f"data.mixture.{c} ({cfg.data.mixture[c].source}): {err}")
+
+
+def _load_source(cfg: Config, c: int, src: Source, run_dir: Path | None, reuse_saved: bool) -> None:
+    """Load source ``c``'s rows and split its classes (the saved split with ``reuse_saved``); check its ways."""
+    from distmeta.data import check_ways, load_source, load_split, make_split, usable_classes
+
+    d = src.cfg
+    src.data = load_source(d)
+    path = run_dir / split_file(cfg, c) if run_dir is not None else None
+    if reuse_saved and path is not None and path.exists():
+        src.split = load_split(path, src.data)
     else:
-        usable = usable_classes(data, min_examples_per_class(cfg), cfg.data.small_classes)
-        split = make_split(data, cfg.data.split, cfg.seed, usable)
-    ways = {"train": cfg.data.train_ways(), "test": max(w for w, _ in cfg.eval.settings)}  # largest of each
-    if split.val:
-        ways["val"] = cfg.data.ways
-    if cfg.data.ways_range and len(split.train) < cfg.data.ways_range[1]:
-        raise DataError(f"split 'train' has {len(split.train)} classes, fewer than the largest training ways "
-                        f"{cfg.data.ways_range[1]} (data.ways_range={list(cfg.data.ways_range)}); lower it or give "
+        usable = usable_classes(src.data, min_examples_per_class(cfg, d), d.small_classes)
+        src.split = make_split(src.data, d.split, cfg.seed, usable)
+    ways = {"train": d.train_ways(), "test": max(w for w, _ in cfg.eval.settings)}  # largest of each
+    if src.split.val:
+        ways["val"] = d.ways
+    if d.ways_range and len(src.split.train) < d.ways_range[1]:
+        raise DataError(f"split 'train' has {len(src.split.train)} classes, fewer than the largest training ways "
+                        f"{d.ways_range[1]} (data.ways_range={list(d.ways_range)}); lower it or give "
                         "that split more classes (data.split)")
-    check_ways(split, ways)
+    try:
+        check_ways(src.split, ways)
+    except DataError as err:
+        raise _named(cfg, c, err) from None
+
+
+def _tokenizer(cfg: Config, sources: list[Source], run_dir: Path | None, reuse_saved: bool) -> Any:
+    """The pretrained encoder's tokenizer, the run's saved one (``reuse_saved``), or one trained on every source's
+    meta-train rows (source by source, rows in corpus order)."""
+    from distmeta.text import load_pretrained_tokenizer, load_tokenizer, train_tokenizer
 
     tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cfg.tokenizer.kind == "pretrained":
         from distmeta.models import pretrained_dir
 
-        tokenizer = load_pretrained_tokenizer(pretrained_dir(cfg))
-    elif reuse_saved and tok_path is not None and tok_path.exists():
-        tokenizer = load_tokenizer(tok_path)
-    else:
-        train_rows = np.concatenate([data.rows_by_class()[c] for c in split.train])
-        texts = [data.texts[i] for i in np.sort(train_rows)]
-        t = cfg.tokenizer
-        tokenizer = train_tokenizer(texts, t.kind, t.vocab_size, t.min_frequency, t.lowercase)
-    token_ids = encode(tokenizer, data.texts, cfg.data.max_length).numpy()
-    if (token_ids != 0).sum(1).min() == 0:
-        raise DataError(f"data source {cfg.data.source!r}: some texts encode to no tokens")
+        return load_pretrained_tokenizer(pretrained_dir(cfg))
+    if reuse_saved and tok_path is not None and tok_path.exists():
+        return load_tokenizer(tok_path)
+    texts: list[str] = []
+    for src in sources:
+        rows = np.concatenate([src.data.rows_by_class()[k] for k in src.split.train])
+        texts += [src.data.texts[i] for i in np.sort(rows)]
+    t = cfg.tokenizer
+    return train_tokenizer(texts, t.kind, t.vocab_size, t.min_frequency, t.lowercase)
+
+
+def _tokenise(cfg: Config, c: int, src: Source, tokenizer: Any) -> Any:
+    """Source ``c``'s rows as a compact ragged corpus; a row that encodes to no tokens is refused."""
+    from distmeta.text import encode
+    from distmeta.text.corpus import TokenCorpus
+
+    corpus = TokenCorpus.from_padded(encode(tokenizer, src.data.texts, cfg.data.max_length).numpy(),
+                                     tokenizer.get_vocab_size())
+    if len(corpus) and corpus.lengths().min() == 0:
+        where = f"data source {src.cfg.source!r}" if cfg.data.mixture is None else \
+            f"data.mixture.{c} ({src.cfg.source})"
+        raise DataError(f"{where}: some texts encode to no tokens")
+    return corpus
+
+
+def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bool = False) -> Experiment:
+    """Load and check every source, split its classes, build the tokenizer and the corpus; save splits and tokenizer.
+
+    Args:
+        cfg: the run's config (``data.mixture`` entries are the sources; without one, ``data.*``).
+        run_dir: where ``split.json`` (``split_<c>.json`` per mixture source) and ``tokenizer.json`` are saved.
+        reuse_saved: use the run's saved splits and tokenizer as they are (resume, eval).
+    Returns:
+        The prepared experiment, its frozen-prefix cache built when the model has one.
+    """
+    from distmeta.data import save_split
+    from distmeta.text import save_tokenizer
+    from distmeta.text.corpus import TokenCorpus
+
+    weights = [m.weight for m in cfg.data.mixture] if cfg.data.mixture else [1.0]
+    sources = [Source(d, w) for d, w in zip(cfg.data.components(), weights)]
+    if cfg.data.is_regression:
+        return Experiment(cfg, sources)
+    for c, src in enumerate(sources):
+        _load_source(cfg, c, src, run_dir, reuse_saved)
+    tokenizer = _tokenizer(cfg, sources, run_dir, reuse_saved)
+    corpus = TokenCorpus.concat([_tokenise(cfg, c, src, tokenizer) for c, src in enumerate(sources)])
     if run_dir is not None:
-        save_split(split, data, run_dir / SPLIT_FILE)
+        for c, src in enumerate(sources):
+            save_split(src.split, src.data, run_dir / split_file(cfg, c))
         save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
-    exp = Experiment(cfg, data, split, token_ids, tokenizer.get_vocab_size(), tokenizer)
+    exp = Experiment(cfg, sources, corpus, tokenizer.get_vocab_size(), tokenizer)
     exp.prefix = prepare_prefix_cache(exp)
     return exp
 
@@ -157,14 +224,14 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
 def prepare_prefix_cache(exp: Experiment) -> dict[str, Any] | None:
     """Build (or find) the frozen-prefix cache of a pretrained encoder before any worker starts.
 
-    It covers every row of the split's classes. Returns what workers need to open it
-    (``path``, ``layers``, ``rows``), or None when ``model.prefix_cache`` is off, the model is not a
-    pretrained layer stack, or every layer moves (meta-trained or adapted).
+    It covers every row of every source's split classes. Returns what workers need to open it
+    (``path``, ``layers``, ``rows``: corpus rows), or None when ``model.prefix_cache`` is off, the
+    model is not a pretrained layer stack, or every layer moves (meta-trained or adapted).
     """
     from distmeta.config import PRETRAINED_MODELS
 
     cfg = exp.cfg
-    if cfg.model.name not in PRETRAINED_MODELS or cfg.model.prefix_cache is False or exp.token_ids is None:
+    if cfg.model.name not in PRETRAINED_MODELS or cfg.model.prefix_cache is False or exp.corpus is None:
         return None
     import torch
 
@@ -182,57 +249,10 @@ def prepare_prefix_cache(exp: Experiment) -> dict[str, Any] | None:
                               f"(model.trainable={cfg.model.trainable}, algorithm.adapt={cfg.algorithm.adapt}): "
                               "nothing is frozen to cache")
         return None
-    rows = np.sort(np.concatenate([exp.data.rows_by_class()[c] for part in ("train", "val", "test")
-                                   for c in getattr(exp.split, part)]))
-    cache = open_or_build(module, layers, exp.token_ids, rows, default_cache_dir(cfg), progress=cfg.run.progress)
+    rows = np.sort(np.concatenate([exp.corpus.global_rows(c, src.data.rows_by_class()[k])
+                                   for c, src in enumerate(exp.sources)
+                                   for part in ("train", "val", "test") for k in getattr(src.split, part)]))
+    cache = open_or_build(module, layers, exp.corpus, rows, default_cache_dir(cfg), progress=cfg.run.progress)
     print(f"prefix cache: {layers} frozen layers of {module.num_layers}, {len(rows)} examples, "
           f"{cache.nbytes / 2**20:.0f} MiB shared per node ({cache.path})", flush=True)
     return {"path": str(cache.path), "layers": layers, "rows": rows}
-
-
-def _prepare_text_mixture(cfg: Config, run_dir: Path | None, reuse_saved: bool) -> Experiment:
-    """Each text source of ``data.mixture`` loaded, checked and split on its own (``split_<c>.json``); one
-    tokenizer for all of them (trained on every source's meta-train rows, or the pretrained one)."""
-    from distmeta.data import check_ways, load_source, load_split, make_split, save_split, usable_classes
-    from distmeta.text import encode, load_pretrained_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
-
-    parts: list[Experiment] = []
-    test_ways = max(w for w, _ in cfg.eval.settings)
-    for c, dc in enumerate(cfg.data.components()):
-        data = load_source(dc)
-        path = run_dir / f"split_{c}.json" if run_dir is not None else None
-        if reuse_saved and path is not None and path.exists():
-            split = load_split(path, data)
-        else:
-            split = make_split(data, dc.split, cfg.seed, usable_classes(data, min_examples_per_class(cfg, dc), dc.small_classes))
-        ways = {"train": dc.ways, "test": test_ways, **({"val": dc.ways} if split.val else {})}
-        try:
-            check_ways(split, ways)
-        except DataError as err:
-            raise DataError(f"data.mixture.{c} ({dc.source}): {err}") from None
-        parts.append(Experiment(cfg, data, split))
-
-    tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
-    if cfg.tokenizer.kind == "pretrained":
-        from distmeta.models import pretrained_dir
-
-        tokenizer = load_pretrained_tokenizer(pretrained_dir(cfg))
-    elif reuse_saved and tok_path is not None and tok_path.exists():
-        tokenizer = load_tokenizer(tok_path)
-    else:
-        texts = []
-        for part in parts:
-            rows = np.concatenate([part.data.rows_by_class()[k] for k in part.split.train])
-            texts += [part.data.texts[i] for i in np.sort(rows)]
-        t = cfg.tokenizer
-        tokenizer = train_tokenizer(texts, t.kind, t.vocab_size, t.min_frequency, t.lowercase)
-    for c, part in enumerate(parts):
-        part.token_ids = encode(tokenizer, part.data.texts, cfg.data.max_length).numpy()
-        if (part.token_ids != 0).sum(1).min() == 0:
-            raise DataError(f"data.mixture.{c} ({cfg.data.components()[c].source}): some texts encode to no tokens")
-        if run_dir is not None:
-            save_split(part.split, part.data, run_dir / f"split_{c}.json")
-    if run_dir is not None:
-        save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
-    vocab = tokenizer.get_vocab_size()
-    return Experiment(cfg, None, MixtureSplit([p.split for p in parts]), None, vocab, tokenizer, components=parts)

@@ -17,9 +17,12 @@ import torch
 from torch import Tensor
 
 from distmeta.algorithms import Algorithm, Params, build_algorithm
+from distmeta.algorithms.by_ways import ByWays
 from distmeta.config import Config
-from distmeta.tasks.materialise import SinusoidTaskBuilder, TaskBuilder, TextTaskBuilder
+from distmeta.tasks.features import FeatureBank
+from distmeta.tasks.materialise import SinusoidTaskBuilder, TaskBuilder, TextTaskBuilder, by_source
 from distmeta.tasks.specs import TaskSpec, task_key
+from distmeta.text.corpus import TokenCorpus
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -70,13 +73,23 @@ class Worker:
     def __init__(
         self,
         cfg: Config,
-        token_ids: Tensor | np.ndarray | None = None,
+        corpus: TokenCorpus | None = None,
         vocab_size: int = 0,
         device: str | torch.device | None = None,
         threads: int | None = None,
-        components: list[Tensor | np.ndarray | None] | None = None,
         prefix_cache: dict[str, Any] | None = None,
     ) -> None:
+        """Build the replica.
+
+        Args:
+            cfg: the run's config.
+            corpus: every source's tokenised rows (text runs; see
+                :meth:`distmeta.experiment.Experiment.worker_args`); read, never copied.
+            vocab_size: the tokenizer's vocabulary size (the embedding table's rows).
+            device: where the replica computes (default from ``cfg.device``).
+            threads: torch threads (default ``cfg.threads``, else ``cpus_per_worker``).
+            prefix_cache: the frozen-prefix cache to open, from :func:`distmeta.experiment.prepare_prefix_cache`.
+        """
         from distmeta.models import build_model
 
         self.cfg = cfg
@@ -88,27 +101,21 @@ class Worker:
         module = build_model(cfg, vocab_size, out_dim).to(self.device, self.dtype)
         self.module = module
         self.algorithm, init = build_algorithm(cfg, module)
+        self.by_ways = ByWays(self.algorithm)  # episodes of other ways (ways_range, evaluation, mixture sources)
         self.initial_meta = {n: p.detach().cpu() for n, p in init.items()}
         vmap = cfg.algorithm.vmap  # decided once, from the config and the model: the same on every replica
         self.use_vmap = self.algorithm.prefers_vmap(cfg.algorithm.vmap_max_params) if vmap == "auto" else bool(vmap)
         self.builder: TaskBuilder
-        if cfg.data.mixture:  # each source's tasks from its own data (``components``: token ids per text source)
-            self.builder, self.algorithm = self._mixture(cfg, components)
-        elif cfg.data.is_regression:
+        if cfg.data.is_regression:
             self.builder = SinusoidTaskBuilder(self.dtype, self.device)
         else:
-            if token_ids is None:
-                raise ValueError("a text worker needs the tokenised corpus (token_ids)")
-            ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
-            self.builder = TextTaskBuilder(ids, self.device, self._open_prefix(prefix_cache, token_ids), self.dtype)
-        self._eval_algorithms: dict[int, Algorithm] = {}
-        self._feature_key: str | None = None
-        self._features: Tensor | None = None
-        self._have = torch.zeros(0, dtype=torch.bool)
-        self.poisoned: set[tuple[int, int]] = set()  # fault injection: these tasks get a NaN loss and gradient
+            if corpus is None:
+                raise ValueError("a text worker needs the tokenised corpus (corpus)")
+            self.builder = TextTaskBuilder(corpus, self.device, self._open_prefix(prefix_cache, corpus), self.dtype)
+        self._features = FeatureBank()
 
     # ------------------------------------------------------------------ helpers
-    def _open_prefix(self, spec: dict[str, Any] | None, token_ids: Any) -> Any:
+    def _open_prefix(self, spec: dict[str, Any] | None, corpus: TokenCorpus) -> Any:
         """The node's frozen-prefix cache (``spec`` from :func:`distmeta.experiment.prepare_prefix_cache`).
 
         Opened if this node has it (the driver built it before the workers started); on another
@@ -124,23 +131,9 @@ class Worker:
         if (path / "meta.json").is_file():
             cache = open_cache(path)
         else:
-            cache = open_or_build(self.module, layers, np.asarray(token_ids), np.asarray(spec["rows"]), path.parent,
-                                  progress=False)
+            cache = open_or_build(self.module, layers, corpus, np.asarray(spec["rows"]), path.parent, progress=False)
         self.module.prefix_layers = layers
         return cache
-
-    def _mixture(self, cfg: Config, components: list[Any] | None) -> tuple[TaskBuilder, Any]:
-        """A builder per ``data.mixture`` source, and the algorithm run one source at a time within a group."""
-        from distmeta.tasks.materialise import ByComponent, MixtureTaskBuilder
-
-        n = len(cfg.data.mixture or [])
-        if cfg.data.is_regression:
-            builders: list[Any] = [SinusoidTaskBuilder(self.dtype, self.device) for _ in range(n)]
-        else:
-            if components is None or len(components) != n or any(c is None for c in components):
-                raise ValueError(f"a text mixture worker needs the tokenised corpus of each of its {n} sources (components)")
-            builders = [TextTaskBuilder(torch.as_tensor(np.asarray(c), dtype=torch.long), self.device) for c in components]
-        return MixtureTaskBuilder(builders), ByComponent(self.algorithm)
 
     def _to_device(self, meta: dict[str, Any]) -> Params:
         """Meta-parameters (numpy or tensors) as tensors on this replica's device; floats in its dtype."""
@@ -190,19 +183,22 @@ class Worker:
         )
 
     def _group_grad(self, params: Params, specs: Sequence[TaskSpec]) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
-        """The group's summed meta-gradient (numpy) and per-task metric lists."""
-        batch = self.builder.build(specs)
-        # data.ways_range: a step's episodes share a shape, but steps differ; prototype heads follow the ways
-        algorithm = self._algorithm_for(specs[0].ways) if self.cfg.data.ways_range else self.algorithm  # type: ignore[union-attr]
-        with self._autocast():
-            grads, metrics = algorithm.batch_grad(params, batch, use_vmap=self.use_vmap)
-        grad_np = {n: g.detach().to("cpu", self.dtype).numpy() for n, g in grads.items()}
+        """The group's summed meta-gradient (numpy) and per-task metric lists.
+
+        Each source's tasks are one stacked batch run by the algorithm for its ways (one
+        batch for a single source); their gradients are summed in source order.
+        """
+        total: dict[str, Tensor] = {}
+        metrics: dict[str, Tensor] = {}
+        for pos, part in by_source(specs):
+            batch = self.builder.build(part)
+            with self._autocast():
+                grads, m = self.by_ways(_ways(part)).batch_grad(params, batch, use_vmap=self.use_vmap)
+            for n, g in grads.items():
+                total[n] = total[n] + g if n in total else g
+            _scatter(metrics, len(specs), pos, m)
+        grad_np = {n: g.detach().to("cpu", self.dtype).numpy() for n, g in total.items()}
         metric_lists = {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
-        poisoned = [i for i, s in enumerate(specs) if task_key(s) in self.poisoned]
-        if poisoned:  # fault injection: as if these tasks had diverged
-            grad_np = {n: g + np.float32("nan") for n, g in grad_np.items()}
-            for i in poisoned:
-                metric_lists["loss"][i] = float("nan")
         return grad_np, metric_lists
 
     def _nonfinite_tasks(self, params: Params, specs: Sequence[TaskSpec], grad: dict[str, np.ndarray],
@@ -242,60 +238,57 @@ class Worker:
         Euclidean nearest centroid, a classifier fitted on the support set) instead of
         through the algorithm.
         """
-        ways = specs[0].ways if hasattr(specs[0], "ways") else 1  # type: ignore[union-attr]
         params = self._to_device(meta)
-        if baseline and isinstance(self.builder, TextTaskBuilder):
+        metrics: dict[str, Tensor] = {}
+        for pos, part in by_source(specs):
+            _scatter(metrics, len(specs), pos, self._evaluate_part(params, part, inner_steps, cache_key, baseline))
+        return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
+
+    def _evaluate_part(self, params: Params, specs: Sequence[TaskSpec], inner_steps: int, cache_key: str | None,
+                       baseline: bool) -> dict[str, Tensor]:
+        """:meth:`evaluate` of same-shaped episodes (one source's)."""
+        ways = _ways(specs) or 1
+        text = isinstance(self.builder, TextTaskBuilder)
+        if baseline and text:
             from distmeta.baselines import baseline_metrics
 
             with self._autocast():
                 b = self._feature_batch(self.algorithm, params, specs, cache_key or "baseline")
-            metrics = baseline_metrics(b["support_f"], b["support_y"], b["query_f"], b["query_y"], ways)
-            return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
-        algorithm = self._algorithm_for(ways)
+            return baseline_metrics(b["support_f"], b["support_y"], b["query_f"], b["query_y"], ways)
+        algorithm = self.by_ways(_ways(specs))
         with self._autocast():
-            if cache_key is not None and algorithm.uses_fixed_features and isinstance(self.builder, TextTaskBuilder):
+            if cache_key is not None and algorithm.uses_fixed_features and text:
                 batch = self._feature_batch(algorithm, params, specs, cache_key)
             else:
                 batch = self.builder.build(specs)
-            metrics = algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.use_vmap)
-        return {k: [float(x) for x in v.detach().float().cpu()] for k, v in metrics.items()}
+            return algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.use_vmap)
 
     @torch.no_grad()
     def _feature_batch(self, algorithm: Algorithm, params: Params, specs: Sequence[TaskSpec], key: str) -> dict[str, Tensor]:
         """Episodes as cached pooled features instead of token ids (see :meth:`evaluate`)."""
         assert isinstance(self.builder, TextTaskBuilder)
-        ids = self.builder.token_ids
-        if self._feature_key != key:
-            self._feature_key, self._features, self._have = key, None, torch.zeros(len(ids), dtype=torch.bool)
-        sx, sy, qx, qy = self.builder.rows(specs)
-        rows = torch.tensor(sorted({r for part in (sx, qx) for task in part for r in task}), dtype=torch.long)
-        missing = rows[~self._have[rows]]
+        builder = self.builder
+        sx, sy, qx, qy = builder.rows(specs)
+        rows = np.array(sorted({r for part in (sx, qx) for task in part for r in task}), dtype=np.int64)
         model_params = algorithm.model_params(params)
-        for chunk in missing.split(256) if len(missing) else ():  # split() of an empty tensor gives one empty chunk
-            feats = algorithm.model(model_params, self.builder.inputs(chunk), head=False).to(self.dtype)
-            if self._features is None:
-                self._features = torch.zeros(len(ids), feats.shape[-1], dtype=self.dtype, device=feats.device)
-            self._features[chunk.to(feats.device)] = feats
-            self._have[chunk] = True
-        bank = self._features
-        assert bank is not None
-        take = lambda rs: bank[torch.tensor(rs, device=bank.device)]  # noqa: E731
-        lab = lambda ls: torch.tensor(ls, dtype=torch.long, device=bank.device)  # noqa: E731
+        encode = lambda chunk: algorithm.model(model_params, builder.inputs(chunk), head=False).to(self.dtype)  # noqa: E731
+        self._features.fill(key, rows, encode)
+        take = lambda rs: self._features.take(rs)  # noqa: E731
+        lab = lambda ls: torch.tensor(ls, dtype=torch.long, device=self._features.device)  # noqa: E731
         return {"support_f": take(sx), "support_y": lab(sy), "query_f": take(qx), "query_y": lab(qy)}
 
-    def _algorithm_for(self, ways: int) -> Algorithm:
-        """The algorithm for ``ways``-way episodes: a copy per number of ways for prototype classifiers."""
-        if ways == self.algorithm.ways or self.cfg.data.is_regression:
-            return self.algorithm
-        if not self.algorithm.any_ways:
-            raise ValueError(
-                f"{self.cfg.algorithm.name} has a {self.algorithm.ways}-way head: it can only be evaluated "
-                f"on {self.algorithm.ways}-way episodes, not {ways}-way (ProtoNet and Proto-MAML have no such limit)"
-            )
-        if ways not in self._eval_algorithms:
-            import copy
 
-            alg = copy.copy(self.algorithm)
-            alg.ways = ways
-            self._eval_algorithms[ways] = alg
-        return self._eval_algorithms[ways]
+def _ways(specs: Sequence[TaskSpec]) -> int | None:
+    """The ways of same-shaped episodes (None for tasks without classes)."""
+    return getattr(specs[0], "ways", None)
+
+
+def _scatter(out: dict[str, Tensor], size: int, pos: list[int], metrics: dict[str, Tensor]) -> None:
+    """Write one part's per-task ``metrics`` at positions ``pos`` of the group's ``[size]`` metrics."""
+    if len(pos) == size and not out:
+        out.update(metrics)  # the whole group in order (one source)
+        return
+    for k, v in metrics.items():
+        if k not in out:
+            out[k] = torch.zeros(size, dtype=v.dtype, device=v.device)
+        out[k][torch.tensor(pos, device=v.device)] = v

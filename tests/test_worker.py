@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from distmeta.config import load_config
@@ -124,3 +125,39 @@ def test_default_sized_models_choose_the_faster_path():
         out = 1 if cfg.data.is_regression else cfg.data.ways
         algorithm, _ = build_algorithm(cfg, build_model(cfg, vocab, out))
         assert algorithm.prefers_vmap(cfg.algorithm.vmap_max_params) is want, overrides
+
+
+def test_by_ways_copies_prototype_algorithms_and_refuses_other_ways_for_fixed_heads(tmp_path):
+    from distmeta.algorithms.by_ways import ByWays
+
+    csv_path = write_tiny_csv(tmp_path / "d.csv")
+
+    def worker(name: str) -> Worker:
+        cfg = load_config(None, [*text_tiny(csv_path), f"algorithm.name={name}"])
+        return Worker(cfg, **prepare_experiment(cfg).worker_args())
+
+    proto = worker("protonet")
+    by_ways = ByWays(proto.algorithm)
+    assert by_ways(3) is proto.algorithm and by_ways(None) is proto.algorithm  # its own ways; tasks without ways
+    five = by_ways(5)
+    assert five is not proto.algorithm and five.ways == 5 and by_ways(5) is five and proto.algorithm.ways == 3
+    assert five.model is proto.algorithm.model  # a shallow copy: one network
+    maml = ByWays(worker("maml").algorithm)
+    with pytest.raises(ValueError, match="maml has a 3-way head"):
+        maml(5)
+    sine = ByWays(Worker(load_config(None, SINUSOID_TINY)).algorithm)
+    assert sine(7) is sine.base  # one regression output, whatever the ways
+
+
+def test_eval_features_are_kept_only_for_the_rows_evaluated(tmp_path):
+    csv_path = write_tiny_csv(tmp_path / "d.csv")
+    cfg = load_config(None, [*text_tiny(csv_path), "algorithm.name=protonet"])
+    exp = prepare_experiment(cfg)
+    worker = Worker(cfg, **exp.worker_args())
+    meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
+    specs = exp.sampler("test").batch(0, 2)
+    worker.evaluate(meta, specs, inner_steps=0, cache_key="k")
+    rows = {r for s in specs for part in (s.support, s.query) for group in part for r in group}
+    assert set(worker._features.slot) == rows and len(rows) < len(exp.corpus)
+    worker.evaluate(meta, specs[:1], inner_steps=0, cache_key="other")
+    assert len(worker._features.slot) < len(rows)  # a new parameter set starts an empty bank

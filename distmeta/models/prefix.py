@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch import Tensor
 
 from distmeta.config import Config
 from distmeta.models.hf import HFEncoder
+
+if TYPE_CHECKING:
+    from distmeta.text.corpus import TokenCorpus
 
 STATES, OFFSETS, META = "states.npy", "offsets.npy", "meta.json"
 
@@ -89,8 +92,16 @@ class PrefixCache:
         return torch.from_numpy(out).to(device, dtype)
 
 
-def cache_key(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.ndarray) -> str:
-    """Identity of a cache: the prefix's parameters and buffers, the token ids of ``rows``, the layer count."""
+def _as_corpus(token_ids: "TokenCorpus | np.ndarray") -> "TokenCorpus":
+    """A :class:`~distmeta.text.corpus.TokenCorpus`, from ``[rows, L]`` padded ids if given those."""
+    from distmeta.text.corpus import TokenCorpus
+
+    return token_ids if isinstance(token_ids, TokenCorpus) else TokenCorpus.from_padded(np.asarray(token_ids))
+
+
+def cache_key(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.ndarray", rows: np.ndarray) -> str:
+    """Identity of a cache: the prefix's parameters and buffers, the padded token ids of ``rows``, the layer count."""
+    corpus = _as_corpus(token_ids)
     h = hashlib.sha256()
     h.update(f"v1:{layers}:{module.pooling}".encode())
     prefix = ("embeddings.",) + tuple(f"layers.{i}." for i in range(layers))
@@ -99,7 +110,8 @@ def cache_key(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.nd
             h.update(name.encode())
             h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(token_ids[rows]).tobytes())
+    for s in range(0, len(rows), 65536):  # the bytes of the [rows, max_length] int64 ids, a chunk at a time
+        h.update(corpus.padded(rows[s : s + 65536]).tobytes())
     return h.hexdigest()[:24]
 
 
@@ -112,13 +124,14 @@ def open_cache(path: Path) -> PrefixCache:
 
 
 @torch.no_grad()
-def _compute(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.ndarray, out: Path,
+def _compute(module: HFEncoder, layers: int, corpus: "TokenCorpus", rows: np.ndarray, out: Path,
              batch: int, progress: bool) -> None:
     """Write ``states.npy`` / ``offsets.npy`` for ``rows`` into ``out`` (rows outside get zero length)."""
     from tqdm.auto import tqdm
 
-    lengths = np.zeros(len(token_ids), dtype=np.int64)
-    lengths[rows] = (token_ids[rows] != 0).sum(1)
+    lengths = np.zeros(len(corpus), dtype=np.int64)
+    for s in range(0, len(rows), 65536):
+        lengths[rows[s : s + 65536]] = (corpus.padded(rows[s : s + 65536]) != 0).sum(1)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     states = np.lib.format.open_memmap(out / STATES, mode="w+", dtype=np.float32,
                                        shape=(int(offsets[-1]), module.embed_dim))
@@ -127,7 +140,7 @@ def _compute(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.nda
     for s in range(0, len(order), batch):
         chunk = order[s : s + batch]
         width = int(lengths[chunk].max())
-        x = torch.from_numpy(np.ascontiguousarray(token_ids[chunk, :width]))
+        x = torch.from_numpy(corpus.padded(chunk, width))
         h = module.run_layers(module.embed(x), x != 0, 0, layers).to(torch.float32).numpy()
         for i, r in enumerate(chunk):
             states[offsets[r] : offsets[r + 1]] = h[i, : lengths[r]]
@@ -138,14 +151,14 @@ def _compute(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.nda
     np.save(out / OFFSETS, offsets)
 
 
-def open_or_build(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: np.ndarray, cache_dir: Path,
+def open_or_build(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.ndarray", rows: np.ndarray, cache_dir: Path,
                   batch: int = 128, progress: bool = True) -> PrefixCache:
     """The cache for (module prefix, rows): opened if a process on this node built it, else built here.
 
     Args:
         module: the encoder whose first ``layers`` layers are frozen.
         layers: prefix length (>= 1).
-        token_ids: ``[rows, L]`` padded token ids of the whole corpus (0 = pad).
+        token_ids: the whole corpus: a :class:`~distmeta.text.corpus.TokenCorpus`, or ``[rows, L]`` padded ids (0 = pad).
         rows: the rows to cache (those of the run's classes).
         cache_dir: directory of caches; created if missing.
     Returns:
@@ -153,7 +166,8 @@ def open_or_build(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: n
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     rows = np.unique(np.asarray(rows, dtype=np.int64))
-    path = cache_dir / cache_key(module, layers, token_ids, rows)
+    corpus = _as_corpus(token_ids)
+    path = cache_dir / cache_key(module, layers, corpus, rows)
     if (path / META).is_file():
         return open_cache(path)
     with open(cache_dir / f"{path.name}.lock", "w") as lock:
@@ -165,7 +179,7 @@ def open_or_build(module: HFEncoder, layers: int, token_ids: np.ndarray, rows: n
         tmp.mkdir()
         t0 = time.perf_counter()
         try:
-            _compute(module, layers, token_ids, rows, tmp, batch, progress)
+            _compute(module, layers, corpus, rows, tmp, batch, progress)
             (tmp / META).write_text(json.dumps({"layers": layers, "rows": int(len(rows)),
                                                 "build_s": round(time.perf_counter() - t0, 3)}))
             os.replace(tmp, path)  # published whole or not at all

@@ -11,7 +11,7 @@ import distmeta
 from distmeta.config import load_config
 from distmeta.errors import ConfigError
 from distmeta.experiment import prepare_experiment
-from distmeta.tasks.materialise import MixedTask
+from distmeta.tasks.materialise import by_source
 from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
 
 SINE_MIX = ("data.mixture=[{source: sinusoid, weight: 0.7, shots: 3, queries: 4}, "
@@ -57,15 +57,18 @@ def test_worker_materialises_each_source_from_its_own_data_and_sums_the_group(co
     specs = exp.sampler("train").batch(3, 12)
     assert {s.source for s in specs} == {0, 1}
     for s in specs:  # rows of the source's own corpus, classes of its own meta-train split
-        part = exp.components[s.source]
+        part = exp.sources[s.source]
         assert set(s.classes) <= set(part.split.train)
         assert all(part.data.labels[r] == c for c, rows in zip(s.classes, s.support) for r in rows)
         assert (s.ways, s.shots) == ((2, 1) if s.source == 0 else (3, 2))
     worker = distmeta.Worker(cfg, **exp.worker_args())
-    batch = worker.builder.build(specs)
-    assert isinstance(batch, MixedTask) and [ways for _, _, ways in batch.parts] == [2, 3]
-    assert [tuple(t["support_x"].shape[:2]) for _, t, _ in batch.parts] == [
+    parts = [worker.builder.build(part) for _, part in by_source(specs)]  # one stacked batch per source
+    assert [tuple(t["support_x"].shape[:2]) for t in parts] == [
         (sum(s.source == 0 for s in specs), 2), (sum(s.source == 1 for s in specs), 6)]
+    for c, t in enumerate(parts):  # a source's rows come from its own block of the shared corpus
+        first = next(s for s in specs if s.source == c)
+        want = exp.corpus.padded(exp.corpus.global_rows(c, first.support[0]))
+        assert torch.equal(t["support_x"][0, : len(first.support[0])], torch.from_numpy(want))
     meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
     mixed = worker.meta_grad(meta, specs)
     parts = [worker.meta_grad(meta, [s for s in specs if s.source == c]) for c in (0, 1)]
