@@ -35,8 +35,9 @@ def _dot(a: Params, b: Params) -> Tensor:
 def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int) -> Params:
     """Approximate solution of ``A x = b`` for a symmetric positive-definite ``A`` after ``steps`` CG iterations.
 
-    No value-dependent control flow (vmap-safe): once the residual is exactly zero the
-    step sizes are zero instead of ``0 / 0``.
+    No value-dependent control flow (vmap-safe): once the residual is exactly zero, or a
+    search direction has non-positive curvature (``A`` not positive definite), the
+    remaining steps are zero, so ``x`` is the last iterate of the positive-definite part.
 
     Args:
         matvec: ``x -> A x`` on parameter dicts.
@@ -50,14 +51,18 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
     r = dict(b)
     p = dict(b)
     rr = _dot(r, r)
+    live = torch.ones_like(rr, dtype=torch.bool)
     for _ in range(steps):
         ap = matvec(p)
         pap = _dot(p, ap)
-        alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        # Stop for good at a direction of non-positive curvature (A indefinite: a non-convex
+        # inner loss with a small lambda) or once the residual is exactly zero.
+        live = live & (pap > 0) & (rr > 0)
+        alpha = torch.where(live, rr / torch.where(live, pap, torch.ones_like(pap)), torch.zeros_like(pap))
         x = {n: x[n] + alpha * p[n] for n in x}
         r = {n: r[n] - alpha * ap[n] for n in r}
         rr_new = _dot(r, r)
-        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        beta = torch.where(live, rr_new / torch.where(live, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = {n: r[n] + beta * p[n] for n in p}
         rr = rr_new
     return x
