@@ -67,7 +67,7 @@ def fit_problem(bundles: Sequence[Bundle], strategy: str, cluster: dict[str, flo
     head = f"a placement group of {describe_bundles(bundles)} = {fmt_resources(need)}"
     short = shortfall(need, cluster)
     if short:
-        return f"{head}, but the Ray cluster has {fmt_resources(cluster)} in all (short of {fmt_resources(short)})"
+        return f"{head}, but the Ray cluster has {fmt_resources(cluster)} in all (short of {', '.join(f'{k}={v:g}' for k, v in short.items())})"
     big = [b for b in bundles if not any(_fits(b, n) for n in nodes)]
     if big:
         return f"{head}, but no node of the Ray cluster can hold a bundle of {describe_bundles(big[:1])}"
