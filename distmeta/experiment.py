@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -168,21 +168,39 @@ def _tokenizer(cfg: Config, sources: list[Source], run_dir: Path | None, reuse_s
         return load_pretrained_tokenizer(pretrained_dir(cfg))
     if reuse_saved and tok_path is not None and tok_path.exists():
         return load_tokenizer(tok_path)
-    texts: list[str] = []
-    for src in sources:
-        rows = np.concatenate([src.data.rows_by_class()[k] for k in src.split.train])
-        texts += [src.data.texts[i] for i in np.sort(rows)]
     t = cfg.tokenizer
-    return train_tokenizer(texts, t.kind, t.vocab_size, t.min_frequency, t.lowercase)
+    return train_tokenizer(TrainTexts(sources), t.kind, t.vocab_size, t.min_frequency, t.lowercase)
+
+
+class TrainTexts:
+    """The meta-train texts of every source (rows in corpus order, source by source), streamed in batches."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.parts = []
+        for src in sources:
+            rows = np.sort(np.concatenate([src.data.rows_by_class()[k] for k in src.split.train]))
+            texts = src.data.texts
+            self.parts.append(texts.select(rows) if hasattr(texts, "select") else [texts[i] for i in rows])
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def batches(self, size: int) -> Iterator[list[str]]:
+        """The texts in order, at most ``size`` at a time."""
+        for part in self.parts:
+            if hasattr(part, "batches"):
+                yield from part.batches(size)
+            else:
+                for i in range(0, len(part), size):
+                    yield part[i : i + size]
 
 
 def _tokenise(cfg: Config, c: int, src: Source, tokenizer: Any) -> Any:
-    """Source ``c``'s rows as a compact ragged corpus; a row that encodes to no tokens is refused."""
-    from distmeta.text import encode
-    from distmeta.text.corpus import TokenCorpus
+    """Source ``c``'s rows as a compact ragged corpus (tokenised once, then from the on-disk cache); a row that
+    encodes to no tokens is refused."""
+    from distmeta.text.tokenize import tokenize_corpus
 
-    corpus = TokenCorpus.from_padded(encode(tokenizer, src.data.texts, cfg.data.max_length).numpy(),
-                                     tokenizer.get_vocab_size())
+    corpus = tokenize_corpus(tokenizer, src.data.texts, cfg.data.max_length)
     if len(corpus) and corpus.lengths().min() == 0:
         where = f"data source {src.cfg.source!r}" if cfg.data.mixture is None else \
             f"data.mixture.{c} ({src.cfg.source})"

@@ -1,11 +1,67 @@
 """A labelled text corpus in the one shape the rest of distmeta uses."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 import numpy as np
 
 from distmeta.errors import DataError
+
+
+class TextColumn(Sequence[str]):
+    """One string column of an HF ``datasets.Dataset``, read on demand from its Arrow table.
+
+    The corpus's texts stay in Arrow memory (memory-mapped for files and the HF cache), so a
+    driver holding a :class:`LabelledText` of millions of rows keeps only labels in Python and
+    numpy. Behaves as a read-only list of strings; :meth:`batches` streams it.
+
+    Args:
+        dataset: the Dataset (any indices mapping is honoured).
+        column: the name of its string column.
+    """
+
+    def __init__(self, dataset: Any, column: str) -> None:
+        self.dataset = dataset.select_columns([column])
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return self.dataset[i][self.column]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return self.dataset[i % n][self.column]
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self, size: int = 10_000) -> Iterator[list[str]]:
+        """The texts in order, ``size`` at a time."""
+        for table in self.dataset.with_format("arrow").iter(batch_size=size):
+            yield table.column(self.column).to_pylist()
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> "TextColumn":
+        """The texts of ``rows``, in that order (a view: nothing is copied)."""
+        return TextColumn(self.dataset.select(np.asarray(rows, dtype=np.int64)), self.column)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, TextColumn)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -16,7 +72,7 @@ class LabelledText:
     errors and run records can name it.
     """
 
-    texts: list[str]
+    texts: Sequence[str]  # a TextColumn for loaded corpora; any sequence of strings works
     labels: np.ndarray
     class_names: list[str]
     source: str

@@ -24,16 +24,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from distmeta.config import DataConfig
-from distmeta.data.labelled import LabelledText
+from distmeta.data.columns import check_texts, encode_labels
+from distmeta.data.labelled import LabelledText, TextColumn
 from distmeta.errors import DataError
 
 FILE_BUILDERS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 """Source prefix -> the ``datasets`` packaged builder that reads it."""
-
-_SHOW_ROWS = 5
 
 
 def load_source(cfg: DataConfig) -> LabelledText:
@@ -117,21 +115,13 @@ def _describe(err: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-def _column(ds: Any, name: str) -> list[Any]:
-    """One column as Python values, through arrow (fast, and honours any index mapping)."""
-    return ds.with_format("arrow")[name].to_pylist()
-
-
-def _rows_text(rows: list[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:_SHOW_ROWS])
-    return shown + (", ..." if len(rows) > _SHOW_ROWS else "")
-
-
 def to_labelled(ds: Any, text_column: str, label_column: str, source: str, where: str) -> LabelledText:
     """Check a loaded Dataset and turn it into a :class:`LabelledText`.
 
     ``where`` names the origin in messages ("file '/x.csv'"). Row numbers in messages
-    count data rows from 0 (a CSV header line is not a row).
+    count data rows from 0 (a CSV header line is not a row). The texts stay in the
+    Dataset's Arrow table (a :class:`~distmeta.data.labelled.TextColumn`); checks and label
+    encoding run in Arrow, a batch at a time.
     """
     if len(ds) == 0:
         raise DataError(f"{where} has no rows")
@@ -141,52 +131,6 @@ def to_labelled(ds: Any, text_column: str, label_column: str, source: str, where
             raise DataError(
                 f"{where} has no {role} column {col!r} (set data.{role}_column); available columns: {available}"
             )
-    texts = _column(ds, text_column)
-    bad_type = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
-    if bad_type:
-        i = bad_type[0]
-        raise DataError(
-            f"{where}: text column {text_column!r} holds {type(texts[i]).__name__} values, not strings "
-            f"({len(bad_type)} rows, e.g. row {i}: {texts[i]!r}); is data.text_column the right column?"
-        )
-    empty = [i for i, t in enumerate(texts) if t is None or not t.strip()]
-    if empty:
-        raise DataError(
-            f"{where}: {len(empty)} of {len(texts)} rows have an empty or null text in column {text_column!r} "
-            f"(rows {_rows_text(empty)}, counted from 0)"
-        )
-    raw_labels = _column(ds, label_column)
-    missing = [i for i, y in enumerate(raw_labels) if y is None or (isinstance(y, float) and y != y)]
-    if missing:
-        raise DataError(
-            f"{where}: {len(missing)} of {len(raw_labels)} rows have a null (or NaN) label in column {label_column!r} "
-            f"(rows {_rows_text(missing)}, counted from 0)"
-        )
-    names = _label_names(ds, label_column, raw_labels, where)
-    class_names = sorted(set(names))
-    index = {n: i for i, n in enumerate(class_names)}
-    labels = np.fromiter((index[n] for n in names), dtype=np.int64, count=len(names))
-    return LabelledText(texts=texts, labels=labels, class_names=class_names, source=source)
-
-
-def _label_names(ds: Any, column: str, raw: list[Any], where: str) -> list[str]:
-    """Each row's class name: ``str(label)``, or the ``ClassLabel`` name for HF class ids."""
-    import datasets
-
-    bad = [i for i, y in enumerate(raw) if not isinstance(y, (str, int, float, np.integer, np.floating))]
-    if bad:
-        i = bad[0]
-        raise DataError(
-            f"{where}: label column {column!r} must hold strings or integers, got {type(raw[i]).__name__} "
-            f"at row {i}: {raw[i]!r}"
-        )
-    feature = ds.features.get(column)
-    if isinstance(feature, datasets.ClassLabel):
-        out_of_range = [i for i, y in enumerate(raw) if not 0 <= int(y) < feature.num_classes]
-        if out_of_range:
-            raise DataError(
-                f"{where}: label column {column!r} has ids outside its {feature.num_classes} classes "
-                f"(rows {_rows_text(out_of_range)}, e.g. {raw[out_of_range[0]]!r})"
-            )
-        return [feature.int2str(int(y)) for y in raw]
-    return [str(y) for y in raw]
+    check_texts(ds, text_column, where)
+    labels, class_names = encode_labels(ds, label_column, where)
+    return LabelledText(texts=TextColumn(ds, text_column), labels=labels, class_names=class_names, source=source)

@@ -1,4 +1,5 @@
-"""Tokenisation: texts to fixed-length id tensors (``[PAD]`` = 0)."""
+"""Tokenisation: tokenizers, and corpora as compact ragged token ids cached on disk (``[PAD]`` = 0)."""
+from distmeta.text.corpus import TokenCorpus
 from distmeta.text.tokenizer import (
     PAD_ID,
     SPECIAL_TOKENS,
@@ -8,7 +9,8 @@ from distmeta.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from distmeta.text.tokenize import tokenize_corpus
 
 __all__ = [
-    "PAD_ID", "SPECIAL_TOKENS", "encode", "load_pretrained_tokenizer", "load_tokenizer", "save_tokenizer", "train_tokenizer",
+    "PAD_ID", "TokenCorpus", "tokenize_corpus", "SPECIAL_TOKENS", "encode", "load_pretrained_tokenizer", "load_tokenizer", "save_tokenizer", "train_tokenizer",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,13 +43,23 @@ def train_tokenizer(
     ``[CLS] ... [SEP]``. The same texts in the same order give the same tokenizer.
     """
     if kind == "wordpiece":
-        return _train_wordpiece(list(texts), vocab_size, min_frequency, lowercase)
+        return _train_wordpiece(texts, vocab_size, min_frequency, lowercase)
     if kind == "bpe":
-        return _train_bpe(list(texts), vocab_size, min_frequency, lowercase)
+        return _train_bpe(texts, vocab_size, min_frequency, lowercase)
     raise ConfigError(f"tokenizer.kind must be 'wordpiece' or 'bpe' to train a tokenizer, got {kind!r}")
 
 
-def _train_bpe(texts: list[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
+def _stream(texts: Sequence[str], size: int = 10_000) -> Iterator[list[str]]:
+    """``texts`` in order, ``size`` at a time: a TextColumn streams from Arrow, nothing is copied whole."""
+    batches = getattr(texts, "batches", None)
+    if batches is not None:
+        yield from batches(size)
+        return
+    for i in range(0, len(texts), size):
+        yield list(texts[i : i + size])
+
+
+def _train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
     """Byte-level BPE: every string is representable, so [UNK] never appears.
 
     The whole byte alphabet is given up front, so token ids do not depend on the
@@ -63,7 +73,7 @@ def _train_bpe(texts: list[str], vocab_size: int, min_frequency: int, lowercase:
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator(_stream(texts), trainer=trainer, length=len(texts))
     tok.post_processor = _cls_sep(tok)
     _check_pad(tok, "trained bpe tokenizer")
     return tok
@@ -77,7 +87,7 @@ def _wordpiece_base(lowercase: bool) -> Tokenizer:
     return tok
 
 
-def _train_wordpiece(texts: list[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
+def _train_wordpiece(texts: Sequence[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
     """WordPiece training made deterministic across processes.
 
     The Rust trainer numbers the ``##c`` continuation tokens in hash-map order, which
@@ -89,14 +99,14 @@ def _train_wordpiece(texts: list[str], vocab_size: int, min_frequency: int, lowe
     """
     probe = _wordpiece_base(lowercase)
     probe.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=0, special_tokens=SPECIAL_TOKENS, show_progress=False), length=len(texts)
+        _stream(texts), trainers.WordPieceTrainer(vocab_size=0, special_tokens=SPECIAL_TOKENS, show_progress=False), length=len(texts)
     )
     pinned = sorted(t for t in probe.get_vocab() if t.startswith("##") and len(t) > 2)
     tok = _wordpiece_base(lowercase)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS + pinned, show_progress=False
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator(_stream(texts), trainer=trainer, length=len(texts))
     state = json.loads(tok.to_str())
     state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] in SPECIAL_TOKENS]
     tok = Tokenizer.from_str(json.dumps(state))

@@ -1,0 +1,114 @@
+"""Checks and encodings of a Dataset's text and label columns, computed in Arrow a batch at a time.
+
+A corpus of millions of rows never becomes millions of Python objects here: texts are
+checked by Arrow compute kernels and stay in the Dataset, labels become an ``int64`` array
+of class ids through their distinct values. Every refusal names the column and the rows
+(counted from 0), as :func:`distmeta.data.sources.to_labelled` documents.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from distmeta.errors import DataError
+
+BATCH = 500_000  # rows per Arrow batch: bounds the temporary arrays of a check
+_SHOW_ROWS = 5
+
+
+def rows_text(rows: list[int]) -> str:
+    """``1, 2, 4, ...``: the first few row numbers of a refusal."""
+    shown = ", ".join(str(r) for r in rows[:_SHOW_ROWS])
+    return shown + (", ..." if len(rows) > _SHOW_ROWS else "")
+
+
+def _batches(ds: Any, column: str) -> Iterator[tuple[int, pa.Array]]:
+    """(first row, column values) of each batch of ``ds``."""
+    start = 0
+    for table in ds.with_format("arrow").iter(batch_size=BATCH):
+        values = table.column(column).combine_chunks()
+        yield start, values
+        start += len(values)
+
+
+def _hits(mask: pa.Array, start: int) -> list[int]:
+    """Row numbers where ``mask`` is true (null counts as false)."""
+    return (np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)) + start).tolist()
+
+
+def check_texts(ds: Any, column: str, where: str) -> None:
+    """Refuse a text column of non-strings, or with empty / whitespace-only / null texts."""
+    kind = ds.features[column]
+    dtype = getattr(kind, "dtype", None)
+    if dtype not in ("string", "large_string", "null"):
+        for start, values in _batches(ds, column):
+            valid = _hits(values.is_valid(), start)
+            if valid:
+                first = values[valid[0] - start].as_py()
+                raise DataError(
+                    f"{where}: text column {column!r} holds {type(first).__name__} values, not strings "
+                    f"({len(ds)} rows, e.g. row {valid[0]}: {first!r}); is data.text_column the right column?")
+    empty: list[int] = []
+    for start, values in _batches(ds, column):
+        if pa.types.is_null(values.type):
+            empty += list(range(start, start + len(values)))
+            continue
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
+        empty += _hits(pc.or_kleene(values.is_null(), blank), start)
+    if empty:
+        raise DataError(
+            f"{where}: {len(empty)} of {len(ds)} rows have an empty or null text in column {column!r} "
+            f"(rows {rows_text(empty)}, counted from 0)")
+
+
+def encode_labels(ds: Any, column: str, where: str) -> tuple[np.ndarray, list[str]]:
+    """Class ids (``int64``, one per row) and class names (sorted ``str(label)``, or ClassLabel names).
+
+    Raises:
+        DataError: null or NaN labels, labels that are neither strings nor numbers, ClassLabel ids out of range.
+    """
+    import datasets
+
+    missing: list[int] = []
+    distinct: list[pa.Array] = []
+    for start, values in _batches(ds, column):
+        t = values.type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+                or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+            first = values[_hits(values.is_valid(), 0)[0]].as_py() if values.null_count < len(values) else None
+            raise DataError(f"{where}: label column {column!r} must hold strings or integers, got "
+                            f"{type(first).__name__} at row {start}: {first!r}")
+        bad = values.is_null()
+        if pa.types.is_floating(t):
+            bad = pc.or_kleene(bad, pc.is_nan(values))
+        missing += _hits(bad, start)
+        distinct.append(pc.unique(values.drop_null()))
+    if missing:
+        raise DataError(
+            f"{where}: {len(missing)} of {len(ds)} rows have a null (or NaN) label in column {column!r} "
+            f"(rows {rows_text(missing)}, counted from 0)")
+    uniques = pc.unique(pa.chunked_array(distinct).combine_chunks()) if distinct else pa.array([])
+    feature = ds.features.get(column)
+    raw = uniques.to_pylist()
+    if isinstance(feature, datasets.ClassLabel):
+        out = [y for y in raw if not 0 <= int(y) < feature.num_classes]
+        if out:
+            rows = [r for start, v in _batches(ds, column) for r in _hits(pc.is_in(v, pa.array(out)), start)]
+            raise DataError(f"{where}: label column {column!r} has ids outside its {feature.num_classes} classes "
+                            f"(rows {rows_text(rows)}, e.g. {out[0]!r})")
+        names = [feature.int2str(int(y)) for y in raw]
+    else:
+        names = [str(y) for y in raw]
+    class_names = sorted(set(names))
+    index = {n: i for i, n in enumerate(class_names)}
+    lookup = np.array([index[n] for n in names], dtype=np.int64)
+    labels = np.empty(len(ds), dtype=np.int64)
+    for start, values in _batches(ds, column):
+        labels[start : start + len(values)] = lookup[pc.index_in(values, value_set=uniques).to_numpy()]
+    return labels, class_names
+
+
+__all__ = ["check_texts", "encode_labels", "rows_text"]

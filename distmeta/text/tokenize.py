@@ -1,0 +1,188 @@
+"""Tokenise a corpus once per node: ``datasets.map`` in batches, packed as a compact ragged corpus on disk.
+
+:func:`tokenize_corpus` encodes every text with ``[CLS] ... [SEP]``, truncated to
+``max_length`` (the ids :func:`distmeta.text.encode` gives, without its padding), in
+batches through ``datasets.map`` over the corpus's Arrow table, in several processes for
+large corpora. The result is written as ``ids.npy`` (the smallest unsigned type the
+vocabulary allows) and ``offsets.npy`` under a key made from the corpus content, the
+tokenizer and ``max_length``, so a second run (or another run on the same corpus)
+memory-maps it instead of tokenising again. Neither the texts nor the ids are ever held as
+Python objects or padded arrays for the whole corpus.
+
+Files live in ``$DISTMETA_CACHE_DIR/tokens`` (default ``~/.cache/distmeta/tokens``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from distmeta.text.corpus import TokenCorpus, id_dtype, offset_dtype
+
+FORMAT = "tokens-v1"
+IDS, OFFSETS, META = "ids.npy", "offsets.npy", "meta.json"
+ROWS_PER_PROCESS = 250_000  # corpora below this are tokenised in one process (a pool costs seconds to start)
+MAP_BATCH = 10_000
+
+_TOKENIZERS: dict[str, Any] = {}  # per process: the parsed tokenizer of each map call
+
+
+def tokens_cache_dir() -> Path:
+    """``$DISTMETA_CACHE_DIR/tokens``, else ``$XDG_CACHE_HOME/distmeta/tokens``, else ``~/.cache/distmeta/tokens``."""
+    from distmeta.data.icd10cm import cache_root
+
+    return cache_root() / "tokens"
+
+
+def _as_dataset(texts: Sequence[str]) -> tuple[Any, str]:
+    """(Dataset, column) of ``texts``: a TextColumn's own Dataset, or a small in-memory one for a list."""
+    import datasets
+
+    from distmeta.data.labelled import TextColumn
+
+    if isinstance(texts, TextColumn):
+        return texts.dataset, texts.column
+    features = datasets.Features({"text": datasets.Value("string")})
+    return datasets.Dataset.from_dict({"text": list(texts)}, features=features), "text"
+
+
+def content_hash(ds: Any, column: str) -> str:
+    """SHA-256 of a string column's texts in order: their lengths and their bytes (batching does not matter)."""
+    import pyarrow as pa
+
+    lengths, data = hashlib.sha256(), hashlib.sha256()
+    for table in ds.with_format("arrow").iter(batch_size=MAP_BATCH * 10):
+        for arr in table.column(column).chunks:
+            large = pa.types.is_large_string(arr.type)
+            bufs = arr.buffers()
+            offs = np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32)[arr.offset : arr.offset + len(arr) + 1]
+            lengths.update(np.diff(offs).astype(np.int64).tobytes())
+            if bufs[2] is not None and offs[-1] > offs[0]:
+                data.update(memoryview(bufs[2])[int(offs[0]) : int(offs[-1])])
+    return hashlib.sha256(lengths.digest() + data.digest()).hexdigest()
+
+
+def _encode_batch(batch: Any, column: str, key: str, tokenizer_json: str, max_length: int, dtype: str) -> Any:
+    """``datasets.map`` function: an Arrow batch of texts -> an Arrow table with one ``ids`` list per row."""
+    import pyarrow as pa
+    from tokenizers import Tokenizer
+
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        tok = Tokenizer.from_str(tokenizer_json)
+        tok.no_padding()
+        tok.enable_truncation(max_length=max_length)
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = tok
+    encodings = tok.encode_batch(batch.column(column).to_pylist())
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    flat = np.fromiter((i for e in encodings for i in e.ids), dtype=dtype, count=int(lengths.sum()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))})
+
+
+def _procs(rows: int) -> int:
+    """Processes for ``rows`` texts: ``$DISTMETA_TOKENIZE_PROCS``, else one per ``ROWS_PER_PROCESS`` up to the CPUs."""
+    explicit = os.environ.get("DISTMETA_TOKENIZE_PROCS")
+    if explicit:
+        return max(1, int(explicit))
+    return max(1, min(os.cpu_count() or 1, rows // ROWS_PER_PROCESS))
+
+
+def _pack(mapped: Any, out: Path, rows: int, dtype: np.dtype) -> None:
+    """Write the mapped ``ids`` lists as ``ids.npy`` + ``offsets.npy`` in ``out``, a chunk at a time."""
+    chunks = mapped.with_format("arrow").data.column("ids").chunks
+    spans = [(np.asarray(c.offsets)[0], np.asarray(c.offsets)[-1]) for c in chunks]
+    total = int(sum(int(b) - int(a) for a, b in spans))
+    ids = np.lib.format.open_memmap(out / IDS, mode="w+", dtype=dtype, shape=(total,))
+    offsets = np.lib.format.open_memmap(out / OFFSETS, mode="w+", dtype=offset_dtype(total), shape=(rows + 1,))
+    offsets[0] = 0
+    row = tok = 0
+    for chunk in chunks:
+        offs = np.asarray(chunk.offsets).astype(np.int64)
+        values = np.asarray(chunk.values)[offs[0] : offs[-1]]
+        ids[tok : tok + len(values)] = values
+        offsets[row + 1 : row + len(chunk) + 1] = offs[1:] - offs[0] + tok
+        row, tok = row + len(chunk), tok + len(values)
+    assert row == rows and tok == total
+    ids.flush()
+    offsets.flush()
+    del ids, offsets
+
+
+def open_tokens(path: Path, max_length: int) -> TokenCorpus:
+    """Map a finished token cache read-only."""
+    return TokenCorpus(np.load(path / IDS, mmap_mode="r"), np.load(path / OFFSETS, mmap_mode="r"), max_length)
+
+
+def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache_dir: Path | None = None) -> TokenCorpus:
+    """The corpus of ``texts`` as compact ragged token ids, from the on-disk cache when this corpus was tokenised before.
+
+    Args:
+        tokenizer: an HF ``tokenizers.Tokenizer`` (``[PAD]`` = 0; its post-processor adds ``[CLS]``/``[SEP]``).
+        texts: the corpus's texts: a :class:`~distmeta.data.labelled.TextColumn`, or any list of strings.
+        max_length: tokens kept per row (the rest truncated); rows are padded to it when materialised.
+        cache_dir: where token caches live (default :func:`tokens_cache_dir`).
+    Returns:
+        The memory-mapped :class:`~distmeta.text.corpus.TokenCorpus`.
+    """
+    ds, column = _as_dataset(texts)
+    tokenizer_json = tokenizer.to_str()
+    dtype = id_dtype(tokenizer.get_vocab_size())
+    key = hashlib.sha256(json.dumps([FORMAT, content_hash(ds, column), max_length, dtype.str]).encode()
+                         + tokenizer_json.encode()).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir is not None else tokens_cache_dir()
+    path = root / key
+    if (path / META).is_file():
+        return open_tokens(path, max_length)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        _build(ds, column, tokenizer_json, key, max_length, dtype, tmp)
+        try:
+            os.replace(tmp, path)  # published whole or not at all
+        except OSError:  # another process published it first: keep theirs
+            if not (path / META).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return open_tokens(path, max_length)
+
+
+def _build(ds: Any, column: str, tokenizer_json: str, key: str, max_length: int, dtype: np.dtype, out: Path) -> None:
+    """Tokenise ``ds[column]`` with ``datasets.map`` into ``out`` (ids, offsets, meta)."""
+    import datasets
+
+    procs = _procs(len(ds))
+    parallel = os.environ.get("TOKENIZERS_PARALLELISM")
+    if procs > 1:  # each process encodes its own shard; the Rust pool inside a forked child could deadlock
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        mapped = ds.with_format("arrow").map(
+            _encode_batch, batched=True, batch_size=MAP_BATCH, num_proc=procs if procs > 1 else None,
+            remove_columns=list(ds.column_names), new_fingerprint=key, cache_file_name=str(out / "map.arrow"),
+            fn_kwargs={"column": column, "key": key, "tokenizer_json": tokenizer_json, "max_length": max_length,
+                       "dtype": dtype.str},
+            features=datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name))}),
+        )
+        _pack(mapped, out, len(ds), dtype)
+    finally:
+        if procs > 1:
+            if parallel is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = parallel
+    del mapped
+    for f in out.glob("map*.arrow"):
+        f.unlink()
+    (out / META).write_text(json.dumps({"format": FORMAT, "rows": len(ds), "max_length": max_length,
+                                        "dtype": dtype.name, "procs": procs}))
+
+
+__all__ = ["content_hash", "open_tokens", "tokenize_corpus", "tokens_cache_dir"]

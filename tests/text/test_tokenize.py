@@ -1,0 +1,59 @@
+"""tokenize_corpus: the ids encode() gives (without padding), from datasets.map in one or several processes,
+cached on disk by corpus content and tokenizer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distmeta.text.tokenize as tokenize
+from distmeta.config import DataConfig
+from distmeta.data import load_source
+from distmeta.text import encode, train_tokenizer
+from distmeta.text.tokenize import tokenize_corpus
+from tests.helpers import write_tiny_csv
+
+
+@pytest.fixture()
+def corpus_and_tokenizer(tmp_path):
+    data = load_source(DataConfig(source=f"csv:{write_tiny_csv(tmp_path / 'd.csv', per_class=30)}"))
+    return data, train_tokenizer(list(data.texts), "wordpiece", 200, 1, True)
+
+
+def test_ids_equal_the_padded_encoding_in_one_or_several_processes(corpus_and_tokenizer, tmp_path, monkeypatch):
+    data, tok = corpus_and_tokenizer
+    ref = encode(tok, list(data.texts), 8).numpy()  # 8 < the longest row: truncation included
+    one = tokenize_corpus(tok, data.texts, 8, cache_dir=tmp_path / "one")
+    monkeypatch.setenv("DISTMETA_TOKENIZE_PROCS", "2")
+    two = tokenize_corpus(tok, data.texts, 8, cache_dir=tmp_path / "two")
+    rows = np.arange(len(data))
+    for corpus in (one, two):
+        assert corpus.ids.dtype == np.uint8 and len(corpus) == len(data)  # a 200-token vocabulary fits a byte
+        np.testing.assert_array_equal(corpus.padded(rows), ref)
+    assert isinstance(one.ids, np.memmap) and one.nbytes < ref.nbytes / 4
+    np.testing.assert_array_equal(tokenize_corpus(tok, ["a list", "of texts"], 8, cache_dir=tmp_path / "l").padded([0, 1]),
+                                  encode(tok, ["a list", "of texts"], 8).numpy())
+
+
+def test_a_second_run_reads_the_cache_and_another_corpus_or_tokenizer_does_not(corpus_and_tokenizer, tmp_path, monkeypatch):
+    data, tok = corpus_and_tokenizer
+    first = tokenize_corpus(tok, data.texts, 16, cache_dir=tmp_path)
+    built = []
+    real = tokenize._build
+    monkeypatch.setattr(tokenize, "_build", lambda *a: built.append(1) or real(*a))
+    again = tokenize_corpus(tok, data.texts, 16, cache_dir=tmp_path)
+    assert built == [] and np.array_equal(again.ids, first.ids)
+    tokenize_corpus(tok, data.texts.select(range(len(data) - 1)), 16, cache_dir=tmp_path)  # other content
+    tokenize_corpus(tok, data.texts, 12, cache_dir=tmp_path)  # other max_length
+    other = train_tokenizer(list(data.texts), "bpe", 300, 1, True)
+    tokenize_corpus(other, data.texts, 16, cache_dir=tmp_path)
+    assert built == [1, 1, 1] and len([p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 4
+
+
+def test_content_hash_ignores_batching_but_not_text(corpus_and_tokenizer, monkeypatch):
+    data, _ = corpus_and_tokenizer
+    ds, col = data.texts.dataset, data.texts.column
+    h = tokenize.content_hash(ds, col)
+    monkeypatch.setattr(tokenize, "MAP_BATCH", 3)
+    assert tokenize.content_hash(ds, col) == h
+    changed = ds.map(lambda r, i: {col: r[col] + ("!" if i == 5 else "")}, with_indices=True)
+    assert tokenize.content_hash(changed, col) != h
