@@ -1,0 +1,195 @@
+"""distmeta against the peer libraries on the same meta-batches: time and peak memory per meta-batch.
+
+For each case, one meta-batch of tasks is built by distmeta's worker, and every
+implementation computes the summed meta-gradient of those tasks from the same
+parameters: distmeta (``Worker.meta_grad``, task building and the numpy hand-off
+included), the tutorial loop (``autograd.grad(create_graph=True)``), ``higher``,
+``torchopt``'s functional API and ``learn2learn`` (reported, not skipped, when it does not
+install). Before any timing each peer's meta-gradient must equal distmeta's (relative
+error <= 1e-5 in float64), else the case stops. Rounds are interleaved in this one process
+with one torch thread; the speed-up is the median over rounds of peer time / distmeta time.
+Peak memory is measured in a separate, untimed call (distmeta.runtime.memory.peak_memory).
+
+    .venv/bin/python benchmarks/peers.py [--rounds 7] [--meta-batch 16] [--cases sinusoid-maml,...] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from peer_impls import MAML_PEERS, Setting, leaf_model, learn2learn_status, tutorial_protonet  # noqa: E402
+
+BAG = "configs/bag_protonet.yaml"
+SIN = ["data.source=sinusoid", "model.name=mlp", "data.shots=10", "data.queries=10", "algorithm.inner_lr=0.01"]
+BAG_260K = ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "data.queries=5", "algorithm.inner_lr=0.1"]
+TRANSFORMER_2M = ["model.name=transformer", "model.dim=192", "model.layers=2", "model.heads=4", "model.ff_dim=256",
+                  "tokenizer.vocab_size=8000", "data.queries=5", "algorithm.inner_lr=0.1"]
+FIVE = ["algorithm.inner_steps=5"]
+#: name -> (base config, overrides); the algorithm decides which peers apply.
+CASES: dict[str, tuple[str | None, list[str]]] = {
+    "sinusoid-maml": (BAG, [*SIN, *FIVE, "algorithm.name=maml"]),
+    "bag260k-maml": (BAG, [*BAG_260K, *FIVE, "algorithm.name=maml"]),
+    "transformer2m-maml": (BAG, [*TRANSFORMER_2M, *FIVE, "algorithm.name=maml"]),
+    "sinusoid-fomaml": (BAG, [*SIN, *FIVE, "algorithm.name=fomaml"]),
+    "bag260k-fomaml": (BAG, [*BAG_260K, *FIVE, "algorithm.name=fomaml"]),
+    "default-protonet": (None, ["data.ways_range=null"]),
+}
+MAX_REL_ERR = 1e-5
+
+
+def build(base: str | None, overrides: list[str], meta_batch: int, dtype: str, extra: list[str]) -> dict[str, Any]:
+    """The case's worker, meta-parameters, task specs and the tensors of those tasks."""
+    from distmeta.config import load_config
+    from distmeta.experiment import prepare_experiment
+    from distmeta.worker import Worker
+
+    os.environ.pop("DISTMETA_BASE_CONFIG", None)
+    cfg = load_config(base, [*overrides, f"train.meta_batch={meta_batch}", f"algorithm.group_size={meta_batch}",
+                             f"dtype={dtype}", "threads=1", "workers=0", *extra])
+    exp = prepare_experiment(cfg)
+    worker = Worker(cfg, **exp.worker_args())
+    specs = exp.sampler("train").batch(0, meta_batch)
+    meta = {n: t.to(worker.dtype) for n, t in worker.initial_meta.items()}
+    return {"cfg": cfg, "worker": worker, "specs": specs, "meta": meta, "batch": worker.builder.build(specs)}
+
+
+def implementations(case: dict[str, Any]) -> dict[str, Callable[[], dict[str, torch.Tensor]] | str]:
+    """name -> a call returning the summed meta-gradient, or a string saying why that peer does not run."""
+    cfg, worker, meta, batch = case["cfg"], case["worker"], case["meta"], case["batch"]
+    meta_np = {n: t.numpy() for n, t in meta.items()}
+    impls: dict[str, Callable[[], dict[str, torch.Tensor]] | str] = {
+        "distmeta": lambda: {n: torch.from_numpy(g) for n, g in worker.meta_grad(meta_np, case["specs"]).grad.items()},
+    }
+    alg = worker.algorithm
+    if cfg.algorithm.name == "protonet":
+        temp = meta.get("temperature")
+        model = leaf_model(worker.module, meta)
+        leaf_t = temp.clone().requires_grad_() if temp is not None else None
+        leaves = {**dict(model.named_parameters()), **({"temperature": leaf_t} if leaf_t is not None else {})}
+        if alg.distance == "cosine" and not alg.learn_temperature:
+            leaf_t = torch.tensor(alg.temperature)
+        impls["tutorial"] = grads_of(lambda: tutorial_protonet(model, batch, alg.ways, leaf_t), leaves, meta)
+        for peer in ("higher", "torchopt", "learn2learn"):
+            impls[peer] = "no inner loop in ProtoNet: nothing for this library to differentiate through"
+        return impls
+    assert set(alg.adapt) == set(meta), "the peers adapt every meta-parameter"
+    setting = Setting(cfg.algorithm.inner_lr, cfg.algorithm.inner_steps, alg.first_order, alg.loss)
+    l2l = learn2learn_status()
+    for name, fn in MAML_PEERS.items():
+        if name == "learn2learn" and l2l:
+            impls[name] = "not importable (see the first lines)"
+            continue
+        model = leaf_model(worker.module, meta)
+        impls[name] = grads_of(lambda fn=fn, model=model: fn(model, batch, setting), dict(model.named_parameters()), meta)
+    return impls
+
+
+def grads_of(run: Callable[[], None], leaves: dict[str, torch.Tensor], meta: dict[str, Any]) -> Callable[[], dict[str, torch.Tensor]]:
+    """A call that clears the leaves' gradients, runs the peer and returns the gradients of ``meta``'s names."""
+    def call() -> dict[str, torch.Tensor]:
+        for p in leaves.values():
+            p.grad = None
+        with torch.enable_grad():
+            run()
+        return {n: leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n]) for n in meta}
+    return call
+
+
+def relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    """Largest per-parameter ``||got - want|| / ||want||`` (absolute where ``want`` is zero)."""
+    worst = 0.0
+    for n, w in want.items():
+        diff = float((got[n].to(w.dtype) - w).norm())
+        worst = max(worst, diff / float(w.norm()) if float(w.norm()) > 0 else diff)
+    return worst
+
+
+def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Check, then time and measure every implementation of one case."""
+    from distmeta.runtime.memory import MB, cpu_peak_supported, peak_memory
+
+    base, overrides = CASES[name]
+    case = build(base, overrides, args.meta_batch, args.dtype, args.set)
+    impls = implementations(case)
+    n_params = sum(t.numel() for t in case["meta"].values())
+    row: dict[str, Any] = {"case": name, "params": n_params, "vmap": case["worker"].use_vmap, "peers": {}}
+    want = impls["distmeta"]()  # type: ignore[operator]
+    runnable = {}
+    for impl, fn in impls.items():
+        if isinstance(fn, str):
+            row["peers"][impl] = {"skipped": fn}
+            print(f"  {name}: {impl}: {fn}", flush=True)
+            continue
+        err = relative_error(fn(), want) if impl != "distmeta" else 0.0
+        if err > MAX_REL_ERR:
+            raise SystemExit(f"{name}: {impl}'s meta-gradient differs from distmeta's (relative error {err:.2e} > "
+                             f"{MAX_REL_ERR}); not timing a different computation")
+        row["peers"][impl] = {"rel_err": err}
+        runnable[impl] = fn
+    times: dict[str, list[float]] = {k: [] for k in runnable}
+    for _ in range(args.rounds):
+        for impl, fn in runnable.items():
+            t0 = time.perf_counter()
+            fn()
+            times[impl].append(time.perf_counter() - t0)
+    for impl in runnable:
+        ratios = [p / d for p, d in zip(times[impl], times["distmeta"])]
+        peak = peak_memory(runnable[impl])[1] / MB if cpu_peak_supported() else float("nan")
+        row["peers"][impl].update(median_s=statistics.median(times[impl]), speedup=statistics.median(ratios), peak_mb=peak)
+    return row
+
+
+def print_row(row: dict[str, Any]) -> None:
+    print(f"\n{row['case']}  ({row['params']:,} meta-parameters, distmeta path: {'vmap' if row['vmap'] else 'loop'})")
+    print(f"  {'implementation':12} {'median s':>9} {'distmeta x':>10} {'peak MB':>8} {'rel err':>8}")
+    for impl, r in row["peers"].items():
+        if "skipped" in r:
+            print(f"  {impl:12} {'-':>9} {'-':>10} {'-':>8} {'-':>8}  (not run: see above)")
+            continue
+        print(f"  {impl:12} {r['median_s']:9.4f} {r['speedup']:9.2f}x {r['peak_mb']:8.1f} {r['rel_err']:8.1e}")
+    timed = {k: v for k, v in row["peers"].items() if k != "distmeta" and "speedup" in v}
+    if timed:
+        best = min(timed, key=lambda k: timed[k]["median_s"])
+        verdict = "met" if timed[best]["speedup"] >= 1.5 else "MISSED"
+        print(f"  fastest peer: {best}; distmeta {timed[best]['speedup']:.2f}x it (target 1.5x: {verdict})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--meta-batch", type=int, default=16)
+    ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    ap.add_argument("--set", action="append", default=[], help="extra config override for every case (repeatable)")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"meta-batch {args.meta_batch}, {args.dtype}, 1 torch thread, {args.rounds} interleaved rounds; "
+          f"torch {torch.__version__}, Python {sys.version.split()[0]}")
+    status = learn2learn_status()
+    if status:
+        print(status)
+    rows = []
+    for name in args.cases.split(","):
+        rows.append(run_case(name, args))
+        print_row(rows[-1])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
