@@ -362,11 +362,12 @@ class RayConfig(_Section):
     max_retries: int = Field(3, ge=0)
     shared_memory: bool = Field(
         True, description="actors on the driver's node read the meta-parameters from, and write their gradients "
-        "to, files in /dev/shm instead of Ray's object store (which costs ~2-5 ms per object whatever its size)")
+        "to, files in /dev/shm instead of Ray's object store (a fixed cost per object whatever its size; the README's "
+        "benchmark measures both)")
     compiled_graph: bool | Literal["auto"] = Field(
         "auto", description="send each step through a Ray Compiled Graph when every actor is on the driver's node "
-        "(shared-memory channels: ~0.4 ms instead of ~2 ms per round trip, but each idle actor spins a CPU core "
-        "at 100%): true | false | auto (on for GPU actors, whose CPUs are otherwise idle; off for CPU actors, "
+        "(shared-memory channels: a faster round trip than an actor call, but each idle actor keeps a CPU core "
+        "spinning): true | false | auto (on for GPU actors, whose CPUs are otherwise idle; off for CPU actors, "
         "where the spinning steals the cores that compute). Multi-node runs, and steps while an actor is "
         "suspect after a failure, use plain actor calls")
 
@@ -625,6 +626,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, read with ``yaml.safe_load`` (no Python objects).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
