@@ -129,58 +129,40 @@ def reference(cfg: Any, skip: dict[int, set[int]] | None = None) -> dict[str, to
 
 
 class Pool:
-    """One 2-actor RayBackend reused by every Ray run (``reconfigure`` per run), as the tests do."""
+    """One 2-actor RayBackend reused by every Ray run (``reconfigure`` per run), as the tests do; a ``backend_factory``."""
 
     def __init__(self) -> None:
         self.backend: Any = None
 
-    def install(self) -> None:
-        from distmeta.runtime import driver
+    def __call__(self, cfg: Any, exp: Any) -> Any:
+        from distmeta.runtime.backend import Lent, make_backend
 
-        real = driver.make_backend
-        pool = self
-
-        class Borrowed:
-            def __init__(self, b: Any) -> None:
-                self._b = b
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self._b, name)
-
-            def close(self) -> None:
-                pass
-
-        def make_backend(cfg: Any, exp: Any) -> Any:
-            if cfg.workers == 0:
-                return real(cfg, exp)
-            if pool.backend is None:
-                pool.backend = real(cfg, exp)
-            else:
-                pool.backend.reconfigure(cfg, exp.worker_args())
-            return Borrowed(pool.backend)
-
-        driver.make_backend = make_backend
+        if cfg.workers == 0:
+            return make_backend(cfg, exp)
+        if self.backend is None:
+            self.backend = make_backend(cfg, exp)
+        else:
+            self.backend.reconfigure(cfg, exp.worker_args())
+        return Lent(self.backend)
 
     def heal(self) -> None:
-        import ray
-
         if self.backend is not None:
             self.backend.wait_ready(300)
-            ray.get([a.inject_fault.remote("none") for a in self.backend.actors])
 
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
 
 
-def train(overrides: list[str], run_dir: Path, rec: Recorder) -> tuple[bool, dict[str, torch.Tensor] | None, str]:
+def train(overrides: list[str], run_dir: Path, rec: Recorder,
+          pool: Any = None) -> tuple[bool, dict[str, torch.Tensor] | None, str]:
     import distmeta
 
     cfg = distmeta.load_config(None, [*overrides, f"run.dir={run_dir}"])
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # (the meta-test printout)
             warnings.simplefilter("ignore")
-            with distmeta.Trainer(cfg, callbacks=[rec]) as trainer:
+            with distmeta.Trainer(cfg, callbacks=[rec], backend_factory=pool) as trainer:
                 trainer.fit()
         return True, trainer.meta_params, ""
     except Exception as e:  # a row of the table, not a crash of the benchmark
@@ -206,12 +188,12 @@ def run_fault(kind: str, i: int, rng: random.Random, steps: int, work: Path, poo
     if kind in ("kill", "stall", "stale"):
         extra = {"kill": "", "stall": ", seconds: 600", "stale": ""}[kind]
         over = [*base, *RAY, f"faults=[{{kind: {kind}, actor: {actor}, step: {step}{extra}}}]", "ray.step_timeout=6"]
-        ok, params, err = train(over, run, rec)
+        ok, params, err = train(over, run, rec, pool)
         pool.heal()
     elif kind == "nan":
         task = rng.randrange(META_BATCH)
         over = [*base, *RAY, f"faults=[{{kind: nan, actor: all, step: {step}, task: {task}}}]", "nan_policy=skip_task"]
-        ok, params, err = train(over, run, rec)
+        ok, params, err = train(over, run, rec, pool)
         want = reference(distmeta.load_config(None, [*base, f"run.dir={run}"]), skip={step: {task}})
     elif kind == "driver":
         step = rng.randrange(2, steps)  # after the first checkpoint (step 2)
@@ -309,7 +291,6 @@ def main() -> None:
     if any(k in ("kill", "stall", "stale", "nan") for k in kinds):
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, logging_level="error",
                  log_to_driver=False)
-        pool.install()
     table = []
     try:
         for kind in kinds:

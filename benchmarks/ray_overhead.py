@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from distmeta.config import load_config  # noqa: E402
 from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.runtime.actors import RayBackend  # noqa: E402
+from distmeta.runtime.ray.backend import RayBackend  # noqa: E402
 from distmeta.tasks.materialise import chunks  # noqa: E402
 from distmeta.worker import Worker  # noqa: E402
 
@@ -108,7 +108,7 @@ def main() -> None:
     try:
         rows.update(take_turns({"actor, compiled graph": lambda step: graph.compute(meta, groups, step),
                                 "in-process beside it": in_process}, args.steps))
-        assert graph.last_step.compiled_graph
+        assert graph.stats().compiled_graph
         graph_idle = idle_cpu_share(graph)
     finally:
         graph.close()

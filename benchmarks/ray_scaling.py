@@ -9,11 +9,13 @@ For each case, on the same tasks and with one torch thread per process:
   calls: ``ray.compiled_graph: auto`` keeps CPU actors off the compiled graph, whose
   spinning readers would also slow every other row; ``benchmarks/ray_overhead.py``
   measures the graph on its own);
+* ``ray 2 no shm``: ``ray 2`` with ``ray.shared_memory: false`` (parameters and gradients
+  through Ray's object store), the row that measures what the shared-memory slab buys;
 * ``torch loop``: the algorithm as tutorials write it: a Python loop over tasks with
   ``torch.autograd.grad(create_graph=True)`` inner steps (MAML) or the prototype loss
   (ProtoNet), one backward per task, and ``torch.optim.SGD``.
 
-The first four run the trainer's driver loop (sample, dispatch, fixed-order reduce,
+The first five run the trainer's driver loop (sample, dispatch, fixed-order reduce,
 outer update; the next step's sampling overlaps the workers' compute). All rows stay
 alive and take turns a step at a time (round-robin), so slow drifts of this noisy
 machine hit every row alike; each row's figure is the median of its steps.
@@ -53,7 +55,7 @@ from distmeta.config import load_config  # noqa: E402
 BAG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml"
 from distmeta.experiment import prepare_experiment  # noqa: E402
 from distmeta.optim import OuterOptimizer  # noqa: E402
-from distmeta.runtime.driver import reduce_groups  # noqa: E402
+from distmeta.runtime.reduce import reduce_groups  # noqa: E402
 from distmeta.runtime.local import LocalBackend  # noqa: E402
 from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
 from distmeta.worker import DTYPES, Worker  # noqa: E402
@@ -232,7 +234,8 @@ def human(n: float) -> str:
 
 
 def run_case(key: str, steps: int) -> None:
-    from distmeta.runtime.actors import INLINE_META_BYTES, RayBackend
+    from distmeta.runtime.ray.backend import RayBackend
+    from distmeta.runtime.ray.transport import INLINE_META_BYTES
 
     title, overrides = CASES[key]
     cfg = load_config(BAG_CONFIG, [*COMMON, *overrides])
@@ -246,11 +249,12 @@ def run_case(key: str, steps: int) -> None:
     try:
         rows["1 proc"] = DriverLoop(cfg, exp, local)
         rows["2 procs"] = DriverLoop(cfg, exp, TwoProcesses(cfg, exp.worker_args()))
-        for n in (1, 2):
+        for n, shm in ((1, True), (2, True), (2, False)):
             c = cfg.model_copy(deep=True)
             c.workers = n
             c.ray.compiled_graph = False
-            rows[f"ray {n}"] = DriverLoop(c, exp, RayBackend(c, exp.worker_args()))
+            c.ray.shared_memory = shm
+            rows[f"ray {n}" + ("" if shm else " no shm")] = DriverLoop(c, exp, RayBackend(c, exp.worker_args()))
         rows["torch loop"] = TorchLoop(cfg, exp)
         timings: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
         for step in range(steps + 1):  # step 0 warms every row up and is not counted
@@ -258,7 +262,7 @@ def run_case(key: str, steps: int) -> None:
                 t = row.step(step)
                 if step > 0:
                     timings[name].append(t)
-        ray2 = rows["ray 2"].backend.last_step
+        ray2 = rows["ray 2"].backend.stats()
     finally:
         for row in rows.values():
             row.close()
@@ -277,6 +281,8 @@ def run_case(key: str, steps: int) -> None:
         """Median over rounds of slow/fast step time: both ran in the same round, so drift cancels."""
         return statistics.median(b["step_s"] / a["step_s"] for a, b in zip(timings[fast], timings[slow]))
 
+    print(f"ray.shared_memory on vs off (ray 2 no shm / ray 2 step time): {paired('ray 2', 'ray 2 no shm'):.2f}x "
+          f"(median of per-round ratios)")
     print(f"ray 2 / 2 procs = {paired('ray 2', '2 procs'):.2f}; 1 proc / torch loop = {paired('1 proc', 'torch loop'):.2f}x "
           f"(medians of per-round ratios; ratios of the medians above: "
           f"{med['2 procs']['step_s'] / med['ray 2']['step_s']:.2f}, {med['torch loop']['step_s'] / med['1 proc']['step_s']:.2f}x)")
@@ -299,8 +305,9 @@ def main() -> None:
     import ray
 
     torch.set_num_threads(1)
-    # 3 logical CPUs: ray 1 and ray 2 (three actors) stay alive together and take turns; only one row runs at a time.
-    ray.init(num_cpus=3, include_dashboard=False, object_store_memory=512 * 1024**2, _temp_dir=RAY_TEMP_DIR,
+    # 5 logical CPUs: ray 1, ray 2 and ray 2 no shm (five actors) stay alive together and take turns;
+    # only one row runs at a time.
+    ray.init(num_cpus=5, include_dashboard=False, object_store_memory=512 * 1024**2, _temp_dir=RAY_TEMP_DIR,
              logging_level="warning", log_to_driver=False)
     print(f"{os.cpu_count()} CPUs; one torch thread per process; rows take turns a step at a time; "
           f"each row's median over its steps after 1 warm-up")

@@ -1,6 +1,7 @@
-"""Fault injection: the ``faults`` config switch that kills, stalls or poisons a chosen actor at a chosen step.
+"""Fault injection from outside: the ``faults`` config switch kills, stalls or poisons a chosen worker at a chosen step.
 
-For tests, benchmarks and fire drills; empty (no faults) by default. In YAML::
+For tests, benchmarks and fire drills; empty (no faults) by default, and then nothing of
+this module runs. In YAML::
 
     faults:
       - {kind: kill,  actor: 1, step: 3}               # SIGKILL actor 1's process when it gets step-3 work
@@ -13,58 +14,62 @@ or on the command line: ``distmeta train 'faults=[{kind: kill, actor: 1, step: 3
 ``step`` is the 0-based meta-batch index (the ``step`` of the task keys ``(step, index)``).
 A fault hits the first ``times`` calls that the actor gets for that step (a retry that
 lands on the same actor again counts), so ``actor: all`` with a large ``times`` makes
-every attempt fail and spends the retry budget. Kinds:
+every attempt fail and spends the retry budget. Kinds (see
+:class:`~distmeta.config.FaultConfig`): ``kill``, ``exit``, ``stall``, ``stale``, ``nan``, ``raise``.
+With ``workers: 0`` the worker is the driver process, so ``kill``/``exit`` end the run (a
+driver crash, for ``--resume`` drills) and ``stall`` just sleeps.
 
-* ``kill``: the actor's process SIGKILLs itself before computing. Ray restarts it; its
-  groups are recomputed on another actor. With ``workers: 0`` the worker is the driver
-  process, so this kills the run (a driver crash, for ``--resume`` drills).
-* ``stall``: the actor sleeps ``seconds`` before computing (alive but silent). Past
-  ``ray.step_timeout`` its groups go to another actor and it is killed and restarted.
-  With ``workers: 0`` the driver just sleeps.
-* ``stale``: the actor answers for parameter version ``step - 1``; the backend rejects
-  the result and recomputes the groups elsewhere (Ray workers only).
-* ``nan``: task ``task`` of the step (default: the first task the actor gets) has a NaN
-  loss and meta-gradient, as a diverging task would; ``nan_policy`` decides what follows.
-  Only the actor holding that task is affected.
-
-The Ray backend applies faults itself, per call, through ``WorkerActor.inject_fault``
-(:class:`FaultPlan` keeps the counts on the driver, so a restarted actor is not hit again);
-:func:`with_faults` wraps the in-process backend.
-
-The plan lives in the driver process: a run resumed with the same ``faults`` meets them
-again at their steps (pass ``faults=[]`` to resume without them). Faults change no numbers
-(except ``nan``, by design): a run with them gives the parameters of the run without.
+How it stays outside the production types: the driver side holds a :class:`FaultPlan`
+(so a restarted actor is not hit again) and asks it, per call, for the :class:`Fault`
+to send with that call; a call that carries one runs on a :class:`FaultyWorker` that
+wraps the real Worker for that call only. A run resumed with the same ``faults`` meets
+them again at their steps (pass ``faults=[]`` to resume without them). Faults change no
+numbers (except ``nan``, by design): a run with them gives the parameters of the run without.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
-from distmeta.config import Config, FaultConfig
+import numpy as np
+
+from distmeta.config import FaultConfig
 from distmeta.tasks.specs import TaskSpec, task_key
 
-#: ``WorkerActor.inject_fault`` kinds for the config's kinds.
-ACTOR_KIND = {"kill": "kill", "stall": "hang", "stale": "stale", "nan": "nan"}
+
+@dataclass(frozen=True)
+class Fault:
+    """What one call must do wrong: ``kind`` of :class:`~distmeta.config.FaultConfig`, with its arguments."""
+
+    kind: str
+    seconds: float = 3600.0
+    task: tuple[int, int] | None = None  # nan: the key of the task to poison
 
 
 class FaultPlan:
-    """The configured faults and how many calls each has left, per actor."""
+    """The configured faults and how many calls each has left, per actor (kept on the driver)."""
 
     def __init__(self, faults: Sequence[FaultConfig]) -> None:
         self.faults = list(faults)
         self._used: dict[tuple[int, int], int] = {}
-        self.fired: list[dict[str, Any]] = []  # every fault injected: {"kind", "step", "actor", "task"}
 
     def __bool__(self) -> bool:
         return bool(self.faults)
 
-    def take(self, step: int, actor: int, keys: Sequence[tuple[int, int]] = ()) -> tuple[FaultConfig, tuple[int, int] | None] | None:
+    def take(self, step: int, actor: int, keys: Sequence[tuple[int, int]] = ()) -> Fault | None:
         """The fault for ``actor``'s next call at ``step`` (consuming one of its ``times``), or None.
 
-        ``keys``: the task keys of the call; a ``nan`` fault fires only on the call holding its
-        task, and the second value is the task to poison.
+        Args:
+            step: the parameter version of the call (the meta-batch index).
+            actor: the actor the call goes to.
+            keys: the task keys of the call; a ``nan`` fault fires only on the call holding its task.
+
+        Returns:
+            The fault to send with the call, or None for a plain call.
         """
         for i, f in enumerate(self.faults):
             if f.step != step or f.actor not in (actor, "all"):
@@ -77,8 +82,7 @@ class FaultPlan:
                 if target is None or target not in keys:
                     continue
             self._used[(i, actor)] = self._used.get((i, actor), 0) + 1
-            self.fired.append({"kind": f.kind, "step": step, "actor": actor, "task": target})
-            return f, target
+            return Fault(f.kind, f.seconds, target)
         return None
 
 
@@ -88,42 +92,62 @@ def kill_self() -> None:
     time.sleep(60)  # pragma: no cover - the signal is delivered first
 
 
-class InProcessFaults:
-    """``workers: 0`` with faults: the in-process backend, with its one Worker as actor 0 (in the driver's process)."""
+@contextlib.contextmanager
+def poisoned(worker: Any, keys: set[tuple[int, int]]) -> Iterator[None]:
+    """While open, the tasks ``keys`` get a NaN loss and meta-gradient on ``worker``, as if they had diverged.
 
-    def __init__(self, backend: Any, plan: FaultPlan) -> None:
-        self.backend = backend
-        self.plan = plan
+    It shadows the Worker's per-group computation on this one instance, so the Worker's
+    own NaN handling (finding the bad tasks, ``nan_policy: skip_task``) runs unchanged.
+    """
+    original = worker._group_grad
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
+    def group_grad(params: Any, specs: Sequence[TaskSpec]) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+        grad, metrics = original(params, specs)
+        hit = [i for i, s in enumerate(specs) if task_key(s) in keys]
+        if hit:
+            grad = {n: g + np.asarray(np.nan, dtype=g.dtype) for n, g in grad.items()}
+            for i in hit:
+                metrics["loss"][i] = float("nan")
+        return grad, metrics
 
-    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int,
-                overlap: Callable[[], Any] | None = None) -> list:
-        keys = [task_key(s) for g in groups for s in g]
-        hit = self.plan.take(version, 0, keys)
-        if overlap is not None:
-            overlap()
-        if hit is None:
-            return self.backend.compute(meta, groups, version)
-        fault, target = hit
-        if fault.kind == "kill":
+    worker._group_grad = group_grad
+    try:
+        yield
+    finally:
+        del worker._group_grad  # the class's method again
+
+
+class FaultyWorker:
+    """A Worker that fails one call the way ``fault`` says; built per call, only when a call carries a fault."""
+
+    def __init__(self, worker: Any, fault: Fault, where: str = "the worker") -> None:
+        self.worker = worker
+        self.fault = fault
+        self.where = where
+
+    def _before(self) -> None:
+        kind = self.fault.kind
+        if kind == "exit":
+            os._exit(1)
+        if kind == "kill":
             kill_self()
-        if fault.kind == "stall":
-            time.sleep(fault.seconds)
-        worker = self.backend.worker
-        worker.poisoned = {target} if fault.kind == "nan" else set()
-        try:
-            return self.backend.compute(meta, groups, version)
-        finally:
-            worker.poisoned = set()
+        if kind == "stall":
+            time.sleep(self.fault.seconds)
+        if kind == "raise":
+            raise RuntimeError(f"injected fault in {self.where}")
 
-    def close(self) -> None:
-        self.backend.close()
+    def meta_grad_groups(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int = 0) -> list:
+        """:meth:`Worker.meta_grad_groups`, failed as the fault says."""
+        self._before()
+        keys = {self.fault.task} if self.fault.kind == "nan" and self.fault.task is not None else set()
+        with poisoned(self.worker, keys):
+            results = self.worker.meta_grad_groups(meta, groups, version)
+        if self.fault.kind == "stale":
+            for r in results:
+                r.version = version - 1
+        return results
 
-
-def with_faults(backend: Any, cfg: Config) -> Any:
-    """The backend, wrapped for ``cfg.faults`` when it is the in-process one (the Ray backend applies its own)."""
-    if cfg.workers == 0 and cfg.faults:
-        return InProcessFaults(backend, FaultPlan(cfg.faults))
-    return backend
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, list[float]]:
+        """:meth:`Worker.evaluate`, failed as the fault says."""
+        self._before()
+        return self.worker.evaluate(*args, **kwargs)

@@ -12,7 +12,9 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -141,3 +143,36 @@ class MetricsLogger:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def step_row(results: Sequence[Any], skipped: Sequence[tuple[int, int]], n_tasks: int,
+             times: tuple[float, float, float, float]) -> dict[str, float]:
+    """What a training step logs besides the optimiser's figures: task metrics and where the time went.
+
+    Args:
+        results: the step's :class:`~distmeta.worker.GroupResult` s.
+        skipped: task keys left out by ``nan_policy`` (their metrics are not averaged).
+        n_tasks: the meta-batch size.
+        times: ``perf_counter`` at the step's start, before dispatch, after the results, after the update.
+
+    Returns:
+        ``skipped_tasks``, mean ``loss``/``accuracy``, ``step_time``, ``tasks_per_s``, ``dispatch_s``,
+        ``driver_s``, ``driver_share``, ``max_group_compute_s`` and ``actor<k>_compute_s``.
+    """
+    t0, t1, t2, t3 = times
+    left_out = set(skipped)
+    row: dict[str, float] = {"skipped_tasks": len(skipped)}
+    for metric in ("loss", "accuracy"):
+        values = [x for r in results if metric in r.metrics
+                  for k, x in zip(r.tasks, r.metrics[metric]) if k not in left_out]
+        if values:
+            row[metric] = float(np.mean(values))
+    step_s = t3 - t0
+    driver_s = (t1 - t0) + (t3 - t2)
+    row.update(step_time=step_s, tasks_per_s=n_tasks / step_s, dispatch_s=t2 - t1, driver_s=driver_s,
+               driver_share=driver_s / step_s, max_group_compute_s=max(r.compute_s for r in results))
+    for r in results:
+        key = f"actor{r.extra.get('actor', 0)}_compute_s"
+        row[key] = row.get(key, 0.0) + r.compute_s
+    return row
+

@@ -17,7 +17,7 @@ import torch
 
 import distmeta
 from distmeta.config import Config, load_config
-from distmeta.runtime.driver import make_backend as REAL_MAKE_BACKEND
+from distmeta.runtime.backend import Lent, make_backend
 from tests.helpers import QUIET, SINUSOID_TINY
 
 #: Two actors on a quarter CPU each: they fit the session's 2-CPU Ray with room to restart.
@@ -26,28 +26,30 @@ RAY2 = ["workers=2", "cpus_per_worker=0.25"]
 BASE = [*SINUSOID_TINY, *QUIET, "train.steps=4", "run.log_every=1"]
 
 
-class Borrowed:
-    """A pooled backend lent to one Trainer: its ``close()`` leaves the actors for the next test."""
+class FaultPool(dict):
+    """Ray backends by actor count, lent to Trainers as their ``backend_factory``.
 
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
+    ``workers: 0`` gets a fresh in-process backend; ``workers: N`` the pool's backend with N
+    actors, rebuilt for the config by :meth:`RayBackend.reconfigure` (as after a restart).
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def close(self) -> None:
-        pass
+    def __call__(self, cfg: Config, exp: Any) -> Any:
+        if cfg.workers == 0:
+            return make_backend(cfg, exp)
+        if cfg.workers in self:
+            self[cfg.workers].reconfigure(cfg, exp.worker_args())
+        else:
+            self[cfg.workers] = make_backend(cfg, exp)
+        return Lent(self[cfg.workers])
 
 
 @pytest.fixture(scope="package")
 def fault_pool(ray_local):
-    """Ray backends by actor count, shared by the tests of this folder and closed at its end.
+    """The package's :class:`FaultPool`, closed at its end.
 
-    Starting an actor costs seconds (a Python process importing torch); the tests reuse
-    them through :meth:`RayBackend.reconfigure`, which rebuilds every Worker for the new
-    config (and its ``faults``) as after a restart.
+    Starting an actor costs seconds (a Python process importing torch); the tests reuse them.
     """
-    pools: dict[int, Any] = {}
+    pools = FaultPool()
     yield pools
     for backend in pools.values():
         backend.close()
@@ -55,26 +57,11 @@ def fault_pool(ray_local):
 
 
 @pytest.fixture
-def pooled(fault_pool, monkeypatch):
-    """Trainers get real Ray backends from ``fault_pool``; afterwards every actor is back and unarmed."""
-    import ray
-
-    from distmeta.runtime import driver
-
-    def make_backend(cfg: Config, exp: Any) -> Any:
-        if cfg.workers == 0:
-            return REAL_MAKE_BACKEND(cfg, exp)
-        if cfg.workers in fault_pool:
-            fault_pool[cfg.workers].reconfigure(cfg, exp.worker_args())
-        else:
-            fault_pool[cfg.workers] = REAL_MAKE_BACKEND(cfg, exp)
-        return Borrowed(fault_pool[cfg.workers])
-
-    monkeypatch.setattr(driver, "make_backend", make_backend)
+def pooled(fault_pool):
+    """The pool, for ``Trainer(backend_factory=pooled)``; afterwards every actor is back."""
     yield fault_pool
     for backend in fault_pool.values():
         backend.wait_ready(240)  # a killed or stalled actor is restarted before the next test
-        ray.get([a.inject_fault.remote("none") for a in backend.actors])
 
 
 class StepLog:
@@ -88,11 +75,11 @@ class StepLog:
         if event != "step":
             return
         results = payload["results"]
-        stats = getattr(trainer.backend, "last_step", None)
+        stats = trainer.backend.stats()
         self.steps.append({
             "step": payload["step"], "tasks": list(payload["tasks"]), "skipped": list(payload["skipped"]),
             "actors": [r.extra.get("actor", 0) for r in results], "pids": [r.extra.get("pid") for r in results],
-            "versions": [r.version for r in results], "retries": stats.retries if stats is not None else 0,
+            "versions": [r.version for r in results], "retries": stats.retries,
         })
         if self.on_step is not None:
             self.on_step(payload["step"], trainer)
@@ -111,10 +98,11 @@ def cfg_of(overrides: list[str], run_dir: Path) -> Config:
     return load_config(None, [*overrides, f"run.dir={run_dir}"])
 
 
-def fit(overrides: list[str], run_dir: Path, on_step: Any = None) -> tuple[dict[str, torch.Tensor], StepLog, Any]:
+def fit(overrides: list[str], run_dir: Path, on_step: Any = None,
+        backend_factory: Any = None) -> tuple[dict[str, torch.Tensor], StepLog, Any]:
     """Meta-train; the final parameters, the per-step log and the (closed) trainer."""
     log = StepLog(on_step)
-    with distmeta.Trainer(cfg_of(overrides, run_dir), callbacks=[log]) as trainer:
+    with distmeta.Trainer(cfg_of(overrides, run_dir), callbacks=[log], backend_factory=backend_factory) as trainer:
         trainer.fit()
     return trainer.meta_params, log, trainer
 

@@ -34,7 +34,7 @@ def main(run_dir: str, step_timeout: float, overrides: list[str]) -> dict:
     from ray.cluster_utils import Cluster
 
     import distmeta
-    from distmeta.runtime.actors import WorkerFailedError
+    from distmeta.runtime.ray.backend import WorkerFailedError
 
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "temp_dir": TEMP_DIR}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0, "include_dashboard": False})
@@ -49,7 +49,7 @@ def main(run_dir: str, step_timeout: float, overrides: list[str]) -> dict:
                 return
             step = payload["step"]
             out.setdefault("actor_nodes", trainer.backend.node_ids)
-            out["steps"].append({"step": step, "tasks": payload["tasks"], "retries": trainer.backend.last_step.retries,
+            out["steps"].append({"step": step, "tasks": payload["tasks"], "retries": trainer.backend.stats().retries,
                                  "actors": [r.extra["actor"] for r in payload["results"]]})
             if step in (LOSE_FIRST, LOSE_SECOND):
                 actor = 1 if step == LOSE_FIRST else 0

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from distmeta.runtime.actors import WorkerFailedError
+from distmeta.runtime.ray.backend import WorkerFailedError
 from distmeta.runtime.metrics import read_metrics
 from tests.faults.conftest import BASE, RAY2, assert_bit_identical, fit, reference_params
 
@@ -30,10 +30,10 @@ def test_killed_actor_is_restarted_with_current_parameters_and_stale_answers_are
 
     def on_step(step: int, trainer) -> None:
         if step == 1:  # let Ray bring actor 1 back before step 2 (it would otherwise sit out a step or two)
-            trainer.backend.wait_ready(240)
+            trainer.backend.backend.wait_ready(240)  # the pooled backend behind the lent one
 
     f0 = {k: len(b.failures) for k, b in pooled.items()}
-    params, log, trainer = fit([*BASE, *RAY2, faults], tmp_path / "run", on_step)
+    params, log, trainer = fit([*BASE, *RAY2, faults], tmp_path / "run", on_step, backend_factory=pooled)
 
     log.assert_each_task_once(4, 8)
     assert [s["retries"] for s in log.steps] == [0, 1, 0, 1]
@@ -66,7 +66,7 @@ def test_stalled_actor_is_replaced_and_its_tasks_computed_elsewhere(pooled, no_f
         times[step], t[0] = time.monotonic() - t[0], time.monotonic()
 
     f0 = {k: len(b.failures) for k, b in pooled.items()}
-    params, log, _ = fit([*BASE, *RAY2, faults, f"ray.step_timeout={timeout}"], tmp_path / "run", on_step)
+    params, log, _ = fit([*BASE, *RAY2, faults, f"ray.step_timeout={timeout}"], tmp_path / "run", on_step, backend_factory=pooled)
 
     log.assert_each_task_once(4, 8)
     by_step = {s["step"]: s for s in log.steps}
@@ -90,7 +90,7 @@ def test_spent_retry_budget_is_a_typed_error_naming_actors_and_tasks(pooled, tmp
 
     log = StepLog()
     with pytest.raises(WorkerFailedError) as err:
-        with distmeta.Trainer(cfg_of(overrides, tmp_path / "run"), callbacks=[log]) as trainer:
+        with distmeta.Trainer(cfg_of(overrides, tmp_path / "run"), callbacks=[log], backend_factory=pooled) as trainer:
             trainer.fit()
     msg = str(err.value)
     assert "ray.max_retries=2" in msg and "actor 0" in msg and "actor 1" in msg, msg
@@ -106,7 +106,7 @@ def test_spent_retry_budget_with_killed_actors(pooled, tmp_path):
     """As above with every attempt SIGKILLed (actors restart between attempts): slow, seconds per restart."""
     faults = "faults=[{kind: kill, actor: all, step: 1, times: 10}]"
     with pytest.raises(WorkerFailedError, match=r"ray.max_retries=1"):
-        fit([*BASE, *RAY2, faults, "ray.max_retries=1", "ray.step_timeout=120"], tmp_path / "run")
+        fit([*BASE, *RAY2, faults, "ray.max_retries=1", "ray.step_timeout=120"], tmp_path / "run", backend_factory=pooled)
 
 
 def test_driver_refuses_a_meta_batch_with_a_task_missing_or_counted_twice():
@@ -114,7 +114,7 @@ def test_driver_refuses_a_meta_batch_with_a_task_missing_or_counted_twice():
     import numpy as np
 
     from distmeta.errors import DistmetaError
-    from distmeta.runtime.driver import check_tasks
+    from distmeta.runtime.reduce import check_tasks
     from distmeta.tasks.specs import SinusoidSpec
     from distmeta.worker import GroupResult
 

@@ -14,17 +14,17 @@ import pytest
 import torch
 
 import distmeta
-from distmeta.runtime.driver import NonFiniteError, NonFiniteWarning
+from distmeta.runtime.reduce import NonFiniteError, NonFiniteWarning
 from distmeta.runtime.metrics import read_metrics
 from tests.faults.conftest import BASE, RAY2, StepLog, assert_bit_identical, cfg_of, fit, reference_params
 
 NAN_STEP1_TASK5 = "faults=[{kind: nan, step: 1, task: 5}]"
 
 
-def run_raising(overrides, run_dir):
+def run_raising(overrides, run_dir, backend_factory=None):
     log = StepLog()
     with pytest.raises(NonFiniteError) as err:
-        with distmeta.Trainer(cfg_of(overrides, run_dir), callbacks=[log]) as trainer:
+        with distmeta.Trainer(cfg_of(overrides, run_dir), callbacks=[log], backend_factory=backend_factory) as trainer:
             trainer.fit()
     return str(err.value), log, trainer
 
@@ -82,8 +82,10 @@ def test_worker_names_every_bad_task_of_a_group_and_its_gradient_excludes_them(t
     specs = prepare_experiment(cfg).sampler("train").batch(0, 4)
     meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
     clean = worker.meta_grad(meta, [specs[0], specs[3]])
-    worker.poisoned = {(0, 1), (0, 2)}
-    r = worker.meta_grad(meta, specs)
+    from distmeta.runtime.faults import poisoned
+
+    with poisoned(worker, {(0, 1), (0, 2)}):
+        r = worker.meta_grad(meta, specs)
     assert not r.finite and r.bad_tasks == [(0, 1), (0, 2)] and r.skipped == [(0, 1), (0, 2)]
     assert r.tasks == [(0, 0), (0, 1), (0, 2), (0, 3)], "the result still answers for every task sent"
     assert all(np.array_equal(r.grad[n], clean.grad[n]) for n in clean.grad)
@@ -94,12 +96,12 @@ def test_worker_names_every_bad_task_of_a_group_and_its_gradient_excludes_them(t
 def test_nan_on_a_ray_actor_names_it_and_skip_task_matches_the_plain_loop(pooled, tmp_path):
     """Actor 1 poisons its first task of step 2, (2, 4): raise names it and actor 1; skip_task recomputes on actor 1."""
     nan = "faults=[{kind: nan, actor: 1, step: 2}]"
-    msg, log, trainer = run_raising([*BASE, *RAY2, nan, "nan_policy=raise"], tmp_path / "a")
+    msg, log, trainer = run_raising([*BASE, *RAY2, nan, "nan_policy=raise"], tmp_path / "a", pooled)
     assert "(step 2, task 4) on actor 1" in msg, msg
     assert_bit_identical(reference_params(cfg_of(BASE, tmp_path), steps=2), trainer.meta_params, "untouched")
 
     with pytest.warns(NonFiniteWarning, match=r"\(step 2, task 4\) on actor 1"):
-        params, log, _ = fit([*BASE, *RAY2, nan, "nan_policy=skip_task"], tmp_path / "b")
+        params, log, _ = fit([*BASE, *RAY2, nan, "nan_policy=skip_task"], tmp_path / "b", backend_factory=pooled)
     log.assert_each_task_once(4, 8, skipped={2: {4}})
     assert log.steps[2]["actors"] == [0, 0, 1, 1] and log.steps[2]["retries"] == 0, "computed where it was, not retried"
     assert_bit_identical(reference_params(cfg_of(BASE, tmp_path), skip_tasks={2: {4}}), params, "skip_task on Ray")

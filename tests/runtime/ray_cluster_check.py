@@ -47,7 +47,7 @@ def main(run_dir: str, overrides: list[str]) -> dict:
             cfg = distmeta.load_config(None, overrides + extra + [f"workers={workers}", f"run.dir={run_dir}/w{workers}"])
             with distmeta.Trainer(cfg) as trainer:
                 trainer.fit()
-                return trainer.meta_params, trainer.backend.infos, trainer.backend.last_step
+                return trainer.meta_params, trainer.backend.infos, trainer.backend.stats()
 
         params, infos, last = train(2, [f"ray.address={cluster.address}", "cpus_per_worker=1"])
         torch.save(params, f"{run_dir}/params.pt")

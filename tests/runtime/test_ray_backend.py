@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import distmeta
-from distmeta.config import load_config
-from distmeta.runtime.actors import RayBackend, WorkerFailedError, assign_blocks, plan_workers, use_compiled_graph
-from distmeta.runtime.driver import make_backend as REAL_MAKE_BACKEND
+from distmeta.config import FaultConfig, load_config
+from distmeta.runtime.ray.backend import RayBackend, WorkerFailedError, assign_blocks, plan_workers, use_compiled_graph
+from distmeta.runtime.backend import Lent, make_backend
+from distmeta.runtime.faults import FaultPlan
 
 SINUSOID = [
     "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.steps=3", "train.meta_batch=8",
@@ -52,19 +53,6 @@ def protonet_overrides(path) -> list[str]:
     ]
 
 
-class _Borrowed:
-    """A kept backend lent to one Trainer: its ``close()`` leaves the actors for the next run."""
-
-    def __init__(self, backend: RayBackend) -> None:
-        self._backend = backend
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def actor_pools(ray_local):
     """One RayBackend per actor count, kept for the module and closed at its end.
@@ -86,31 +74,30 @@ def pooled_backend(pools: dict[int, RayBackend], cfg, exp) -> RayBackend:
     if cfg.workers in pools:
         pools[cfg.workers].reconfigure(cfg, exp.worker_args())
     else:
-        pools[cfg.workers] = REAL_MAKE_BACKEND(cfg, exp)
+        pools[cfg.workers] = make_backend(cfg, exp)
     assert isinstance(pools[cfg.workers], RayBackend)
     return pools[cfg.workers]
 
 
 @pytest.fixture
-def pooled(actor_pools, monkeypatch):
-    """Trainers get ``make_backend``'s real backends, kept in ``actor_pools`` across runs."""
-    from distmeta.runtime import driver
+def pooled(actor_pools):
+    """A ``backend_factory`` lending the module's backends (in-process for ``workers: 0``); ``.pools`` holds them."""
 
-    def make_backend(cfg, exp):
+    def factory(cfg, exp):
         if cfg.workers == 0:
-            return REAL_MAKE_BACKEND(cfg, exp)
-        return _Borrowed(pooled_backend(actor_pools, cfg, exp))
+            return make_backend(cfg, exp)
+        return Lent(pooled_backend(actor_pools, cfg, exp))
 
-    monkeypatch.setattr(driver, "make_backend", make_backend)
-    return actor_pools
+    factory.pools = actor_pools
+    return factory
 
 
-def train(run_dir, overrides: list[str], workers: int):
+def train(run_dir, overrides: list[str], workers: int, backend_factory=None):
     """Meta-train; return final parameters, meta-test results and the actors of the last step's results."""
     cfg = load_config(None, overrides + [f"workers={workers}", f"run.dir={run_dir}"])
-    with distmeta.Trainer(cfg) as trainer:
+    with distmeta.Trainer(cfg, backend_factory=backend_factory) as trainer:
         results = trainer.fit()
-        actors = sorted(trainer.backend.last_step.actor_compute_s) if workers else []
+        actors = sorted(trainer.backend.stats().actor_compute_s) if workers else []
         return trainer.meta_params, results["test"], actors
 
 
@@ -162,18 +149,18 @@ def test_auto_workers_one_per_gpu_else_per_cpu_share():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("transport", ["shared-memory", "object-store", "compiled-graph"])
 def test_maml_sinusoid_bit_identical_for_any_actor_count(pooled, tmp_path, dtype, transport, monkeypatch):
-    from distmeta.runtime import actors
+    from distmeta.runtime.ray import transport as ray_transport
 
-    monkeypatch.setattr(actors, "INLINE_META_BYTES", 0)  # the meta-parameters too take the transport's way
+    monkeypatch.setattr(ray_transport, "INLINE_META_BYTES", 0)  # the meta-parameters too take the transport's way
     graph, shm = transport == "compiled-graph", transport == "shared-memory"
     overrides = SINUSOID + [f"dtype={dtype}", f"ray.compiled_graph={str(graph).lower()}",
                             f"ray.shared_memory={str(shm).lower()}"]
     ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
     assert ref["head.weight"].dtype == getattr(torch, dtype)
     for n in (1, 2, 3):
-        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
+        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n, backend_factory=pooled)
         assert actors == list(range(n)), "every actor computed a block"
-        step = pooled[n].last_step
+        step = pooled.pools[n].stats()
         assert step.compiled_graph == graph, "the step went the way the config asks"
         assert step.shared_memory_calls == (step.calls if shm else 0)
         assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
@@ -186,9 +173,9 @@ def test_protonet_text_bit_identical_for_any_actor_count(pooled, tmp_path, text_
     overrides = protonet_overrides(text_csv) + [f"dtype={dtype}"]
     ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
     for n in (1, 2, 3):
-        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n)
+        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n, backend_factory=pooled)
         assert actors == list(range(n))
-        step = pooled[n].last_step
+        step = pooled.pools[n].stats()
         assert not step.compiled_graph, "ray.compiled_graph=auto: plain calls for CPU actors"
         assert step.shared_memory_calls == step.calls == n, "gradients through shared memory, meta inline"
         assert_bit_identical(ref, params, f"{n} actors vs workers=0 ({dtype})")
@@ -218,11 +205,9 @@ def _same(a, b) -> None:
 @pytest.mark.ray
 @pytest.mark.parametrize("transport", ["shared-memory", "compiled-graph"])
 def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools, transport, monkeypatch):
-    import ray
+    from distmeta.runtime.ray import transport as ray_transport
 
-    from distmeta.runtime import actors
-
-    monkeypatch.setattr(actors, "INLINE_META_BYTES", 0)  # meta-parameters through shared memory too
+    monkeypatch.setattr(ray_transport, "INLINE_META_BYTES", 0)  # meta-parameters through shared memory too
     # The compiled graph's failures (a death, a hang, a raise) are pinned on their actor as well.
     graph = str(transport == "compiled-graph").lower()
     cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2", f"ray.compiled_graph={graph}"])
@@ -234,19 +219,19 @@ def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools, 
     ref = backend.compute(meta, groups, version=5)
     assert [r.extra["actor"] for r in ref] == [0, 0, 1, 1]  # 4 groups, contiguous blocks
     assert all(r.version == 5 for r in ref)
-    stats = backend.last_step
+    stats = backend.stats()
     assert stats.meta_bytes == sum(v.nbytes for v in meta.values())
     assert stats.calls == 2 and stats.retries == 0
     assert (stats.compiled_graph, stats.shared_memory_calls) == ((True, 0) if graph == "true" else (False, 2))
     pid1 = backend.infos[1]["pid"]
 
-    for kind in ("exit", "stale", "hang"):
-        if kind == "hang":
+    for kind in ("exit", "stale", "stall"):
+        if kind == "stall":
             backend.cfg.ray.step_timeout = 5.0  # warm now: a short deadline keeps the test short
-        ray.get(backend.actors[1].inject_fault.remote(kind, 1, 60.0))
+        backend.faults = FaultPlan([FaultConfig(kind=kind, actor=1, step=5, seconds=60.0)])
         got = backend.compute(meta, groups, version=5)
         _same(ref, got)
-        assert backend.last_step.retries == 1, kind
+        assert backend.stats().retries == 1, kind
         assert [r.extra["actor"] for r in got] == [0, 0, 0, 0], f"{kind}: block 1 re-ran on actor 0"
         assert backend.failures[-1]["actor"] == 1 and backend.failures[-1]["groups"] == (2, 4)
         backend.wait_ready(120)  # actor 1 restarted (exit, hang) before the next fault
@@ -260,23 +245,20 @@ def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools, 
     # The dead and the killed actor came back (new processes, Worker rebuilt from the object store).
     after = backend.compute(meta, groups, version=6)
     assert [r.extra["actor"] for r in after] == [0, 0, 1, 1] and after[2].extra["pid"] != pid1
-    assert backend.last_step.retries == 0
+    assert backend.stats().retries == 0
     evals = backend.evaluate(meta, groups, inner_steps=1)
     assert [len(e["loss"]) for e in evals] == [len(g) for g in groups]
 
     # A block that fails on every attempt: a clear error naming actors and tasks.
-    for a in backend.actors:
-        ray.get(a.inject_fault.remote("stale", 10))
+    backend.faults = FaultPlan([FaultConfig(kind="stale", actor="all", step=7, times=10)])
     with pytest.raises(WorkerFailedError) as err:
         backend.compute(meta, groups, version=7)
     msg = str(err.value)
     assert "ray.max_retries=2" in msg and "actor 0" in msg and "actor 1" in msg
     assert re.search(r"groups (0\.\.1|2\.\.3) = tasks \(step 0, task [04]\)", msg), msg
-    for a in backend.actors:
-        ray.get(a.inject_fault.remote("none"))
 
     # An exception raised by the compute itself is not retried: it would fail again.
-    ray.get(backend.actors[0].inject_fault.remote("raise"))
+    backend.faults = FaultPlan([FaultConfig(kind="raise", actor=0, step=8)])
     with pytest.raises(WorkerFailedError, match="injected fault in actor 0"):
         backend.compute(meta, groups, version=8)
 

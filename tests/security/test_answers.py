@@ -6,7 +6,7 @@ import pytest
 
 import distmeta
 from distmeta.config import load_config
-from distmeta.runtime import actors
+from distmeta.runtime.ray import backend as actors
 from distmeta.runtime import answers
 from distmeta.runtime.wire import unpack
 from distmeta.tasks.specs import task_key
@@ -78,7 +78,6 @@ def test_a_wrong_shape_gradient_is_retried_never_applied(ray_local, tmp_path, mo
                 mangled.append(name)
             return value
 
-        monkeypatch.setattr(actors, "unpack", hostile_unpack)
         monkeypatch.setattr(answers, "unpack", hostile_unpack, raising=False)
         got = backend.compute(meta, groups, version=0)
         assert mangled and len(backend.failures) == 1, backend.failures

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OWNER = """
 import json, os, stat, sys
 from distmeta.config import Config
-from distmeta.runtime.ray_session import connect
+from distmeta.runtime.ray.session import connect
 s = connect(Config())
 import ray
 tok = os.environ["RAY_AUTH_TOKEN_PATH"]

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from distmeta.errors import DistmetaError
-from distmeta.runtime import ray_session
+from distmeta.runtime.ray import session as ray_session
 from distmeta.security import check_private_dir
 
 

@@ -1,4 +1,4 @@
-"""Connecting to (or starting) the Ray cluster a :class:`~distmeta.runtime.actors.RayBackend` runs on.
+"""Connecting to (or starting) the Ray cluster a :class:`~distmeta.runtime.ray.backend.RayBackend` runs on.
 
 Three cases, in order:
 

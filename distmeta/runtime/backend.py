@@ -1,0 +1,167 @@
+"""The one interface between the driver and whatever computes meta-gradients.
+
+A backend holds model replicas and answers two questions for a list of task groups:
+the summed meta-gradient of each group (:meth:`Backend.compute`) and per-episode
+metrics after adaptation (:meth:`Backend.evaluate`), always in group order, so the
+driver's fixed-order reduction gives the same parameters whatever computed them.
+
+Two implement it: :class:`~distmeta.runtime.local.LocalBackend` (one Worker in the
+driver's process, ``workers: 0``) and :class:`~distmeta.runtime.ray.backend.RayBackend`
+(a pool of Ray actors). :func:`make_backend` picks one from the config; a
+:class:`~distmeta.runtime.driver.Trainer` takes any other through its
+``backend_factory`` argument (tests, sweeps that lend a pool of actors to many runs)::
+
+    trainer = Trainer(cfg, backend_factory=lambda cfg, exp: MyBackend(cfg, exp.worker_args()))
+
+Nothing outside a backend reads its private fields: what a caller may know is here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distmeta.config import Config
+    from distmeta.experiment import Experiment
+    from distmeta.tasks.specs import TaskSpec
+    from distmeta.worker import GroupResult
+
+
+@dataclass
+class StepStats:
+    """What the last :meth:`Backend.compute` moved and how long each worker computed.
+
+    The in-process backend fills only ``calls``, ``actor_compute_s`` and ``wall_s``.
+    """
+
+    meta_bytes: int = 0  # meta-parameter bytes of the step
+    spec_bytes: int = 0  # pickled task specs sent
+    result_bytes: int = 0  # gradient bytes returned
+    calls: int = 0
+    retries: int = 0  # blocks re-run after a failed attempt
+    compiled_graph: bool = False  # the step went through a Ray Compiled Graph (not plain actor calls)
+    shared_memory_calls: int = 0  # calls whose gradients came back through shared memory
+    actor_compute_s: dict[int, float] = field(default_factory=dict)
+    actor_nodes: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Model replicas computing meta-gradients and evaluations of task groups, in group order."""
+
+    num_workers: int
+
+    @property
+    def initial_meta(self) -> dict[str, torch.Tensor]:
+        """The meta-parameters every replica starts from (the same on all: built from ``cfg.seed``)."""
+        ...
+
+    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int,
+                overlap: Callable[[], Any] | None = None) -> list[GroupResult]:
+        """The summed meta-gradient of each group, in group order, all at parameter ``version``.
+
+        Args:
+            meta: the meta-parameters (numpy arrays or tensors) by name.
+            groups: task specs, one list per group; a group is summed as one unit.
+            version: the step these parameters belong to; an answer for another is refused.
+            overlap: driver work that does not need the results (the next step's sampling),
+                run once every worker has its share.
+
+        Returns:
+            One :class:`~distmeta.worker.GroupResult` per group, in the order of ``groups``.
+        """
+        ...
+
+    def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int,
+                 cache_key: str | None = None, baseline: bool = False) -> list[dict[str, list[float]]]:
+        """Per-episode metrics of each episode group, in group order (see :meth:`Worker.evaluate`)."""
+        ...
+
+    def stats(self) -> StepStats:
+        """What the last :meth:`compute` moved, retried and computed where."""
+        ...
+
+    def close(self) -> None:
+        """Release the replicas (actors, placement group, shared memory); idempotent."""
+        ...
+
+
+@runtime_checkable
+class ReusableBackend(Backend, Protocol):
+    """A backend whose replicas can be rebuilt for another config: a pool lent to many runs (sweeps, tests)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (a closed pool is never lent again)."""
+        ...
+
+    def reconfigure(self, cfg: Config, worker_args: dict[str, Any]) -> None:
+        """Rebuild every replica's Worker for ``cfg`` on the same actors (same number and size)."""
+        ...
+
+    def placement(self) -> dict[str, Any]:
+        """Where the replicas live: ``{"placement_group": hex id or "", "owns_placement_group": bool, "workers": n}``."""
+        ...
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every replica answers again (after restarts)."""
+        ...
+
+
+#: ``factory(cfg, experiment) -> Backend``: how a Trainer gets its backend.
+BackendFactory = Callable[["Config", "Experiment"], Backend]
+
+
+def make_backend(cfg: Config, exp: Experiment) -> Backend:
+    """The backend ``cfg`` asks for: in-process for ``workers: 0``, a Ray actor pool otherwise.
+
+    With ``faults`` in the config the in-process backend's Worker is wrapped by
+    :mod:`distmeta.runtime.faults`; the Ray backend sends each call's fault with it.
+
+    Args:
+        cfg: the run's config.
+        exp: the prepared experiment; its :meth:`~distmeta.experiment.Experiment.worker_args`
+            build every replica.
+
+    Returns:
+        A started backend; the caller closes it.
+    """
+    if cfg.workers == 0:
+        from distmeta.runtime.local import LocalBackend
+
+        return LocalBackend(cfg, exp.worker_args())
+    from distmeta.runtime.ray.backend import RayBackend
+
+    return RayBackend(cfg, exp.worker_args())
+
+
+class Lent:
+    """A pooled backend lent to one run: every call goes through, but ``close()`` keeps the replicas.
+
+    The pool's owner closes the backend itself when the last run is done.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.num_workers = backend.num_workers
+
+    @property
+    def initial_meta(self) -> dict[str, torch.Tensor]:
+        return self.backend.initial_meta
+
+    def compute(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], version: int,
+                overlap: Callable[[], Any] | None = None) -> list[GroupResult]:
+        return self.backend.compute(meta, groups, version, overlap)
+
+    def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int,
+                 cache_key: str | None = None, baseline: bool = False) -> list[dict[str, list[float]]]:
+        return self.backend.evaluate(meta, groups, inner_steps, cache_key, baseline)
+
+    def stats(self) -> StepStats:
+        return self.backend.stats()
+
+    def close(self) -> None:
+        """Nothing: the replicas stay with the pool's owner."""

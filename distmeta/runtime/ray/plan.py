@@ -1,0 +1,105 @@
+"""How many actors of what size, and which actor computes which groups: pure functions, no Ray import.
+
+The sweeps use the same functions to check, before Ray starts anything, that a trial fits
+the cluster (:func:`fit_problem`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from distmeta.config import Config
+from distmeta.errors import ConfigError
+from distmeta.tasks.specs import TaskSpec, task_key
+
+
+def assign_blocks(num_groups: int, num_actors: int) -> list[range]:
+    """Contiguous blocks of groups, one per actor: actor ``k`` gets ``[k*G//n, (k+1)*G//n)``.
+
+    Deterministic and balanced to within one group; the driver's fixed-order reduction
+    then gives the same parameters for any actor count.
+    """
+    return [range(k * num_groups // num_actors, (k + 1) * num_groups // num_actors) for k in range(num_actors)]
+
+
+def fmt_resources(r: dict[str, float]) -> str:
+    """``CPU=2, GPU=0``: the resources a message names."""
+    return ", ".join(f"{k}={r.get(k, 0):g}" for k in ("CPU", "GPU"))
+
+
+def bundle(cpus: float, gpus: float) -> dict[str, float]:
+    """One actor's placement-group bundle (no ``GPU`` key without GPUs: Ray refuses zero-GPU bundles on CPU nodes)."""
+    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+
+
+def plan_workers(cfg: Config, resources: dict[str, float]) -> tuple[int, float, float]:
+    """``(actors, CPUs per actor, GPUs per actor)`` for ``cfg.workers`` on a cluster with ``resources``.
+
+    ``workers: auto`` is one actor per GPU (per ``gpus_per_worker`` GPUs when that is set)
+    when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs.
+
+    Raises:
+        ConfigError: ``workers: auto`` and not even one actor fits.
+    """
+    cpus, gpus = float(cfg.cpus_per_worker), float(cfg.gpus_per_worker)
+    if cfg.workers != "auto":
+        return int(cfg.workers), cpus, gpus
+    total_cpu = float(resources.get("CPU", 0.0))
+    total_gpu = float(resources.get("GPU", 0.0))
+    by_cpu = int(total_cpu / cpus + 1e-9)
+    if total_gpu > 0:
+        gpus = gpus or 1.0
+        n = min(int(total_gpu / gpus + 1e-9), by_cpu)
+    else:
+        n = by_cpu
+    if n < 1:
+        raise ConfigError(
+            f"workers=auto: the Ray cluster ({fmt_resources(resources)}) cannot hold one worker of "
+            f"cpus_per_worker={cpus:g}, gpus_per_worker={gpus:g}"
+        )
+    return n, cpus, gpus
+
+
+def shortfall(need: dict[str, float], resources: dict[str, float]) -> dict[str, float]:
+    """The resources of ``need`` that the cluster's ``resources`` do not hold, with how much is missing."""
+    return {k: v - resources.get(k, 0.0) for k, v in need.items() if v > resources.get(k, 0.0) + 1e-9}
+
+
+def worker_bundles(bundles: list[dict[str, float]], n: int, per_worker: dict[str, float]) -> int:
+    """Index of the first of the last ``n`` bundles of a placement group, checked to hold one worker each.
+
+    A Ray Tune trial's group is ``[driver bundle (absent when empty), worker bundle x n]``,
+    so the workers take its last ``n`` bundles.
+
+    Raises:
+        ConfigError: the group has no room for ``n`` workers of ``per_worker`` in its last bundles.
+    """
+    first = len(bundles) - n
+    small = [i for i in range(max(first, 0), len(bundles))
+             if any(bundles[i].get(k, 0.0) + 1e-9 < v for k, v in per_worker.items())]
+    if first < 0 or small:
+        raise ConfigError(
+            f"this process runs in a placement group with bundles {bundles}, which has no room for "
+            f"workers={n} of {fmt_resources(per_worker)} in its last {n} bundles; size it as "
+            f"[driver bundle] + {n} x {per_worker} (the sweeps size trials this way)"
+        )
+    return first
+
+
+def use_compiled_graph(setting: bool | str, gpus_per_actor: float, actor_nodes: Sequence[str], driver_node: str) -> bool:
+    """Whether steps go through a Ray Compiled Graph (``ray.compiled_graph``): never across nodes; ``auto`` for GPU actors.
+
+    The graph's channels are shared memory on one node (cross-node channels hang on a
+    ``cluster_utils.Cluster``). Its readers spin while they wait, which on CPU actors takes
+    the very core that computes; hence ``auto`` means GPU actors only.
+    """
+    if setting is False or any(node != driver_node for node in actor_nodes):
+        return False
+    return setting is True or gpus_per_actor > 0
+
+
+def describe_tasks(groups: Sequence[Sequence[TaskSpec]], block: range) -> str:
+    """``groups 2..3 = tasks (step 0, task 4), ...``: what a failed block held, for error messages."""
+    keys = [task_key(s) for i in block for s in groups[i]]
+    shown = ", ".join(f"(step {s}, task {t})" for s, t in keys[:6])
+    more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+    return f"groups {block.start}..{block.stop - 1} = tasks {shown}{more}"
