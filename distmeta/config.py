@@ -37,6 +37,8 @@ class RunConfig(_Section):
     checkpoint_every: int = Field(100, ge=0, description="checkpoint every K steps; 0 = only at the end")
     keep_checkpoints: int = Field(3, ge=1)
     progress: bool = True
+    progress_every: float = Field(30.0, gt=0, description="seconds between progress lines when the output is not a "
+                                  "terminal (logs, CI, Ray Jobs); a terminal gets a bar redrawn in place")
 
 
 class SinusoidConfig(_Section):

@@ -35,11 +35,11 @@ def run_episodes(evaluate: EvalFn, sampler, episodes: int, chunk: int, progress:
     Episode ``i`` is ``sampler.sample(0, i)`` whatever the grouping, so every parameter set
     (meta-trained, baselines) is scored on the same episodes.
     """
-    from tqdm.auto import tqdm
+    from distmeta.progress import progress_bar
 
     groups = [[sampler.sample(0, i) for i in range(s, min(s + chunk, episodes))] for s in range(0, episodes, chunk)]
     per_metric: dict[str, list[float]] = {}
-    with tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False) as bar:
+    with progress_bar(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False) as bar:
         for start in range(0, len(groups), GROUPS_PER_CALL):
             calls = groups[start : start + GROUPS_PER_CALL]
             for result in evaluate(calls):

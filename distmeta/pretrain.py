@@ -94,7 +94,7 @@ class Pretrainer:
     def run(self, meta: dict[str, Tensor], log: Callable[[int, dict[str, float]], None],
             progress: bool = True) -> dict[str, Tensor]:
         """``meta`` with its encoder parameters replaced by the best-validated pretrained ones."""
-        from tqdm.auto import tqdm
+        from distmeta.progress import progress_bar
 
         w = self.worker
         own = set(getattr(w.algorithm, "own_meta_names", ()))
@@ -103,7 +103,7 @@ class Pretrainer:
         opt = torch.optim.AdamW([{"params": list(enc.values()), "lr": self.p.lr},
                                  {"params": [weight], "lr": self.p.classifier_lr}], weight_decay=self.p.weight_decay)
         base = [g["lr"] for g in opt.param_groups]
-        for step in tqdm(range(self.p.steps), desc="pretrain", unit="step", disable=not progress):
+        for step in progress_bar(range(self.p.steps), desc="pretrain", unit="step", disable=not progress):
             factor = scheduled_lr(1.0, step, self.p.warmup_steps, "cosine", self.p.steps)
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * factor

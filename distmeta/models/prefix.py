@@ -127,7 +127,7 @@ def open_cache(path: Path) -> PrefixCache:
 def _compute(module: HFEncoder, layers: int, corpus: "TokenCorpus", rows: np.ndarray, out: Path,
              batch: int, progress: bool) -> None:
     """Write ``states.npy`` / ``offsets.npy`` for ``rows`` into ``out`` (rows outside get zero length)."""
-    from tqdm.auto import tqdm
+    from distmeta.progress import progress_bar
 
     lengths = np.zeros(len(corpus), dtype=np.int64)
     for s in range(0, len(rows), 65536):
@@ -136,7 +136,7 @@ def _compute(module: HFEncoder, layers: int, corpus: "TokenCorpus", rows: np.nda
     states = np.lib.format.open_memmap(out / STATES, mode="w+", dtype=np.float32,
                                        shape=(int(offsets[-1]), module.embed_dim))
     order = rows[np.argsort(lengths[rows], kind="stable")]  # similar lengths together: little padding
-    bar = tqdm(total=len(order), desc=f"prefix cache ({layers} layers)", unit="ex", disable=not progress)
+    bar = progress_bar(total=len(order), desc=f"prefix cache ({layers} layers)", unit="ex", disable=not progress)
     for s in range(0, len(order), batch):
         chunk = order[s : s + batch]
         width = int(lengths[chunk].max())

@@ -167,18 +167,19 @@ class Trainer:
         Returns:
             The meta-test results (:meth:`evaluate`), also written to ``results.json``.
         """
-        from tqdm.auto import tqdm
-
+        from distmeta.progress import progress_bar, set_line_interval
         from distmeta.runtime.metrics import MetricsLogger
 
         self._setup()
         cfg, exp = self.cfg, self.exp
+        set_line_interval(cfg.run.progress_every)
         assert exp is not None
         sampler = exp.sampler("train")
         logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
         if cfg.pretrain.steps and not self.pretrained and self.step == 0:
             self._pretrain(logger)
-        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress, desc="meta-train", unit="step")
+        bar = progress_bar(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress,
+                           desc="meta-train", unit="step")
         upcoming: dict[int, list] = {}  # the next step's specs, sampled while the workers compute this one
 
         def sample_next(step: int) -> None:
