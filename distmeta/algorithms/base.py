@@ -12,7 +12,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from distmeta.algorithms import rows
 from distmeta.algorithms.functional import ModelFn, Params, loss_for
+from distmeta.algorithms.rows import token_table
 from distmeta.tasks.materialise import Task, num_tasks, split_task
 
 
@@ -47,6 +49,9 @@ class Algorithm:
         self.inner = inner
         self.ways = ways
         self.head_only = all(model.is_head(n) for n in self.adapt)
+        #: The token-embedding table whose rows the inner loop adapts only where a task reads
+        #: them (distmeta.algorithms.rows), or None.
+        self.row_table = token_table(model.module)
 
     # ---------------------------------------------------------------- meta-parameters
     def extra_meta_params(self, model_params: Params) -> Params:
@@ -114,7 +119,18 @@ class Algorithm:
 
     # ---------------------------------------------------------------- many tasks
     def batch_grad(self, meta: Params, batch: Task, use_vmap: bool = True) -> tuple[Params, dict[str, Tensor]]:
-        """Sum of the tasks' meta-gradients (in task order) and per-task metrics stacked [T]."""
+        """Sum of the tasks' meta-gradients (in task order) and per-task metrics stacked [T].
+
+        Where the inner loop adapts a token-embedding table, on the rows the tasks read
+        (:mod:`distmeta.algorithms.rows`: the same meta-gradient, less work); otherwise
+        :meth:`dense_batch_grad`.
+        """
+        if rows.applies(self, meta, batch) and f"lr.{self.row_table}" not in meta:
+            return rows.rows_batch_grad(self, meta, batch, use_vmap)
+        return self.dense_batch_grad(meta, batch, use_vmap)
+
+    def dense_batch_grad(self, meta: Params, batch: Task, use_vmap: bool = True) -> tuple[Params, dict[str, Tensor]]:
+        """:meth:`batch_grad` on the parameters as given (every row of every table)."""
         if use_vmap and self.has_objective:
             # Differentiate the group's summed loss: autograd accumulates one gradient per
             # meta-parameter instead of materialising a per-task copy (a [T, vocab, dim]
