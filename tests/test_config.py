@@ -119,3 +119,40 @@ def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(ConfigError):
         load_config(evil)
     assert not Path("/tmp/distmeta-pwned").exists()
+
+
+def test_one_override_helper_for_every_file_kind():
+    from distmeta.config import set_key, split_overrides
+
+    raw = {"a": {"b": 1}, "c": 2}
+    assert set_key(raw, "a.d.e", 3) == {"a": {"b": 1, "d": {"e": 3}}, "c": 2} and raw == {"a": {"b": 1}, "c": 2}
+    with pytest.raises(ConfigError, match="'c' is a value, not a section"):
+        set_key(raw, "c.x", 1)
+    with pytest.raises(ConfigError, match=r"override 'seed.x=3': 'seed' is a value, not a section"):
+        load_config(None, ["seed.x=3"])
+    assert split_overrides(["num_samples=2", "train.steps=5", "scheduler.max_t=3"], {"num_samples", "scheduler"}) == (
+        ["num_samples=2", "scheduler.max_t=3"], ["train.steps=5"])
+
+
+def test_one_error_formatter_for_every_file_kind():
+    from pydantic import BaseModel, ConfigDict
+
+    from distmeta.config import validate
+
+    class Inner(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        max_t: int = 1
+
+    class Spec(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        num_samples: int = 1
+        scheduler: Inner = Inner()
+
+    with pytest.raises(ConfigError) as info:
+        validate(Spec, {"num_sample": 2, "scheduler": {"max_tt": 3}}, "tune config", "t.yaml")
+    head, *lines = str(info.value).split("\n")
+    assert head == "invalid tune config t.yaml:" and sorted(lines) == [
+        "  unknown tune config key 'num_sample'; did you mean 'num_samples'?",
+        "  unknown tune config key 'scheduler.max_tt'; did you mean 'scheduler.max_t'?"]
+    with pytest.raises(ConfigError, match=r"^invalid config:\n  outer.lr: Input should be greater than 0 \(got -1\)$"):
+        load_config(None, ["outer.lr=-1"])
