@@ -9,6 +9,8 @@ actor starts.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -160,6 +162,7 @@ def _tokenizer(cfg: Config, sources: list[Source], run_dir: Path | None, reuse_s
     """The pretrained encoder's tokenizer, the run's saved one (``reuse_saved``), or one trained on every source's
     meta-train rows (source by source, rows in corpus order)."""
     from distmeta.text import load_pretrained_tokenizer, load_tokenizer, train_tokenizer
+    from distmeta.text.tokenize import cached_tokenizer
 
     tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cfg.tokenizer.kind == "pretrained":
@@ -169,30 +172,34 @@ def _tokenizer(cfg: Config, sources: list[Source], run_dir: Path | None, reuse_s
     if reuse_saved and tok_path is not None and tok_path.exists():
         return load_tokenizer(tok_path)
     t = cfg.tokenizer
-    return train_tokenizer(TrainTexts(sources), t.kind, t.vocab_size, t.min_frequency, t.lowercase)
+    texts = TrainTexts(sources)
+    key = hashlib.sha256(json.dumps([t.model_dump(), texts.key()]).encode()).hexdigest()[:24]
+    return cached_tokenizer(key, lambda: train_tokenizer(texts, t.kind, t.vocab_size, t.min_frequency, t.lowercase))
 
 
 class TrainTexts:
     """The meta-train texts of every source (rows in corpus order, source by source), streamed in batches."""
 
     def __init__(self, sources: list[Source]) -> None:
+        from distmeta.text.tokenize import as_text_column
+
         self.parts = []
         for src in sources:
             rows = np.sort(np.concatenate([src.data.rows_by_class()[k] for k in src.split.train]))
-            texts = src.data.texts
-            self.parts.append(texts.select(rows) if hasattr(texts, "select") else [texts[i] for i in rows])
+            column = as_text_column(src.data.texts)
+            self.parts.append((column.fingerprint(), rows, column.select(rows)))
+
+    def key(self) -> list[str]:
+        """Identity of these texts: each source's corpus fingerprint and meta-train rows."""
+        return [f"{fp}:{hashlib.sha256(rows.tobytes()).hexdigest()}" for fp, rows, _ in self.parts]
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
+        return sum(len(texts) for _, _, texts in self.parts)
 
     def batches(self, size: int) -> Iterator[list[str]]:
         """The texts in order, at most ``size`` at a time."""
-        for part in self.parts:
-            if hasattr(part, "batches"):
-                yield from part.batches(size)
-            else:
-                for i in range(0, len(part), size):
-                    yield part[i : i + size]
+        for _, _, texts in self.parts:
+            yield from texts.batches(size)
 
 
 def _tokenise(cfg: Config, c: int, src: Source, tokenizer: Any) -> Any:

@@ -25,6 +25,17 @@ class TextColumn(Sequence[str]):
     def __init__(self, dataset: Any, column: str) -> None:
         self.dataset = dataset.select_columns([column])
         self.column = column
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the texts in order (their lengths and bytes, read from the Arrow buffers); computed once.
+
+        Keys the on-disk caches built from a corpus (token ids, trained tokenizers): the same
+        texts give the same key whatever file, path or batching they came from.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = _content_hash(self.dataset, self.column)
+        return self._fingerprint
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -62,6 +73,24 @@ class TextColumn(Sequence[str]):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _content_hash(ds: Any, column: str, batch: int = 100_000) -> str:
+    """SHA-256 of a string column: the lengths and the bytes of its texts, hashed apart (batching does not matter)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    lengths, data = hashlib.sha256(), hashlib.sha256()
+    for table in ds.with_format("arrow").iter(batch_size=batch):
+        for arr in table.column(column).chunks:
+            bufs = arr.buffers()
+            offs = np.frombuffer(bufs[1], dtype=np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+            offs = offs[arr.offset : arr.offset + len(arr) + 1]
+            lengths.update(np.diff(offs).astype(np.int64).tobytes())
+            if bufs[2] is not None and offs[-1] > offs[0]:
+                data.update(memoryview(bufs[2])[int(offs[0]) : int(offs[-1])])
+    return hashlib.sha256(lengths.digest() + data.digest()).hexdigest()
 
 
 @dataclass

@@ -52,6 +52,17 @@ class TokenCorpus:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def __getstate__(self) -> dict:
+        """Pickled as plain arrays, never as ``np.memmap``.
+
+        A memmap pickles its bytes in-band and unpickles as a private writable copy; a plain
+        array view of the same memory pickles out of band, so Ray keeps one copy per node in
+        its object store and every actor on the node reads it zero-copy.
+        """
+        state = dict(self.__dict__)
+        state["ids"], state["offsets"] = np.asarray(self.ids), np.asarray(self.offsets)
+        return state
+
     @property
     def nbytes(self) -> int:
         """Bytes of the ids and offsets: what a node holds for the corpus."""

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,32 +40,37 @@ def tokens_cache_dir() -> Path:
     return cache_root() / "tokens"
 
 
-def _as_dataset(texts: Sequence[str]) -> tuple[Any, str]:
-    """(Dataset, column) of ``texts``: a TextColumn's own Dataset, or a small in-memory one for a list."""
+def as_text_column(texts: Sequence[str]) -> Any:
+    """``texts`` as a :class:`~distmeta.data.labelled.TextColumn` (a list becomes a small in-memory Dataset)."""
     import datasets
 
     from distmeta.data.labelled import TextColumn
 
     if isinstance(texts, TextColumn):
-        return texts.dataset, texts.column
+        return texts
     features = datasets.Features({"text": datasets.Value("string")})
-    return datasets.Dataset.from_dict({"text": list(texts)}, features=features), "text"
+    return TextColumn(datasets.Dataset.from_dict({"text": list(texts)}, features=features), "text")
 
 
-def content_hash(ds: Any, column: str) -> str:
-    """SHA-256 of a string column's texts in order: their lengths and their bytes (batching does not matter)."""
-    import pyarrow as pa
+def cached_tokenizer(key: str, train: Callable[[], Any], cache_dir: Path | None = None) -> Any:
+    """The tokenizer cached under ``key`` (``tokenizers/<key>.json``), else ``train()``'s, saved there for next time.
 
-    lengths, data = hashlib.sha256(), hashlib.sha256()
-    for table in ds.with_format("arrow").iter(batch_size=MAP_BATCH * 10):
-        for arr in table.column(column).chunks:
-            large = pa.types.is_large_string(arr.type)
-            bufs = arr.buffers()
-            offs = np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32)[arr.offset : arr.offset + len(arr) + 1]
-            lengths.update(np.diff(offs).astype(np.int64).tobytes())
-            if bufs[2] is not None and offs[-1] > offs[0]:
-                data.update(memoryview(bufs[2])[int(offs[0]) : int(offs[-1])])
-    return hashlib.sha256(lengths.digest() + data.digest()).hexdigest()
+    Args:
+        key: identity of the training inputs (texts' fingerprints, rows, tokenizer settings).
+        train: trains the tokenizer when the cache has none.
+        cache_dir: where tokenizers live (default beside the token caches).
+    """
+    from distmeta.text.tokenizer import load_tokenizer, save_tokenizer
+
+    path = (Path(cache_dir) if cache_dir is not None else tokens_cache_dir().parent / "tokenizers") / f"{key}.json"
+    if path.is_file():
+        return load_tokenizer(path)
+    tok = train()
+    try:
+        save_tokenizer(tok, path)
+    except OSError:  # an unwritable cache only costs the training next time
+        pass
+    return tok
 
 
 def _encode_batch(batch: Any, column: str, key: str, tokenizer_json: str, max_length: int, dtype: str) -> Any:
@@ -132,10 +137,11 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
     Returns:
         The memory-mapped :class:`~distmeta.text.corpus.TokenCorpus`.
     """
-    ds, column = _as_dataset(texts)
+    column = as_text_column(texts)
+    ds = column.dataset
     tokenizer_json = tokenizer.to_str()
     dtype = id_dtype(tokenizer.get_vocab_size())
-    key = hashlib.sha256(json.dumps([FORMAT, content_hash(ds, column), max_length, dtype.str]).encode()
+    key = hashlib.sha256(json.dumps([FORMAT, column.fingerprint(), max_length, dtype.str]).encode()
                          + tokenizer_json.encode()).hexdigest()[:24]
     root = Path(cache_dir) if cache_dir is not None else tokens_cache_dir()
     path = root / key
@@ -144,7 +150,7 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        _build(ds, column, tokenizer_json, key, max_length, dtype, tmp)
+        _build(ds, column.column, tokenizer_json, key, max_length, dtype, tmp)
         try:
             os.replace(tmp, path)  # published whole or not at all
         except OSError:  # another process published it first: keep theirs
@@ -185,4 +191,4 @@ def _build(ds: Any, column: str, tokenizer_json: str, key: str, max_length: int,
                                         "dtype": dtype.name, "procs": procs}))
 
 
-__all__ = ["content_hash", "open_tokens", "tokenize_corpus", "tokens_cache_dir"]
+__all__ = ["as_text_column", "cached_tokenizer", "open_tokens", "tokenize_corpus", "tokens_cache_dir"]

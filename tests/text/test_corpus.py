@@ -48,3 +48,18 @@ def test_sources_concatenate_as_row_blocks():
     assert both.starts == [0, 2] and len(both) == 5 and TokenCorpus.concat([a]) is a
     np.testing.assert_array_equal(both.padded(both.global_rows(1, [0, 2])), b.padded([0, 2]))
     np.testing.assert_array_equal(both.padded(both.global_rows(0, [1])), a.padded([1]))
+
+
+def test_a_memory_mapped_corpus_pickles_its_arrays_out_of_band(tmp_path):
+    # Ray's object store keeps out-of-band buffers once per node and hands actors read-only
+    # views: a memmap pickled as such would travel in-band and arrive as a private copy.
+    import pickle
+
+    np.save(tmp_path / "ids.npy", np.arange(1000, dtype=np.uint16))
+    np.save(tmp_path / "off.npy", np.arange(0, 1001, 10, dtype=np.uint32))
+    corpus = TokenCorpus(np.load(tmp_path / "ids.npy", mmap_mode="r"), np.load(tmp_path / "off.npy", mmap_mode="r"), 16)
+    buffers = []
+    payload = pickle.dumps(corpus, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 2 and len(payload) < 1000
+    back = pickle.loads(payload, buffers=buffers)
+    assert type(back.ids) is np.ndarray and np.array_equal(back.padded([3, 99]), corpus.padded([3, 99]))

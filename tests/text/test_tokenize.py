@@ -51,9 +51,30 @@ def test_a_second_run_reads_the_cache_and_another_corpus_or_tokenizer_does_not(c
 
 def test_content_hash_ignores_batching_but_not_text(corpus_and_tokenizer, monkeypatch):
     data, _ = corpus_and_tokenizer
+    from distmeta.data.labelled import TextColumn, _content_hash
+
     ds, col = data.texts.dataset, data.texts.column
-    h = tokenize.content_hash(ds, col)
-    monkeypatch.setattr(tokenize, "MAP_BATCH", 3)
-    assert tokenize.content_hash(ds, col) == h
+    h = data.texts.fingerprint()
+    assert _content_hash(ds, col, batch=3) == h == tokenize.as_text_column(list(data.texts)).fingerprint()
     changed = ds.map(lambda r, i: {col: r[col] + ("!" if i == 5 else "")}, with_indices=True)
-    assert tokenize.content_hash(changed, col) != h
+    assert TextColumn(changed, col).fingerprint() != h
+
+
+def test_the_trained_tokenizer_is_cached_by_texts_rows_and_settings(tmp_path, monkeypatch):
+    import distmeta.text as text
+    from distmeta.config import load_config
+    from distmeta.experiment import prepare_experiment
+    from tests.helpers import text_tiny
+
+    monkeypatch.setenv("DISTMETA_CACHE_DIR", str(tmp_path / "cache"))
+    trained = []
+    real = text.train_tokenizer
+    monkeypatch.setattr(text, "train_tokenizer", lambda *a, **k: trained.append(1) or real(*a, **k))
+    base = text_tiny(write_tiny_csv(tmp_path / "d.csv"))
+    first = prepare_experiment(load_config(None, base))
+    again = prepare_experiment(load_config(None, base))
+    assert trained == [1] and again.tokenizer.to_str() == first.tokenizer.to_str()
+    np.testing.assert_array_equal(again.corpus.ids, first.corpus.ids)
+    prepare_experiment(load_config(None, [*base, "seed=1"]))  # another split: other meta-train rows
+    prepare_experiment(load_config(None, [*base, "tokenizer.vocab_size=150"]))
+    assert trained == [1, 1, 1]
