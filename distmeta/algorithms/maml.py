@@ -37,15 +37,29 @@ class MAML(Algorithm):
         )
         if self.inner.checkpoint and not first_order and steps > 0:
             return self._checkpointed(meta, task, fast, kwargs)
+        if first_order and steps > 0:
+            # The inner loop on detached values, then a straight-through step: the adapted values
+            # with the identity Jacobian d phi / d theta that first order means. Nothing of the inner
+            # loop is recorded for the outer gradient (under vmap, its grad transform no longer wraps it).
+            lr = kwargs["lr"]
+            kwargs["lr"] = lr if isinstance(lr, float) else {n: t.detach() for n, t in lr.items()}
+            detached = {n: p.detach() for n, p in params.items()}
+            adapted = self._inner_loop(detached, task, {n: p.detach() for n, p in fast.items()}, kwargs)
+            adapted = {n: fast[n] + (adapted[n] - fast[n]).detach() for n in fast}
+        else:
+            adapted = self._inner_loop(params, task, fast, kwargs)
+        if self.head_only:
+            return self.model.head(adapted, self.features(params, task, "query"))
+        return self.model({**params, **adapted}, task["query_x"])
+
+    def _inner_loop(self, params: Params, task: Task, fast: Params, kwargs: dict) -> Params:
+        """``fast`` adapted on the support set, the other parameters ``params``."""
         if self.head_only:
             # Features do not change in the inner loop: compute them once.
             f_support = self.features(params, task, "support")
-            f_query = self.features(params, task, "query")
-            adapted = inner_loop(lambda h: self.loss(self.model.head(h, f_support), task["support_y"]), fast, **kwargs)
-            return self.model.head(adapted, f_query)
+            return inner_loop(lambda h: self.loss(self.model.head(h, f_support), task["support_y"]), fast, **kwargs)
         support_loss = lambda f: self.loss(self.model({**params, **f}, task["support_x"]), task["support_y"])  # noqa: E731
-        adapted = inner_loop(support_loss, fast, **kwargs)
-        return self.model({**params, **adapted}, task["query_x"])
+        return inner_loop(support_loss, fast, **kwargs)
 
     def _checkpointed(self, meta: Params, task: Task, fast: Params, kwargs: dict) -> Tensor:
         """:meth:`_adapt_and_predict` with each inner step recomputed in the backward pass (``checkpoint_inner``).
