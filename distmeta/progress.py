@@ -38,6 +38,8 @@ class LineProgress(_tqdm):
 
     def refresh(self, nolock: bool = False, lock_args: Any = None) -> None:
         """Redraw only when ``mininterval`` has passed (``set_postfix`` refreshes on every call)."""
+        if self.disable:
+            return
         if time.monotonic() - self._last_t >= self.mininterval:
             super().refresh(nolock=nolock, lock_args=lock_args)
 

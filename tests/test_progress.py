@@ -62,3 +62,12 @@ def test_distmeta_train_into_a_file_writes_a_bounded_number_of_lines(tmp_path):
     assert "\r" not in text
     bar_lines = [ln for ln in text.splitlines() if ln.startswith("meta-train:")]
     assert 1 <= len(bar_lines) <= 3 and "60/60" in bar_lines[-1], bar_lines
+
+
+def test_a_disabled_bar_takes_postfixes_and_writes_nothing():
+    log = io.StringIO()
+    with progress_bar(total=3, desc="x", file=log, disable=True) as bar:
+        for _ in range(3):
+            bar.update(1)
+            bar.set_postfix({"loss": "0.1"})
+    assert log.getvalue() == ""
