@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train a configuration, then meta-test it")
     t.add_argument("--config", help="YAML config (default: the embedded default, configs/default.yaml)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (a path or a URI such as "
+                   "s3://bucket/run) from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="move an existing run in run.dir aside and start afresh")
     t.add_argument("--trust-checkpoint-config", action="store_true",
                    help="take ray.*, run.*, faults, workers and paths from the saved config too (only for runs "
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algorithm.inner_lr=0.1")
 
     e = sub.add_parser("eval", help="meta-test a checkpoint on held-out classes")
-    e.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ or one step_* directory")
+    e.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ or one step_* directory "
+                   "(a path or a URI such as s3://bucket/run)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--episodes", type=int, default=None, help="episodes per setting (default eval.episodes)")
     e.add_argument("--settings", default=None, help="comma-separated WAYSxSHOTS, e.g. 5x1,5x5 (default eval.settings)")
@@ -68,25 +70,30 @@ def _settings(text: str | None) -> list[tuple[int, int]] | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from distmeta.config import load_config
     from distmeta.runtime.driver import Trainer
+    from distmeta.runtime.storage import is_remote
 
     if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / CONFIG_FILE
-        if args.config is None and not saved.exists():
+        remote = is_remote(args.resume)  # s3://bucket/run: its config.yaml is read from there
+        run_dir = args.resume if remote else Path(args.resume)
+        saved = f"{args.resume.rstrip('/')}/{CONFIG_FILE}" if remote else run_dir / CONFIG_FILE
+        if args.config is None and not remote and not saved.exists():
             raise DistmetaError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a distmeta run directory?")
         if args.config is not None:  # the user's own file: taken whole
             cfg = load_config(args.config, [*args.overrides, f"run.dir={run_dir}"])
         else:  # the run directory's: its definition, the user's environment (distmeta.security)
             from distmeta.config import read_yaml
+            from distmeta.runtime.remote_run import read_remote_config
             from distmeta.security import config_from_saved
 
-            cfg = config_from_saved(read_yaml(saved), args.overrides, trust=args.trust_checkpoint_config,
+            raw = read_remote_config(args.resume) if remote else read_yaml(saved)
+            cfg = config_from_saved(raw, args.overrides, trust=args.trust_checkpoint_config,
                                     source=str(saved), pins={"run.dir": str(run_dir)})
     else:
         cfg = load_config(args.config, args.overrides)
     with Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite) as trainer:
         results = trainer.fit()
-    print(f"run directory: {trainer.run_dir}  (results.json, metrics.jsonl, tensorboard/, checkpoints/)")
+    where = cfg.run.dir if is_remote(cfg.run.dir) else trainer.run_dir
+    print(f"run directory: {where}  (results.json, metrics.jsonl, tensorboard/, checkpoints/)")
     return 0 if results else 1
 
 

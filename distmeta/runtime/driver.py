@@ -83,18 +83,19 @@ class Trainer:
         self.pretrained = False  # the supervised stage (pretrain:) has run; kept in checkpoints
         self.stopped_early = False  # train.patience ran out
         self.evaluator: Evaluator | None = None
-        self._locked = False  # holds the run directory's writer lock (runtime.rundir)
+        self.location: Any = None  # the run directory, local or remote, and its writer lock (runtime.rundir)
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         """Prepare the run directory, data, backend and optimiser (restoring them on resume)."""
         from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
-        from distmeta.runtime.rundir import lock_run_dir, prepare_run_dir, write_text_atomic
+        from distmeta.runtime.rundir import open_run, write_text_atomic
 
-        self.run_dir = prepare_run_dir(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite)
+        # One writer per run directory (released by close()); a remote run.dir is checked and its
+        # resume files fetched into a local cache here, before any worker starts.
+        self.location = open_run(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite, owner=self)
+        self.run_dir = self.location.local
         self.best.path = self.run_dir / self.best.path.name
-        lock_run_dir(self.run_dir, owner=self)  # one writer per run directory; released by close()
-        self._locked = True
         # Verified and safely deserialised before any worker starts: a bad checkpoint costs no actors.
         source = self.resume_from if self.resume_from is not None else (self.run_dir if self.resume else None)
         ckpt = load_checkpoint(source) if source is not None else None
@@ -132,11 +133,14 @@ class Trainer:
         model path it names must be given in ``overrides`` too
         (:func:`distmeta.security.config_from_saved`), unless ``trust_config``.
         """
-        from distmeta.runtime.checkpoint import load_checkpoint
+        from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
+        from distmeta.runtime.storage import is_remote
         from distmeta.security import config_from_saved
 
-        ckpt = load_checkpoint(path)
-        run_dir = run_dir_of(Path(path))
+        ckpt = load_checkpoint(path)  # a remote one is fetched into the local cache and verified there
+        run_dir = run_dir_of(ckpt.path if is_remote(path) and ckpt.path is not None else Path(path))
+        if is_remote(path):
+            write_run_files(ckpt, run_dir)  # the split and tokenizer, next to the cached checkpoint
         cfg = config_from_saved(ckpt.config, list(overrides or []), trust=trust_config,
                                 source=f"the config in {ckpt.path}", pins={"run.dir": str(run_dir)})
         trainer = cls(cfg)
@@ -175,7 +179,7 @@ class Trainer:
         set_line_interval(cfg.run.progress_every)
         assert exp is not None
         sampler = exp.sampler("train")
-        logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
+        logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step, sync=self.location.sync)
         if cfg.pretrain.steps and not self.pretrained and self.step == 0:
             self._pretrain(logger)
         bar = progress_bar(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress,
@@ -326,23 +330,24 @@ class Trainer:
             config=self.cfg.model_dump(mode="json"),
         )
         try:
-            return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.run.keep_checkpoints)
+            if self.location is None:  # a trainer made by from_checkpoint: its run directory as it is
+                return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.run.keep_checkpoints)
+            return self.location.save_checkpoint(ckpt, keep=self.cfg.run.keep_checkpoints)
         except CheckpointError as e:
             from distmeta.runtime.checkpoint import latest_checkpoint
 
             kept = latest_checkpoint(self.run_dir)
+            where = self.location.display if self.location is not None else self.run_dir
             raise CheckpointError(
                 f"{e}; training stopped at step {self.step}. The newest intact checkpoint is "
-                f"{kept if kept is not None else 'none'}; fix the cause, then `distmeta train --resume {self.run_dir}`"
+                f"{kept if kept is not None else 'none'}; fix the cause, then `distmeta train --resume {where}`"
             ) from e
 
     def close(self) -> None:
-        """Release the workers (Ray actors) and this run directory's writer lock."""
-        from distmeta.runtime.rundir import unlock_run_dir
-
+        """Release the workers (Ray actors) and this run directory's writer lock (uploading a remote run's files)."""
         if self.backend is not None:
             self.backend.close()
             self.backend = None
-        if self._locked:
-            unlock_run_dir(self.run_dir)
-            self._locked = False
+        if self.location is not None:
+            self.location.close()
+            self.location = None

@@ -3,6 +3,13 @@
 The jsonl file is the record (greppable, diffable, read back by :func:`read_metrics`);
 TensorBoard (``RUN_DIR/tensorboard``) is the view. On resume, rows past the resumed
 step are dropped from both, so a resumed run reads as one uninterrupted run.
+
+For a run directory on an object store both are written to the run's local cache, and
+the logger calls ``sync`` (:meth:`~distmeta.runtime.remote_run.RemoteRun.sync`) after each
+row - it uploads at most every few seconds - and with ``force=True`` on close. TensorBoard's
+own S3 support is not used: ``SummaryWriter`` appends to one event file, which object stores
+cannot do; the whole event file is uploaded instead, and on resume the new event file (with
+``purge_step``) is written beside the old ones, as on a local disk.
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -78,11 +85,14 @@ class MetricsLogger:
     """Append metrics to ``RUN_DIR/metrics.jsonl`` (flushed every call) and to TensorBoard.
 
     ``resume_step=S`` first drops rows (and TensorBoard events) with step > S, left by
-    the run being resumed after its last checkpoint.
+    the run being resumed after its last checkpoint. ``sync(force)``, when given, is called
+    after every row (``force=False``) and on close (``force=True``): the upload of a remote run.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None,
+                 sync: Callable[[bool], None] | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self._sync = sync
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
         _truncate_jsonl(self.path, resume_step)
@@ -117,6 +127,8 @@ class MetricsLogger:
             for tag, v in values.items():
                 self._writer.add_scalar(tag, v, int(step))
             self._writer.flush()
+        if self._sync is not None:
+            self._sync(False)
 
     def log_text(self, tag: str, text: str, step: int = 0) -> None:
         """A text note (e.g. the resolved config) in TensorBoard's Text tab; no-op without TensorBoard."""
@@ -136,6 +148,9 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            sync(True)
 
     def __enter__(self) -> "MetricsLogger":
         return self

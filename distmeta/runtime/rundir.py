@@ -10,6 +10,11 @@ One writer at a time: a writer holds an exclusive ``flock`` on ``RUN_DIR/.distme
 ``--resume``, a restarted Tune trial whose old process still runs) is refused with an
 error naming the holder. The lock, not the PID written next to it, decides: PIDs
 repeat across PID namespaces, and the kernel drops the lock when its holder dies.
+
+:func:`open_run` is the trainer's entry: a local path (or ``file://`` URI) gives a
+:class:`LocalRun` (the above); any other ``pyarrow.fs`` URI (``s3://bucket/run``) a
+:class:`~distmeta.runtime.remote_run.RemoteRun`, which keeps the same rules with a lease in
+place of the flock (:mod:`distmeta.runtime.lease`) and works through a local cache.
 """
 from __future__ import annotations
 
@@ -22,10 +27,15 @@ import sys
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from distmeta.errors import RunDirError
 from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE
 from distmeta.runtime.checkpoint import fsync_dir, latest_checkpoint, list_checkpoints
+
+if TYPE_CHECKING:
+    from distmeta.runtime.remote_run import RemoteRun
+
 _held: dict[str, int] = {}  # run directories this process holds the lock of -> descriptor
 
 log = logging.getLogger(__name__)
@@ -179,3 +189,65 @@ def run_dir_in_use(path: str | Path) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+class LocalRun:
+    """A run directory on a local (or shared POSIX) filesystem: :func:`prepare_run_dir` + :func:`lock_run_dir`.
+
+    Args:
+        path: the run directory (a path or a ``file://`` URI).
+        resume: continue the run there.
+        overwrite: move an existing run aside and start afresh.
+        owner: an object (the Trainer) whose garbage collection releases the lock.
+    """
+
+    def __init__(self, path: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 owner: object | None = None) -> None:
+        from distmeta.runtime.storage import local_path
+
+        self.local = prepare_run_dir(local_path(path), resume=resume, overwrite=overwrite)
+        self.display = str(self.local)
+        lock_run_dir(self.local, owner=owner)
+
+    def save_checkpoint(self, ckpt: Any, keep: int) -> Path:
+        """:func:`~distmeta.runtime.checkpoint.save_checkpoint` into this run directory."""
+        from distmeta.runtime.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.local, ckpt, keep=keep)
+
+    def sync(self, force: bool = False) -> None:
+        """Nothing to upload: the files are where they belong."""
+
+    def close(self) -> None:
+        """Release the writer lock; safe to call twice."""
+        unlock_run_dir(self.local)
+
+
+RunLocation = Union[LocalRun, "RemoteRun"]
+
+
+def open_run(path: str | Path, *, resume: bool = False, overwrite: bool = False,
+             owner: object | None = None) -> RunLocation:
+    """Prepare and lock a run directory, local or remote; the trainer works in ``.local`` either way.
+
+    Args:
+        path: ``run.dir``: a local path, a ``file://`` URI, or a ``pyarrow.fs`` URI (``s3://bucket/run``).
+        resume: continue the run there from its newest valid checkpoint.
+        overwrite: move an existing run aside and start afresh.
+        owner: an object whose garbage collection releases the lock (the Trainer).
+
+    Returns:
+        A :class:`LocalRun` or :class:`~distmeta.runtime.remote_run.RemoteRun`, both with ``local``,
+        ``display``, ``save_checkpoint(ckpt, keep)``, ``sync(force)`` and ``close()``.
+
+    Raises:
+        RunDirError: the rules of :func:`prepare_run_dir`, or another writer holds the run.
+        StorageError: a remote URI whose bucket is missing or unreachable.
+    """
+    from distmeta.runtime.storage import is_remote
+
+    if is_remote(path):
+        from distmeta.runtime.remote_run import RemoteRun
+
+        return RemoteRun(str(path), resume=resume, overwrite=overwrite, owner=owner)
+    return LocalRun(path, resume=resume, overwrite=overwrite, owner=owner)

@@ -1,0 +1,220 @@
+"""A run directory on an object store (``run.dir=s3://bucket/runs/a``), worked on through a local cache.
+
+The trainer writes where it always does, into a local directory: the run's private cache
+(:func:`~distmeta.runtime.storage.cache_dir`). This class keeps the remote run in step with it:
+
+* opening checks the bucket before anything else (an error naming the URI, before Ray starts),
+  applies the same rules as a local run directory (``--resume`` needs a valid checkpoint,
+  an existing run needs ``--resume`` or ``--overwrite``; ``--overwrite`` copies the old run to
+  ``<uri>.replaced-<UTC time>`` before removing it) and takes the run's writer lease
+  (:mod:`distmeta.runtime.lease`) plus the cache's flock;
+* ``--resume`` pulls the run's top-level files (config, split, tokenizer, ``metrics.jsonl``,
+  best parameters) and its newest valid checkpoint (reused when the cache has the same one);
+* checkpoints are saved locally as today, then published (:mod:`distmeta.runtime.checkpoint.remote`);
+* :meth:`sync` uploads the top-level files and TensorBoard event files that changed - at most
+  every ``DISTMETA_SYNC_EVERY`` seconds (default 30) from the metrics logger, and always before
+  a checkpoint is published and on close.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+import weakref
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from distmeta.errors import RunDirError
+from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE
+from distmeta.runtime.lease import Lease, describe
+from distmeta.runtime.metrics import TENSORBOARD_DIR
+from distmeta.runtime.storage import StorageError, Store, cache_dir, open_store
+
+DEFAULT_SYNC_EVERY = 30.0
+log = logging.getLogger(__name__)
+
+
+class RunSyncWarning(UserWarning):
+    """Uploading the run's logs failed; they are kept locally and retried at the next sync."""
+
+
+def holds_remote_run(store: Store) -> bool:
+    """True when the remote run directory has a ``config.yaml`` or anything under ``checkpoints/``."""
+    return store.exists(CONFIG_FILE) or bool(store.listdir(CHECKPOINTS_DIR))
+
+
+def move_aside_remote(store: Store) -> str:
+    """Copy the run to ``<uri>.replaced-<UTC time>`` (server-side), then remove it; returns the new URI."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    parent, name = store.root.rsplit("/", 1)
+    aside = Store._at(store.fs, f"{parent}/{name}.replaced-{stamp}", f"{store.uri}.replaced-{stamp}")
+    files = [f for f in store.walk() if f != LOCK_FILE]
+    for rel in files:
+        store.fs.copy_file(store.path(rel), aside.path(rel))
+    for rel in files:
+        store.delete_file(rel)
+    log.warning("--overwrite: moved the existing run %s aside to %s (nothing was deleted)", store.uri, aside.uri)
+    return aside.uri
+
+
+def _clear(local: Path, keep: set[str]) -> None:
+    """Empty the cache directory except the names in ``keep``."""
+    for p in local.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+class RemoteRun:
+    """A remote run directory and its local cache; see the module docstring.
+
+    Args:
+        uri: the run directory's URI.
+        resume: continue the run there from its newest valid checkpoint.
+        overwrite: move an existing run aside and start afresh.
+        owner: an object (the Trainer) whose garbage collection releases the lease and lock.
+    """
+
+    def __init__(self, uri: str, *, resume: bool = False, overwrite: bool = False, owner: object | None = None) -> None:
+        from distmeta.runtime.rundir import lock_run_dir, unlock_run_dir
+
+        if resume and overwrite:
+            raise RunDirError(f"{uri}: --resume and --overwrite contradict each other; pass one of them")
+        self.uri = uri
+        self.store = open_store(uri)
+        self.local = cache_dir(uri)
+        self.display = uri
+        self.sync_every = float(os.environ.get("DISTMETA_SYNC_EVERY", DEFAULT_SYNC_EVERY))
+        self._sent: dict[str, tuple[int, int]] = {}
+        self._last_sync = 0.0
+        self.lease = Lease(self.store)
+        lock_run_dir(self.local)  # one process per cache on this host, before the cache is touched
+        try:
+            other = self.lease.live_holder()
+            if other is not None:
+                raise RunDirError(f"run directory {uri} is in use by another distmeta writer: {describe(other)}; "
+                                  f"wait for it to finish or stop it")
+            self._prepare(resume, overwrite)
+            self.lease.acquire()
+        except BaseException:
+            self.lease.release()
+            unlock_run_dir(self.local)
+            raise
+        if owner is not None:
+            weakref.finalize(owner, _release, self.lease, str(self.local))
+
+    def _prepare(self, resume: bool, overwrite: bool) -> None:
+        from distmeta.runtime.checkpoint.remote import fetch_checkpoint, latest_remote
+
+        has_run = holds_remote_run(self.store)
+        if resume:
+            if not has_run:
+                raise RunDirError(f"nothing to resume in {self.uri}: it has no {CONFIG_FILE} and no checkpoints")
+            if latest_remote(self.store) is None:
+                raise RunDirError(f"cannot resume {self.uri}: it has no valid checkpoint; pass --overwrite to move "
+                                  f"it aside and start over")
+            _clear(self.local, {LOCK_FILE, CHECKPOINTS_DIR})
+            self._pull_top_level()
+            fetch_checkpoint(self.uri, self.local / CHECKPOINTS_DIR)
+            return
+        if has_run:
+            if not overwrite:
+                raise RunDirError(f"run directory {self.uri} already holds a run ({CONFIG_FILE} or checkpoints/); "
+                                  f"pass --resume to continue it or --overwrite to move it aside and start fresh")
+            move_aside_remote(self.store)
+        _clear(self.local, {LOCK_FILE})
+
+    def _pull_top_level(self) -> None:
+        """Download the run's top-level files (not the lease) into the cache, and remember them as sent."""
+        for name, (kind, _) in self.store.listdir().items():
+            if kind == "file" and name != LOCK_FILE and not name.startswith("."):
+                self.store.download(name, self.local / name)
+                st = (self.local / name).stat()
+                self._sent[name] = (st.st_size, st.st_mtime_ns)
+
+    # ------------------------------------------------------------------ writing
+    def _changed(self) -> list[str]:
+        """Top-level files and TensorBoard files of the cache that differ from what was last uploaded."""
+        out = []
+        candidates = [p for p in self.local.iterdir() if p.is_file() and not p.name.startswith(".")]
+        tb = self.local / TENSORBOARD_DIR
+        if tb.is_dir():
+            candidates += [p for p in tb.rglob("*") if p.is_file()]
+        for p in candidates:
+            rel = p.relative_to(self.local).as_posix()
+            st = p.stat()
+            if self._sent.get(rel) != (st.st_size, st.st_mtime_ns):
+                out.append(rel)
+        return sorted(out)
+
+    def sync(self, force: bool = False) -> None:
+        """Upload what changed; without ``force`` at most every ``sync_every`` seconds. Failures warn, not raise."""
+        if not force and time.monotonic() - self._last_sync < self.sync_every:
+            return
+        self._last_sync = time.monotonic()
+        for rel in self._changed():
+            path = self.local / rel
+            st = path.stat()
+            try:
+                self.store.upload(path, rel)
+            except StorageError as e:
+                warnings.warn(f"{e}; kept in {self.local}, retried at the next sync", RunSyncWarning, stacklevel=2)
+                return
+            self._sent[rel] = (st.st_size, st.st_mtime_ns)
+
+    def save_checkpoint(self, ckpt: Any, keep: int) -> Path:
+        """Save ``ckpt`` in the cache (atomic, verified), upload the run files, then publish it remotely.
+
+        Returns:
+            The local step directory (what Ray Tune reports as the trial checkpoint).
+        """
+        from distmeta.runtime.checkpoint import save_checkpoint
+        from distmeta.runtime.checkpoint.remote import publish_checkpoint
+
+        local = save_checkpoint(self.local, ckpt, keep=keep)
+        self.sync(force=True)
+        publish_checkpoint(self.store, local, keep, check_lease=self.lease.check)
+        return local
+
+    def close(self) -> None:
+        """Upload what is left, release the lease and the cache's lock; safe to call twice."""
+        try:
+            if self.lease.held:
+                self.sync(force=True)
+        finally:
+            _release(self.lease, str(self.local))
+
+
+def _release(lease: Lease, local: str) -> None:
+    from distmeta.runtime.rundir import unlock_run_dir
+
+    lease.release()
+    unlock_run_dir(local)
+
+
+def read_remote_config(uri: str) -> dict[str, Any]:
+    """The ``config.yaml`` of remote run ``uri``, parsed with ``yaml.safe_load`` (``distmeta train --resume URI``).
+
+    Raises:
+        RunDirError: there is none; ConfigError: it is not a YAML mapping; StorageError: the bucket is unreachable.
+    """
+    import yaml
+
+    from distmeta.errors import ConfigError
+
+    store = open_store(uri)
+    if not store.exists(CONFIG_FILE):
+        raise RunDirError(f"--resume {uri}: no {CONFIG_FILE} there; is it a distmeta run directory?")
+    try:
+        raw = yaml.safe_load(store.read_bytes(CONFIG_FILE).decode("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{store.uri_of(CONFIG_FILE)} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{store.uri_of(CONFIG_FILE)} must hold a mapping at top level")
+    return raw
