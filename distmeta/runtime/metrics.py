@@ -6,10 +6,11 @@ step are dropped from both, so a resumed run reads as one uninterrupted run.
 
 For a run directory on an object store both are written to the run's local cache, and
 the logger calls ``sync`` (:meth:`~distmeta.runtime.remote_run.RemoteRun.sync`) after each
-row - it uploads at most every few seconds - and with ``force=True`` on close. TensorBoard's
-own S3 support is not used: ``SummaryWriter`` appends to one event file, which object stores
-cannot do; the whole event file is uploaded instead, and on resume the new event file (with
-``purge_step``) is written beside the old ones, as on a local disk.
+row - it uploads at most every ``DISTMETA_SYNC_EVERY`` seconds - and with ``force=True`` on
+close. TensorBoard's own S3 support (its ``gfile`` stub) is not used: tried against the test
+server it works, but needs boto3 and its own ``S3_ENDPOINT`` variable, knows ``s3://`` only, and
+re-uploads the whole event file at every flush (one per row here). On resume the new event file
+(with ``purge_step``) goes beside the old ones, as on a local disk.
 """
 from __future__ import annotations
 

@@ -121,7 +121,10 @@ class RemoteRun:
                                   f"it aside and start over")
             _clear(self.local, {LOCK_FILE, CHECKPOINTS_DIR})
             self._pull_top_level()
-            fetch_checkpoint(self.uri, self.local / CHECKPOINTS_DIR)
+            fetched = fetch_checkpoint(self.uri, self.local / CHECKPOINTS_DIR)
+            # Only the remote's newest valid checkpoint may be resumed from: a step the cache holds from
+            # an earlier attempt (never published, or since replaced by --overwrite elsewhere) is not the run's.
+            _clear(fetched.parent, {fetched.name})
             return
         if has_run:
             if not overwrite:

@@ -168,12 +168,19 @@ class TuneReporter:
                        "final": step == end}, None)
 
 
-def _trial_cfg(config: dict[str, Any], run_dir: Path) -> Config:
+def _trial_cfg(config: dict[str, Any], run_dir: Path | str) -> Config:
     raw = trial_config(config)
     raw = set_key(raw, "run.dir", str(run_dir))
     raw = set_key(raw, "run.progress", False)
     eval_every = int((raw.get("run") or {}).get("eval_every", 100))
     return config_from_dict(set_key(raw, "run.checkpoint_every", eval_every))
+
+
+def _run_dir(run_root: str, trial_id: str) -> Path | str:
+    """``run_root/<trial id>``: a path, or a URI when the search stores on an object store (``s3://...``)."""
+    from distmeta.runtime.storage import join_uri
+
+    return join_uri(run_root, trial_id) if "://" in run_root else Path(run_root) / trial_id
 
 
 def trainable(config: dict[str, Any], run_root: str | None = None, metric: str = "val_accuracy",
@@ -182,7 +189,7 @@ def trainable(config: dict[str, Any], run_root: str | None = None, metric: str =
 
     Args:
         config: ``{"_base": distmeta config dict, "algorithm.inner_lr": 0.1, ...}``.
-        run_root: the run directory is ``run_root/<trial id>`` (shared storage), or ``run/``
+        run_root: the run directory is ``run_root/<trial id>`` (shared or object storage), or ``run/``
             in the trial's working directory.
         metric: the search metric (a diverged trial reports its worst value).
         mode: ``max`` or ``min``.
@@ -193,7 +200,7 @@ def trainable(config: dict[str, Any], run_root: str | None = None, metric: str =
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    run_dir = Path(run_root) / trial_id if run_root else Path(ctx.get_trial_dir()) / "run"
+    run_dir = _run_dir(run_root, trial_id) if run_root else Path(ctx.get_trial_dir()) / "run"
     cfg = _trial_cfg(config, run_dir)
     checkpoint = tune.get_checkpoint()
     origin = None

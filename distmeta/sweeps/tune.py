@@ -22,6 +22,7 @@ from typing import Any
 
 from distmeta.config import config_from_dict, dump_config, set_key
 from distmeta.errors import DistmetaError
+from distmeta.runtime.storage import join_uri
 from distmeta.sweeps.search import BASE_KEY, Search, load_search
 from distmeta.sweeps.trial import meta_test_metrics, trainable, trial_config, trial_resources
 
@@ -57,7 +58,10 @@ def build_tuner(search: Search, callbacks: list[Any] | None = None, resume: bool
     from ray.tune.search import BasicVariantGenerator
 
     spec = search.spec
-    run_root = str(search.experiment_path / "runs") if search.local_storage else None
+    # Run dirs (metrics, TensorBoard, checkpoints) under the experiment, on the same storage: a local
+    # directory, or run.dir URIs on an object store (distmeta.runtime.storage).
+    run_root = (str(search.experiment_path / "runs") if search.local_storage
+                else join_uri(spec.storage_path, spec.name, "runs"))
     fn = tune.with_parameters(trainable, run_root=run_root, metric=search.metric, mode=spec.mode)
     fn = tune.with_resources(fn, trial_resources(search.base_cfg, spec.driver_cpus, spec.driver_gpus,
                                                  spec.placement_strategy))
@@ -73,8 +77,6 @@ def build_tuner(search: Search, callbacks: list[Any] | None = None, resume: bool
         # PBT clones other trials' checkpoints: keep a few more of them than a plain search needs.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=max(spec.keep_checkpoints, 4) if pbt else spec.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        # Run dirs (TensorBoard, metrics) live in trial working directories when storage is remote.
-        sync_config=None if search.local_storage else tune.SyncConfig(sync_artifacts=True),
     )
     seeded = spec.search_seed is not None
     tune_config = tune.TuneConfig(
