@@ -210,7 +210,12 @@ class Trainer:
 
     def groups_of(self, specs: list[TaskSpec]) -> list[list[TaskSpec]]:
         """The meta-batch cut into groups of ``algorithm.group_size``: fixed by the meta-batch, not the worker count."""
-        return [specs[r.start: r.stop] for r in chunks(len(specs), self.cfg.algorithm.group_size)]
+        size = getattr(self, "_group_size", None)
+        if size is None:  # issue 14: group_size auto / memory_budget_mb, measured once on the first step's tasks
+            from distmeta.runtime.memory import resolve_group_size
+
+            size = self._group_size = resolve_group_size(self.cfg, self.exp, specs)
+        return [specs[r.start: r.stop] for r in chunks(len(specs), size)]
 
     def _train_step(self, specs: list[TaskSpec], overlap: Callable[[], Any]) -> dict[str, float]:
         """One step: dispatch, check, reduce in group order, update; returns the step's metrics row."""

@@ -66,3 +66,16 @@ def test_resolve_group_size_on_a_real_worker():
                                                  r"algorithm.memory_budget_mb=1e-06"):
         resolve_group_size(load_config(None, [*base, "algorithm.group_size=8", "algorithm.memory_budget_mb=0.000001"]),
                            exp, specs)
+
+
+def test_trainer_chunks_by_the_measured_group_size(tmp_path):
+    from distmeta.config import load_config
+    from distmeta.runtime.driver import Trainer
+
+    cfg = load_config(None, ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.meta_batch=4",
+                             "train.steps=2", "workers=0", "threads=1", "algorithm.group_size=auto",
+                             "algorithm.memory_budget_mb=4096", "run.progress=false", "run.checkpoint_every=0",
+                             "run.eval_every=0", "eval.episodes=4", "eval.batch=4", f"run.dir={tmp_path / 'run'}"])
+    with Trainer(cfg) as trainer:
+        trainer.fit()
+        assert trainer._group_size == 4
