@@ -82,3 +82,14 @@ def test_resume_drops_rows_past_the_checkpoint(tmp_path: Path) -> None:
     assert [r["train/loss"] for r in rows[5:]] == [6.5, 7.5, 8.5]
     # TensorBoard purges the old run's events past step 5 as well
     assert scalars(tmp_path, "train/loss") == [(s, float(s)) for s in range(1, 6)] + [(6, 6.5), (7, 7.5), (8, 8.5)]
+
+
+def test_sync_is_called_after_each_row_and_forced_once_on_close(tmp_path: Path) -> None:
+    calls: list[bool] = []
+    logger = MetricsLogger(tmp_path, tensorboard=False, sync=calls.append)
+    logger.log(1, {"loss": 1.0})
+    logger.log(2, {"loss": 0.5})
+    assert calls == [False, False]
+    logger.close()
+    logger.close()
+    assert calls == [False, False, True], "one forced upload at the end, not one per close()"

@@ -114,3 +114,16 @@ def test_write_text_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.undo()
     assert target.read_text() == "two\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temp file left
+
+
+def test_open_run_takes_a_file_uri_as_the_local_path(tmp_path: Path) -> None:
+    from distmeta.runtime.rundir import open_run, run_dir_in_use
+
+    run = open_run(f"file://{tmp_path}/r")
+    try:
+        assert run.local == tmp_path / "r" and run.local.is_dir()
+        path = run.save_checkpoint(tiny_ckpt(1), keep=2)
+        assert path == tmp_path / "r" / "checkpoints" / "step_00000001"
+    finally:
+        run.close()
+    assert run_dir_in_use(tmp_path / "r") is None

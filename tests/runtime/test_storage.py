@@ -100,8 +100,10 @@ def test_step_without_manifest_is_skipped_and_damaged_one_falls_back(endpoint, b
     raw = bytearray(run.read_bytes(f"checkpoints/step_00000004/{PARAMS_FILE}"))
     raw[-2] ^= 0x01
     run.write_bytes(f"checkpoints/step_00000004/{PARAMS_FILE}", bytes(raw))
-    with pytest.warns(CheckpointFallbackWarning, match="sha256"):
+    with pytest.warns(CheckpointFallbackWarning) as caught:
         assert load_checkpoint(f"s3://{bucket}/run").step == 2
+    assert [("step_00000006" in str(w.message), "sha256" in str(w.message)) for w in caught] == \
+        [(True, False), (False, True)]
     with pytest.raises(CheckpointError, match="no manifest.json"):
         load_checkpoint(f"s3://{bucket}/run/checkpoints/step_00000006")
 
@@ -161,3 +163,25 @@ def test_lease_refuses_a_second_writer_and_a_stalled_one_stops(endpoint, bucket)
     with pytest.raises(RunDirError, match="lease was taken over"):
         stalled.check()
     taker.release()
+
+
+def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(endpoint, bucket) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run = open_store(f"s3://{bucket}/run")
+    run.write_bytes(".distmeta.lock", json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                                  "token": "old", "expires": time.time() + 3600}).encode())
+    lease = Lease(run, ttl=60, settle=0.05)
+    lease.acquire()
+    lease.release()
+
+
+@pytest.mark.slow
+def test_unreachable_endpoint_is_named(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(StorageError, match=r"s3://some-bucket/run: it is unreachable"):
+        open_store("s3://some-bucket/run")
