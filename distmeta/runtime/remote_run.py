@@ -158,8 +158,8 @@ class RemoteRun:
 
     def sync(self, force: bool = False) -> None:
         """Upload what changed; without ``force`` at most every ``sync_every`` seconds. Failures warn, not raise."""
-        if not force and time.monotonic() - self._last_sync < self.sync_every:
-            return
+        if self.lease.lost is not None or (not force and time.monotonic() - self._last_sync < self.sync_every):
+            return  # a writer whose lease was taken over must not overwrite the new writer's logs
         self._last_sync = time.monotonic()
         for rel in self._changed():
             path = self.local / rel

@@ -260,9 +260,11 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "distmeta"
 
 
-def cache_dir(uri: str) -> Path:
-    """The private local directory that mirrors remote run ``uri`` (``<cache_root>/runs/<name>-<hash>``).
+def cache_dir(uri: str, kind: str = "runs") -> Path:
+    """The private local directory for remote run ``uri``: ``<cache_root>/<kind>/<name>-<hash>``.
 
+    ``kind``: ``runs`` for the run's writer (the trainer works there), ``fetched`` for readers
+    (``distmeta eval --checkpoint URI``), so a reader never touches a live writer's files.
     Created with mode 0700 and checked private (:func:`distmeta.security.check_private_dir`):
     checkpoints are read back from it.
     """
@@ -270,7 +272,7 @@ def cache_dir(uri: str) -> Path:
 
     key = hashlib.sha256(uri.partition("?")[0].rstrip("/").encode("utf-8")).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", uri_name(uri))[:60] or "run"
-    path = cache_root() / "runs" / f"{name}-{key}"
+    path = cache_root() / kind / f"{name}-{key}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private_dir(path, "distmeta cache directory")
     return path

@@ -206,8 +206,9 @@ def fetch_checkpoint(uri: str, dest: Path | None = None) -> Path:
     """Download the newest valid checkpoint of a remote run (or the one step named) and return its local path.
 
     Damaged newer checkpoints are skipped with a :class:`CheckpointFallbackWarning`. Files go to
-    ``dest`` (default ``<cache of the run>/checkpoints``); a copy already there with the same
-    manifest is reused without downloading.
+    ``dest`` (default: ``checkpoints/`` of the run's reader cache, see
+    :func:`~distmeta.runtime.storage.cache_dir`); a copy already there with the same manifest is
+    reused without downloading.
 
     Args:
         uri: ``s3://bucket/run``, ``.../checkpoints`` or ``.../checkpoints/step_00000100``.
@@ -217,7 +218,7 @@ def fetch_checkpoint(uri: str, dest: Path | None = None) -> Path:
         The local, verified ``step_*`` directory.
     """
     ck, single, run_uri = _locate(uri)
-    dest = dest if dest is not None else cache_dir(run_uri) / CHECKPOINTS_DIR
+    dest = dest if dest is not None else cache_dir(run_uri, kind="fetched") / CHECKPOINTS_DIR
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     if single is not None:
         return _fetch_one(ck, single, dest)
