@@ -372,6 +372,15 @@ class RayConfig(_Section):
         "spinning): true | false | auto (on for GPU actors, whose CPUs are otherwise idle; off for CPU actors, "
         "where the spinning steals the cores that compute). Multi-node runs, and steps while an actor is "
         "suspect after a failure, use plain actor calls")
+    node_reduce: bool | Literal["auto"] = Field(
+        "auto", description="sum the group gradients of each node other than the driver's on that node (in the "
+        "reduction tree's order, so the parameters are the same bits) and send the driver those sums instead of "
+        "every group's gradient: true | false | auto (on when the actors span more than one node)")
+    elastic: bool | Literal["auto"] = Field(
+        "auto", description="grow the actor pool when nodes join the cluster: actors start on the new capacity and "
+        "take work from the step after their Worker is built, up to `workers` (without limit for workers: auto); "
+        "with a fixed `workers` the run starts with as many as fit now instead of failing. The parameters do not "
+        "depend on when actors came or went. true | false | auto (on for workers: auto)")
 
 
 class FaultConfig(_Section):

@@ -40,6 +40,9 @@ class GroupResult:
     extra: dict[str, Any] = field(default_factory=dict)
     bad_tasks: list[tuple[int, int]] = field(default_factory=list)  # keys of the tasks that were not
     skipped: list[tuple[int, int]] = field(default_factory=list)  # keys left out of ``grad`` (nan_policy=skip_task)
+    # How many groups, from this one on, ``grad`` sums: 1 (its own), a whole subtree of the reduction tree
+    # (summed on a node, distmeta.runtime.tree), or 0 when another result's ``grad`` holds this group's.
+    covers: int = 1
 
 
 def all_finite(arrays: Iterable[np.ndarray | Tensor]) -> bool:

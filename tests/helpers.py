@@ -44,3 +44,18 @@ def text_tiny(csv_path: Path) -> list[str]:
         "data.split.val=0", "data.split.test=0.375", "eval.settings=[[3,1]]", "eval.queries=3",
         "train.steps=3", "train.meta_batch=4", "algorithm.group_size=2", "eval.episodes=10", "eval.batch=5",
     ]
+
+
+def pairwise_tree_sum(values: list[dict]) -> dict:
+    """The documented reduction order, written out plainly: split after the largest power of two below the count.
+
+    ``[g0, g1, g2]`` sums as ``(g0 + g1) + g2``; ``[g0, .., g4]`` as ``((g0 + g1) + (g2 + g3)) + g4``.
+    """
+    if len(values) == 1:
+        return values[0]
+    half = 1
+    while half * 2 < len(values):
+        half *= 2
+    left, right = pairwise_tree_sum(values[:half]), pairwise_tree_sum(values[half:])
+    return {n: left[n] + right[n] for n in left}
+

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from distmeta.errors import DistmetaError
+from distmeta.runtime.tree import is_node
 from distmeta.runtime.wire import Packed, unpack
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import GroupResult
@@ -113,15 +114,44 @@ def _grad_problem(i: int, grad: Any, spec: MetaSpec) -> str | None:
     return None
 
 
-def group_results_problem(block: range, value: Any, groups: Sequence[Sequence[TaskSpec]], version: int,
-                          spec: MetaSpec) -> str | None:
-    """Why an actor's answer for ``block`` cannot be used in the update of ``version``, or None when it can.
+def _covers_problem(block: range, value: list, total: int | None) -> str | None:
+    """Why the results' ``covers`` do not tile ``block`` with whole subtrees of the reduction tree, or None.
 
-    One :class:`GroupResult` per group, for the parameter version and tasks sent, with a
-    gradient of exactly the meta-parameters' names, shapes and dtypes and per-task metrics.
+    An actor's own answer sums each group alone (``covers == 1``); a node's sum
+    (``total`` given) may hold a whole subtree in its first result and nothing in the others.
+    """
+    pos = 0
+    while pos < len(value):
+        c = getattr(value[pos], "covers", None)
+        lo = block.start + pos
+        if c == 1:
+            pos += 1
+            continue
+        if total is None or not isinstance(c, int) or c < 2 or pos + c > len(value) or not is_node(lo, lo + c, total):
+            return f"result for group {lo} sums {c!r} groups, not a whole subtree of the reduction tree inside the block"
+        if any(getattr(r, "covers", None) != 0 or r.grad for r in value[pos + 1: pos + c]):
+            return f"groups {lo + 1}..{lo + c - 1} are inside group {lo}'s sum but carry gradients of their own"
+        pos += c
+    return None
+
+
+def group_results_problem(block: range, value: Any, groups: Sequence[Sequence[TaskSpec]], version: int,
+                          spec: MetaSpec, total: int | None = None) -> str | None:
+    """Why an actor's (or a node's) answer for ``block`` cannot be used in the update of ``version``, or None.
+
+    One :class:`GroupResult` per group, for the parameter version and tasks sent, with
+    per-task metrics and a gradient of exactly the meta-parameters' names, shapes and
+    dtypes; with ``total`` (the step's group count) a node's answer may sum whole subtrees
+    of the reduction tree (:func:`_covers_problem`).
     """
     if not isinstance(value, list) or len(value) != len(block):
         return f"returned {len(value) if isinstance(value, list) else type(value).__name__} results for {len(block)} groups"
+    if any(not isinstance(r, GroupResult) for r in value):
+        i = next(i for i, r in zip(block, value) if not isinstance(r, GroupResult))
+        return f"result for group {i} is a {type(value[i - block.start]).__name__}, not a GroupResult"
+    problem = _covers_problem(block, value, total)
+    if problem is not None:
+        return problem
     for i, r in zip(block, value):
         if not isinstance(r, GroupResult):
             return f"result for group {i} is a {type(r).__name__}, not a GroupResult"
@@ -129,7 +159,7 @@ def group_results_problem(block: range, value: Any, groups: Sequence[Sequence[Ta
             return f"stale result for group {i}: parameter version {r.version}, expected {version}"
         if r.tasks != [task_key(s) for s in groups[i]]:
             return f"result for group {i} is for tasks {r.tasks[:3]}..., not the tasks sent"
-        problem = _grad_problem(i, r.grad, spec)
+        problem = _grad_problem(i, r.grad, spec) if r.covers else None
         if problem is not None:
             return problem
         if not isinstance(r.metrics, dict) or any(not isinstance(v, list) or len(v) != len(r.tasks)

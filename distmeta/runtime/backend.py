@@ -43,6 +43,7 @@ class StepStats:
     retries: int = 0  # blocks re-run after a failed attempt
     compiled_graph: bool = False  # the step went through a Ray Compiled Graph (not plain actor calls)
     shared_memory_calls: int = 0  # calls whose gradients came back through shared memory
+    node_sums: int = 0  # nodes whose groups were summed there (ray.node_reduce)
     actor_compute_s: dict[int, float] = field(default_factory=dict)
     actor_nodes: dict[int, str] = field(default_factory=dict)
     wall_s: float = 0.0

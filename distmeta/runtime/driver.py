@@ -228,10 +228,10 @@ class Trainer:
         t2 = time.perf_counter()
         check_tasks(results, specs, self.step)
         skipped = nan_policy(results, len(specs), self.cfg.nan_policy, self.step)  # raises under nan_policy=raise
-        used = [r for r in results if len(r.skipped) < len(r.tasks)] if len(skipped) < len(specs) else []
+        update = len(skipped) < len(specs)  # skip_step, or every task skipped: no update
         opt_stats: dict[str, float] = {}
-        if used:
-            grad = reduce_groups(used, optimizer.names, DTYPES[self.cfg.dtype], out=optimizer.grad_buffers())
+        if update:  # a group whose tasks were all skipped adds its zero gradient: the tree stays the same
+            grad = reduce_groups(results, optimizer.names, DTYPES[self.cfg.dtype], out=optimizer.grad_buffers())
             mean_grad = {n: g.div_(len(specs) - len(skipped)) for n, g in grad.items()}  # the optimiser's own buffers
             if not all_finite(mean_grad.values()):  # finite groups, non-finite sum: never applied
                 raise NonFiniteError(f"step {self.step}: the summed meta-gradient is not finite although every "
@@ -243,7 +243,7 @@ class Trainer:
                "retries": self.backend.stats().retries}
         left_out = set(skipped)
         self._emit("step", {"step": self.step - 1, "results": results, "skipped": skipped, "row": row,
-                            "tasks": [k for r in used for k in r.tasks if k not in left_out]})
+                            "tasks": [k for r in results for k in r.tasks if k not in left_out] if update else []})
         return row
 
     def _validate_step(self, logger: Any, write: Callable[[str], None]) -> None:

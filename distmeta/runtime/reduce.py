@@ -1,38 +1,66 @@
-"""From the workers' group results to one meta-gradient: the fixed-order sum and what happens to NaNs.
+"""From the workers' group results to one meta-gradient: the fixed tree sum and what happens to NaNs.
 
-The sum runs over groups in group order whatever computed them, which is what makes any
-backend and any actor count give the same parameters. A task whose loss or gradient is
+The sum runs over groups in a pairwise tree fixed by the group count whatever computed
+them, which is what makes any backend, actor count and node layout give the same parameters. A task whose loss or gradient is
 not finite is dealt with by ``nan_policy`` (:func:`nan_policy`) before anything is applied.
 """
 from __future__ import annotations
 
 import warnings
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from distmeta.errors import DistmetaError
+from distmeta.runtime.tree import Span, combine
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.worker import GroupResult
 
 
-def reduce_groups(results: list[GroupResult], names: list[str], dtype: torch.dtype,
-                  out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Sum group gradients in group order: the fixed reduction that makes runs reproducible.
+def add_grads(a: Mapping[str, Any], b: Mapping[str, Any], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``a + b`` per name, as fresh tensors (numpy inputs are only read: Ray's are read-only)."""
+    def tensor(x: Any) -> torch.Tensor:
+        t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        return t.to(dtype) if dtype is not None else t
 
-    ``out`` (e.g. :meth:`OuterOptimizer.grad_buffers`) receives the sum in place, which
-    spares a fresh allocation per parameter per step. Arrays from Ray's object store are
-    read-only; they are only read here.
+    return {n: tensor(a[n]) + tensor(b[n]) for n in a}
+
+
+def group_sums(results: Sequence[GroupResult]) -> dict[Span, dict[str, Any]]:
+    """The gradient sums the results carry, by the span of groups each one sums.
+
+    A result sums its own group (``covers == 1``), a whole subtree of groups starting at it
+    (a node's reducer, ``covers > 1``), or nothing because another result's sum holds it (``0``).
+    """
+    return {(i, i + r.covers): r.grad for i, r in enumerate(results) if r.covers}
+
+
+def reduce_groups(results: Sequence[GroupResult], names: list[str], dtype: torch.dtype,
+                  out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Sum the group gradients in the fixed pairwise tree over the group count (:mod:`distmeta.runtime.tree`).
+
+    The tree depends only on how many groups there are, and a subtree's sum is the same
+    bits wherever it was taken, so any backend, actor count and node layout give the same
+    parameters.
+
+    Args:
+        results: one per group, in group order (possibly carrying subtree sums, see :func:`group_sums`).
+        names: the meta-parameter names to sum.
+        dtype: the sum's dtype (the run's).
+        out: buffers (e.g. :meth:`OuterOptimizer.grad_buffers`) that receive the sum.
+
+    Returns:
+        The sum, by name (``out`` when given).
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        sums = {span: {n: g[n] for n in names} for span, g in group_sums(results).items()}
+        total = combine(sums, 0, len(results), lambda a, b: add_grads(a, b, dtype))
         if out is None:
-            total = {n: torch.from_numpy(results[0].grad[n]).to(dtype, copy=True) for n in names}
-        else:
-            total = {n: out[n].copy_(torch.from_numpy(results[0].grad[n])) for n in names}
-        for r in results[1:]:
-            for n in names:
-                total[n] += torch.from_numpy(r.grad[n]).to(dtype)
-    return total
+            return {n: (torch.from_numpy(t) if isinstance(t, np.ndarray) else t).to(dtype, copy=True)
+                    for n, t in total.items()}
+        return {n: out[n].copy_(torch.from_numpy(t) if isinstance(t, np.ndarray) else t) for n, t in total.items()}
 
 
 class NonFiniteError(DistmetaError, FloatingPointError):

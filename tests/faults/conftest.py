@@ -18,7 +18,7 @@ import torch
 import distmeta
 from distmeta.config import Config, load_config
 from distmeta.runtime.backend import Lent, make_backend
-from tests.helpers import QUIET, SINUSOID_TINY
+from tests.helpers import QUIET, SINUSOID_TINY, pairwise_tree_sum
 
 #: Two actors on a quarter CPU each: they fit the session's 2-CPU Ray with room to restart.
 RAY2 = ["workers=2", "cpus_per_worker=0.25"]
@@ -109,7 +109,7 @@ def fit(overrides: list[str], run_dir: Path, on_step: Any = None,
 
 def reference_params(cfg: Config, steps: int | None = None, skip_tasks: dict[int, set[int]] | None = None,
                      skip_steps: set[int] | frozenset = frozenset()) -> dict[str, torch.Tensor]:
-    """The plainest meta-training loop: one Worker, tasks sampled by step, groups summed in order, mean, update.
+    """The plainest meta-training loop: one Worker, tasks sampled by step, groups summed pairwise, mean, update.
 
     ``skip_tasks[s]``: task indices of step ``s`` left out (their group computed without them);
     ``skip_steps``: steps with no update.
@@ -131,12 +131,12 @@ def reference_params(cfg: Config, steps: int | None = None, skip_tasks: dict[int
         drop = skip_tasks.get(step, set())
         groups = [[s for s in specs[r.start: r.stop] if s.index not in drop] for r in chunks(len(specs), cfg.algorithm.group_size)]
         meta = {n: p.detach().numpy() for n, p in opt.params.items()}
-        total: dict[str, torch.Tensor] = {}
-        for g in (g for g in groups if g):
-            grad = worker.meta_grad(meta, g).grad
-            for n in opt.names:
-                t = torch.from_numpy(np.array(grad[n])).to(dtype)
-                total[n] = t.clone() if n not in total else total[n] + t
+        per_group = []  # a group whose tasks were all dropped adds zeros: the summation tree keeps its shape
+        for g in groups:
+            grad = worker.meta_grad(meta, g).grad if g else None
+            per_group.append({n: torch.from_numpy(np.array(grad[n])).to(dtype) if grad is not None
+                              else torch.zeros_like(opt.params[n]) for n in opt.names})
+        total = pairwise_tree_sum(per_group)
         used = sum(len(g) for g in groups)
         opt.step({n: total[n] / used for n in opt.names})
     return {n: p.detach().clone() for n, p in opt.params.items()}

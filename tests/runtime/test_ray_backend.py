@@ -299,6 +299,67 @@ def test_two_node_cluster_spreads_actors_and_matches_one_node(tmp_path):
     assert out["ray_initialized_after_close"] is False, "a connection this backend opened is closed with it"
 
 
+@pytest.mark.ray
+def test_three_nodes_sum_their_own_groups_and_give_the_in_process_parameters(tmp_path):
+    """Own Ray (a 3-node ``cluster_utils.Cluster``), so in a subprocess; the references are computed here meanwhile.
+
+    Four actors over three nodes, eight groups: every node other than the driver's sums its
+    groups in the reduction tree's order; the parameters equal the in-process run's bit for
+    bit in float32 and float64, and fewer gradient bytes reach the driver than without.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ray_tree_check.py")
+    overrides = [o for o in SINUSOID if not o.startswith(("cpus_per_worker", "train.meta_batch"))] + ["train.meta_batch=16"]
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    refs = {dtype: train(tmp_path / f"local-{dtype}", overrides + [f"dtype={dtype}"], workers=0)[0]
+            for dtype in ("float32", "float64")}
+    stdout, stderr = proc.communicate(timeout=600)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    tree = out["float32-tree"]
+    remote = {n for n in tree["actor_nodes"] if n != tree["driver_node"]}
+    assert len(set(tree["actor_nodes"])) == 3, "SPREAD put actors on all three nodes"
+    assert tree["node_sums"] == len(remote), "every node but the driver's summed its own groups"
+    assert out["float32-flat"]["node_sums"] == 0
+    assert tree["result_bytes"] < out["float32-flat"]["result_bytes"], "fewer gradient bytes into the driver"
+    for dtype in ("float32", "float64"):
+        assert_bit_identical(refs[dtype], torch.load(tmp_path / f"{dtype}-tree.pt"), f"3 nodes, node sums ({dtype})")
+    assert_bit_identical(refs["float32"], torch.load(tmp_path / "float32-flat.pt"), "3 nodes, driver sums (float32)")
+
+
+@pytest.mark.ray
+def test_a_node_that_joins_mid_run_gets_actors_and_the_parameters_do_not_change(tmp_path):
+    """Own Ray (a ``cluster_utils.Cluster`` that gains a node after step 1), so in a subprocess.
+
+    ``workers: auto`` starts with the two actors one node holds; the second node's two
+    actors take blocks from step 2 on, and the parameters equal the in-process run's.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ray_elastic_check.py")
+    overrides = [o for o in SINUSOID if not o.startswith(("cpus_per_worker", "train.steps"))] + ["train.steps=4"]
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref, _, _ = train(tmp_path / "local", overrides, workers=0)
+    stdout, stderr = proc.communicate(timeout=600)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["joined"] == [2], "the new node's capacity became two actors"
+    assert [s["actors"] for s in out["steps"]] == [[0, 1], [0, 1], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert len(out["steps"][0]["nodes"]) == 1 and len(out["steps"][-1]["nodes"]) == 2
+    assert_bit_identical(ref, torch.load(tmp_path / "params.pt"), "pool grown mid-run vs workers=0")
+
+
 # ---------------------------------------------------------------------- GPU
 
 

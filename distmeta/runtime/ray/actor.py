@@ -154,6 +154,16 @@ class WorkerActor:
             r.extra.update(actor=self.index, node=self.node_id, pid=os.getpid(), actor_compute_s=block_s)
         return results
 
+    def sum_blocks(self, data: bytes, refs: list[Any]) -> Packed:
+        """As this node's reducer: sum the node's blocks of a step (:mod:`distmeta.runtime.ray.node_sum`).
+
+        ``refs`` (in a list, so Ray does not resolve them on the way in) are the answers of
+        the node's actors for those blocks; this one's own among them.
+        """
+        from distmeta.runtime.ray.node_sum import sum_blocks
+
+        return sum_blocks(pickle.loads(data), refs)
+
     def busy(self) -> bool:
         """Whether a compute is running (in the compiled graph's thread): a plain call answers meanwhile."""
         return self._busy

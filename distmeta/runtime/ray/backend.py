@@ -39,6 +39,7 @@ from distmeta.runtime.faults import FaultPlan
 from distmeta.runtime.ray import session
 from distmeta.runtime.ray.compiled import CompiledGraph
 from distmeta.runtime.ray.dispatch import StepDispatch, collect_graph, graph_blocks, run_plain
+from distmeta.runtime.ray.elastic import Elastic
 from distmeta.runtime.ray.errors import WorkerFailedError
 from distmeta.runtime.ray.plan import assign_blocks, fmt_resources, plan_workers, use_compiled_graph
 from distmeta.runtime.ray.pool import ActorPool
@@ -67,10 +68,12 @@ class RayBackend:
         self._stats = StepStats()
         self._closed = False
         self.pool: ActorPool | None = None
+        self.elastic: Elastic | None = None
         self._session: Any = session.connect(cfg)
         try:
             self.pool = ActorPool(cfg)
             self.graph = CompiledGraph(self.pool)
+            self.elastic = Elastic(self.pool) if self.pool.elastic else None
             self._load(cfg, worker_args)
         except BaseException:
             self.close()
@@ -88,10 +91,29 @@ class RayBackend:
         self.faults = FaultPlan(cfg.faults)
         self._initial_meta = self.pool.load(cfg, worker_args)
         self.cfg = cfg
+        self._pool_changed()
+
+    def _pool_changed(self) -> None:
+        """The actors or their config changed: the transport is chosen again, a compiled graph rebuilt."""
+        assert self.pool is not None
+        self.graph.tear_down()
         local = {k for k, node in enumerate(self.pool.node_ids) if node == self.pool.driver_node}
         if getattr(self, "transport", None) is not None:
             self.transport.close()
-        self.transport = choose_transport(cfg, local)
+        self.transport = choose_transport(self.cfg, local)
+
+    def grow(self, wait_s: float = 0.0) -> int:
+        """Look for room to grow the pool now (``ray.elastic``), waiting up to ``wait_s`` for new actors.
+
+        Returns:
+            How many actors joined; they take blocks from the next step on.
+        """
+        if self.elastic is None:
+            return 0
+        joined = self.elastic.poll(wait_s, force=True)
+        if joined:
+            self._pool_changed()
+        return joined
 
     # ------------------------------------------------------------------ the Backend interface
     @property
@@ -110,12 +132,15 @@ class RayBackend:
         sampling, say): driver time hidden behind the actors' compute.
         """
         t0 = time.perf_counter()
+        if self.elastic is not None and self.elastic.poll():  # actors that joined take work from this step on
+            self._pool_changed()
         groups = [list(g) for g in groups]
         stats = StepStats(meta_bytes=sum(np.asarray(v).nbytes for v in meta.values()))
         spec = answers.meta_spec(meta)  # every gradient must match these names, shapes and dtypes
         dispatch = self._dispatch("compute", groups, (version,), stats,
                                   lambda b, v: answers.group_results_problem(b, v, groups, version, spec),
-                                  lambda blocks: self.transport.step(meta, blocks))
+                                  lambda blocks: self.transport.step(meta, blocks),
+                                  node_sums=spec if self._node_reduce() else None)
         results = self._run(dispatch, meta, version, overlap)
         for r in results:
             stats.result_bytes += sum(g.nbytes for g in r.grad.values())
@@ -153,10 +178,17 @@ class RayBackend:
         return run_plain(dispatch)
 
     def _dispatch(self, method: str, groups: list[list[TaskSpec]], args: tuple, stats: StepStats,
-                  check: Callable[[range, Any], str | None], delivery: Callable[[list[range]], Any]) -> StepDispatch:
+                  check: Callable[[range, Any], str | None], delivery: Callable[[list[range]], Any],
+                  node_sums: Any = None) -> StepDispatch:
         if self._closed or self.pool is None or not self.pool.actors:
             raise WorkerFailedError("the Ray backend is closed")
-        return StepDispatch(self.pool, method, groups, args, check, delivery, self.faults, stats, self.failures)
+        return StepDispatch(self.pool, method, groups, args, check, delivery, self.faults, stats, self.failures,
+                            node_sums)
+
+    def _node_reduce(self) -> bool:
+        """Whether nodes other than the driver's sum their own groups (``ray.node_reduce``)."""
+        setting = self.cfg.ray.node_reduce
+        return setting is True or (setting == "auto" and len(set(self.node_ids)) > 1)
 
     def stats(self) -> StepStats:
         """What the last :meth:`compute` moved, retried and computed where."""
@@ -176,7 +208,7 @@ class RayBackend:
         if self._closed or self.pool is None:
             raise WorkerFailedError("the Ray backend is closed")
         plan = plan_workers(cfg, ray.cluster_resources())
-        if plan != self.pool.plan:
+        if plan[1:] != self.pool.plan[1:] or (plan[0] != self.pool.plan[0] and not self.pool.elastic):
             raise ConfigError(f"reconfigure needs the same actors (workers, cpus, gpus) {self.pool.plan}, got {plan}")
         self._load(cfg, worker_args)
 
@@ -213,6 +245,8 @@ class RayBackend:
         self._closed = True
         if self.pool is not None:
             self.graph.tear_down()
+            if self.elastic is not None:
+                self.elastic.close()
             if getattr(self, "transport", None) is not None:
                 self.transport.close()
             self.pool.close()

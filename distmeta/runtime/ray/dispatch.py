@@ -24,6 +24,7 @@ from distmeta.runtime.backend import StepStats
 from distmeta.runtime.faults import Fault, FaultPlan
 from distmeta.runtime.ray.actor import NEEDS_SETUP, Request
 from distmeta.runtime.ray.errors import RETRIABLE, ActorLost, GraphCollateral, WorkerFailedError
+from distmeta.runtime.ray.node_sum import SumRequest
 from distmeta.runtime.ray.plan import assign_blocks, describe_tasks
 from distmeta.runtime.ray.pool import ActorPool
 from distmeta.runtime.ray.transport import Delivery, ObjectStoreDelivery
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Times per block and step an actor may come back without its Worker before that counts as a failure.
 MAX_REBUILDS = 3
+#: Seconds a node's reducer may take past its blocks' deadline (it waits for them, then sums).
+NODE_SUM_GRACE_S = 30.0
 
 #: ``check(block, value) -> problem or None``: whether an answer is what was asked for.
 Check = Callable[[range, Any], "str | None"]
@@ -48,6 +51,14 @@ class Call:
     attempt: int
     deadline: float
     fault: Fault | None = None  # the drill fault the call carried
+
+
+@dataclass
+class NodeBatch:
+    """The first attempts of one node's blocks, handed to a reducer on that node (:mod:`.node_sum`)."""
+
+    calls: list[tuple[Any, Call]]  # (ref of the block's answer, its call), in block order
+    deadline: float
 
 
 class StepDispatch:
@@ -67,9 +78,11 @@ class StepDispatch:
 
     def __init__(self, pool: ActorPool, method: str, groups: list[list[TaskSpec]], args: tuple, check: Check,
                  delivery: Callable[[list[range]], Delivery], faults: FaultPlan, stats: StepStats,
-                 failures: list[dict[str, Any]]) -> None:
+                 failures: list[dict[str, Any]], node_sums: answers.MetaSpec | None = None) -> None:
         self.pool, self.method, self.groups, self.args, self.check = pool, method, groups, args, check
         self.faults, self.stats, self.failures = faults, stats, failures
+        self.node_sums = node_sums  # the meta-parameters' spec when nodes sum their own groups (compute only)
+        self.batches: dict[Any, NodeBatch] = {}  # a node's summing call, by its ref
         self._make_delivery = delivery
         self._delivery: Delivery | None = None
         self.timeout = pool.cfg.ray.step_timeout
@@ -122,7 +135,67 @@ class StepDispatch:
         deadline = time.monotonic() + self.timeout
         for b, block in enumerate(self.blocks):
             if len(block):
-                self.submit(b, self.pool.pick(b, deadline))
+                self.submit(b, self.pool.pick(self.pool.order[b] if self.pool.order else b, deadline))
+        if self.node_sums is not None:
+            self._start_node_sums()
+
+    def _start_node_sums(self) -> None:
+        """Hand each other node's blocks to a reducer there; the driver then waits for one answer per node."""
+        by_node: dict[str, list[tuple[Any, Call]]] = {}
+        for ref, call in self.pending.items():
+            node = self.pool.node_ids[call.actor]
+            if node != self.pool.driver_node:
+                by_node.setdefault(node, []).append((ref, call))
+        for calls in by_node.values():
+            calls.sort(key=lambda rc: rc[1].block)
+            blocks = [self.blocks[c.block] for _, c in calls]
+            request = SumRequest(blocks, {i: self.groups[i] for b in blocks for i in b}, self.args[0],
+                                 self.node_sums, len(self.groups),
+                                 max(0.0, max(c.deadline for _, c in calls) - time.monotonic()))
+            reducer = min(c.actor for _, c in calls)
+            ref = self.pool.actors[reducer].sum_blocks.remote(request.dumps(), [r for r, _ in calls])
+            for r, _ in calls:
+                del self.pending[r]
+            self.batches[ref] = NodeBatch(calls, max(c.deadline for _, c in calls) + NODE_SUM_GRACE_S)
+
+    def _receive_batch(self, batch: NodeBatch, ref: Any) -> None:
+        """A node's sums: fill the runs that check out; the driver reads any other block of the node itself."""
+        try:
+            value, problem = answers.open_answer(ray.get(ref))
+        except Exception as err:  # noqa: BLE001 - the reducer died or raised: every block is read directly
+            value, problem = None, f"{type(err).__name__}"
+        done: set[int] = set()
+        if problem is None and isinstance(value, dict):
+            by_start = {self.blocks[c.block].start: (r, c) for r, c in batch.calls}
+            for lo, hi, results in value.get("runs", []):
+                calls, pos = [], lo
+                while pos in by_start and pos < hi:
+                    calls.append(by_start[pos][1])
+                    pos = self.blocks[calls[-1].block].stop
+                if pos != hi or self.check_sum(range(lo, hi), results) is not None:
+                    continue  # not whole blocks of this batch, or a bad sum: read them directly
+                for call in calls:
+                    block = self.blocks[call.block]
+                    self._fill(call, results[block.start - lo: block.stop - lo])
+                    done.add(call.block)
+            self.stats.node_sums += int(bool(done))
+        self._read_directly([(r, c) for r, c in batch.calls if c.block not in done])
+
+    def check_sum(self, run: range, results: Any) -> str | None:
+        """Why a node's sum of the groups ``run`` cannot be used, or None."""
+        assert self.node_sums is not None
+        return answers.group_results_problem(run, results, self.groups, self.args[0], self.node_sums, len(self.groups))
+
+    def _read_directly(self, calls: list[tuple[Any, Call]]) -> None:
+        """Blocks the driver reads itself: those already answered now, the others when they answer."""
+        if not calls:
+            return
+        ready, _ = ray.wait([r for r, _ in calls], num_returns=len(calls), timeout=0)
+        for ref, call in calls:
+            if ref in ready:
+                self.receive(call, lambda ref=ref: ray.get(ref))
+            else:
+                self.pending[ref] = call
 
     # ------------------------------------------------------------------ receiving
     def failed(self, call: Call, reason: str) -> None:
@@ -192,6 +265,10 @@ class StepDispatch:
     def expire(self) -> None:
         """Give up on calls past their deadline: kill (Ray restarts) their actors and re-send their blocks."""
         now = time.monotonic()
+        for ref, batch in list(self.batches.items()):
+            if batch.deadline <= now:  # the reducer hung: its node's blocks are read directly, or time out
+                del self.batches[ref]
+                self._read_directly(batch.calls)
         for ref, call in list(self.pending.items()):
             if call.deadline <= now and ref in self.pending:
                 del self.pending[ref]  # a late answer is never read: each group is counted once
@@ -204,15 +281,18 @@ class StepDispatch:
         return self._delivery.shared_memory_calls if self._delivery is not None else 0
 
     def drain(self) -> list[Any]:
-        """Wait for every pending call (re-running failures); the results in group order."""
-        while self.pending:
-            wait_s = max(0.0, min(c.deadline for c in self.pending.values()) - time.monotonic())
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=wait_s)
+        """Wait for every pending call and node sum (re-running failures); the results in group order."""
+        while self.pending or self.batches:
+            deadlines = [c.deadline for c in self.pending.values()] + [b.deadline for b in self.batches.values()]
+            wait_s = max(0.0, min(deadlines) - time.monotonic())
+            ready, _ = ray.wait([*self.pending, *self.batches], num_returns=1, timeout=wait_s)
             if not ready:
                 self.expire()
-                continue
-            call = self.pending.pop(ready[0])
-            self.receive(call, lambda ref=ready[0]: ray.get(ref))
+            elif ready[0] in self.batches:
+                self._receive_batch(self.batches.pop(ready[0]), ready[0])
+            else:
+                call = self.pending.pop(ready[0])
+                self.receive(call, lambda ref=ready[0]: ray.get(ref))
         return self.out
 
 

@@ -59,6 +59,19 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> tuple[int, float, 
     return n, cpus, gpus
 
 
+def fitting(per_worker: dict[str, float], available: dict[str, float]) -> int:
+    """How many more actors of ``per_worker`` the ``available`` resources hold."""
+    return int(min(available.get(k, 0.0) / v for k, v in per_worker.items() if v > 0) + 1e-9)
+
+
+def elastic_target(cfg: Config) -> int | float | None:
+    """How far an elastic pool grows (``ray.elastic``): ``workers``, unbounded for ``workers: auto``, None when fixed."""
+    setting = cfg.ray.elastic
+    if setting is False or (setting == "auto" and cfg.workers != "auto"):
+        return None
+    return float("inf") if cfg.workers == "auto" else int(cfg.workers)
+
+
 def shortfall(need: dict[str, float], resources: dict[str, float]) -> dict[str, float]:
     """The resources of ``need`` that the cluster's ``resources`` do not hold, with how much is missing."""
     return {k: v - resources.get(k, 0.0) for k, v in need.items() if v > resources.get(k, 0.0) + 1e-9}

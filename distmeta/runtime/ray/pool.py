@@ -24,7 +24,9 @@ from distmeta.config import Config
 from distmeta.errors import ConfigError
 from distmeta.runtime import answers
 from distmeta.runtime.ray.actor import WorkerActor
-from distmeta.runtime.ray.plan import bundle, fmt_resources, plan_workers, shortfall, worker_bundles
+from distmeta.runtime.ray.plan import (
+    bundle, elastic_target, fitting, fmt_resources, plan_workers, shortfall, worker_bundles,
+)
 from distmeta.runtime.ray.errors import RETRIABLE, WorkerFailedError
 
 log = logging.getLogger(__name__)
@@ -49,23 +51,36 @@ class ActorPool:
         self.pg: Any = None
         self.owns_pg = True  # False inside a Tune trial's placement group
         self.generation = 0
+        self.order: list[int] = []  # the actor computing each block (see load)
         self._args_ref: Any = None
         n, cpus, gpus = self.plan = plan_workers(cfg, ray.cluster_resources())
         if cfg.device == "cuda" and gpus == 0:
             raise ConfigError("device=cuda with Ray workers needs gpus_per_worker > 0 (Ray hides GPUs from actors without one)")
         self.per_worker = bundle(cpus, gpus)
         self.driver_node = ray.get_runtime_context().get_node_id()
+        self.elastic = elastic_target(cfg) is not None
+        if self.elastic and cfg.workers != "auto":  # ray.elastic: start with what fits now, grow up to workers
+            n = max(1, min(n, fitting(self.per_worker, ray.available_resources())))
+            self.plan = (n, cpus, gpus)
         first = self._place(n)
-        threads = cfg.threads or max(1, int(cpus))
-        actor_cls = ray.remote(WorkerActor)
-        self.actors = [
-            actor_cls.options(
-                num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.pg, placement_group_bundle_index=first + k),
-            ).remote(k, "cuda" if gpus > 0 else "cpu", threads)
-            for k in range(n)
-        ]
+        self.actors = [self.new_actor(k, self.pg, first + k) for k in range(n)]
+        self.extra_pgs: list[Any] = []  # placement groups of actors added by growth (elastic)
+
+    def new_actor(self, k: int, pg: Any, bundle_index: int) -> Any:
+        """Start actor ``k`` in bundle ``bundle_index`` of ``pg`` (it builds its Worker when sent ``setup``)."""
+        cpus, gpus = self.plan[1], self.plan[2]
+        return ray.remote(WorkerActor).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle_index),
+        ).remote(k, "cuda" if gpus > 0 else "cpu", self.cfg.threads or max(1, int(cpus)))
+
+    def adopt(self, actors: list[Any], infos: list[dict[str, Any]], pg: Any) -> None:
+        """Take actors started by growth (their Workers built) into the pool, from the next step on."""
+        self.actors.extend(actors)
+        self.infos.extend(infos)
+        self.extra_pgs.append(pg)
+        self.plan = (len(self.actors), self.plan[1], self.plan[2])
+        self._order()
 
     # ------------------------------------------------------------------ placement
     def _place(self, n: int) -> int:
@@ -109,8 +124,17 @@ class ActorPool:
                 raise WorkerFailedError(f"Ray actor {k} failed to build its Worker: {err}") from err
         answers.check_versions(infos)  # as DDP checks shapes across ranks: one version everywhere, or nothing starts
         self.infos = infos
+        self._order()
         meta = ray.get(self.actors[0].initial_meta.remote(self.args()), timeout=timeout)
         return {name: torch.from_numpy(np.array(v, copy=True)) for name, v in meta.items()}
+
+    def _order(self) -> None:
+        """Block k goes to actor ``order[k]``: the actors of one node take consecutive blocks, so a node's
+        groups are contiguous and can be summed there (:mod:`.node_sum`); on one node, actor k takes block k."""
+        rank: dict[str, int] = {}
+        for info in self.infos:
+            rank.setdefault(info["node"], len(rank))
+        self.order = sorted(range(len(self.infos)), key=lambda k: (rank[self.infos[k]["node"]], k))
 
     def args(self) -> list[Any]:
         """What :meth:`WorkerActor.setup` takes: ``[ref of {cfg, worker_args}, generation]``."""
@@ -206,9 +230,9 @@ class ActorPool:
                     ray.kill(a, no_restart=True)
                 except Exception:  # noqa: BLE001 - already dead
                     pass
-            if self.pg is not None and self.owns_pg:
+            for pg in [self.pg] * self.owns_pg + getattr(self, "extra_pgs", []):
                 try:
-                    remove_placement_group(self.pg)
+                    remove_placement_group(pg)
                 except Exception:  # noqa: BLE001
                     pass
         self.actors = []
