@@ -29,11 +29,24 @@ GROUPS_PER_CALL = 8
 
 
 def run_episodes(evaluate: EvalFn, sampler, episodes: int, chunk: int, progress: bool = False,
-                 desc: str = "meta-test") -> dict[str, float]:
+                 desc: str = "meta-test", by_source: bool = False) -> dict[str, float]:
     """Evaluate ``episodes`` episodes (groups of ``chunk``) and summarise every metric (mean, 95% CI).
 
     Episode ``i`` is ``sampler.sample(0, i)`` whatever the grouping, so every parameter set
     (meta-trained, baselines) is scored on the same episodes.
+
+    Args:
+        evaluate: per-episode metrics of episode groups (a backend's ``evaluate``).
+        sampler: draws the episodes.
+        episodes: how many.
+        chunk: episodes per group.
+        progress: show a progress bar.
+        desc: the bar's label.
+        by_source: also summarise each ``data.mixture`` source's episodes, as ``source<c>/<metric>``
+            (and ``source<c>/episodes``).
+
+    Returns:
+        ``episodes``, each metric's mean and ``<metric>_ci95``, ``ci95`` (accuracy's).
     """
     from distmeta.progress import progress_bar
 
@@ -42,15 +55,20 @@ def run_episodes(evaluate: EvalFn, sampler, episodes: int, chunk: int, progress:
     with progress_bar(total=episodes, desc=desc, unit="ep", disable=not progress, leave=False) as bar:
         for start in range(0, len(groups), GROUPS_PER_CALL):
             calls = groups[start : start + GROUPS_PER_CALL]
-            for result in evaluate(calls):
+            for group, result in zip(calls, evaluate(calls)):
                 for k, v in result.items():
                     per_metric.setdefault(k, []).extend(v)
+                    if by_source:
+                        for spec, x in zip(group, v):
+                            per_metric.setdefault(f"source{spec.source}/{k}", []).append(x)
             bar.update(sum(len(g) for g in calls))
     out: dict[str, float] = {"episodes": float(episodes)}
     for k, v in per_metric.items():
         mean, ci = mean_ci95(v)
         out[k] = mean
         out[f"{k}_ci95"] = ci
+        if by_source and k.startswith("source") and k.endswith(("/loss", "/accuracy")):
+            out[f"{k.rsplit('/', 1)[0]}/episodes"] = float(len(v))
     if "accuracy" in out:
         out["ci95"] = out["accuracy_ci95"]
     return out

@@ -21,7 +21,7 @@ from distmeta.files import CONFIG_FILE, RESULTS_FILE
 from distmeta.optim import OuterOptimizer
 from distmeta.runtime.backend import Backend, BackendFactory, make_backend
 from distmeta.runtime.evaluation import Evaluator
-from distmeta.runtime.metrics import step_row
+from distmeta.runtime.metrics import source_row, step_row
 from distmeta.runtime.reduce import NonFiniteError, check_tasks, nan_policy, reduce_groups
 from distmeta.runtime.selection import BestTracker
 from distmeta.tasks.materialise import chunks
@@ -241,6 +241,8 @@ class Trainer:
         t3 = time.perf_counter()
         row = {"lr": optimizer.lr, **opt_stats, **step_row(results, skipped, len(specs), (t0, t1, t2, t3)),
                "retries": self.backend.stats().retries}
+        if self.exp is not None and len(self.exp.sources) > 1:  # a mixture: what each source gave and scored
+            row.update(source_row(specs, results))
         left_out = set(skipped)
         self._emit("step", {"step": self.step - 1, "results": results, "skipped": skipped, "row": row,
                             "tasks": [k for r in results for k in r.tasks if k not in left_out] if update else []})

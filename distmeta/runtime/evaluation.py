@@ -45,10 +45,15 @@ class Evaluator:
         return lambda groups: self.backend.evaluate(meta, groups, steps, cache_key=cache_key, baseline=baseline)
 
     def validate(self, meta: dict[str, Any], step: int) -> dict[str, float]:
-        """Meta-validation of ``meta`` on ``eval.val_episodes`` episodes of the training shape."""
+        """Meta-validation of ``meta`` on ``eval.val_episodes`` episodes of the training shape.
+
+        With several sources (``data.mixture``) each source's episodes are summarised too
+        (``source<c>/accuracy`` ...), so a source that lags shows in TensorBoard and ``metrics.jsonl``.
+        """
         self._val_calls += 1
         fn = self.episodes_fn(meta, f"val-{step}-{self._val_calls}")
-        return run_episodes(fn, self.exp.sampler("val"), self.cfg.eval.val_episodes, self.cfg.eval.batch)
+        return run_episodes(fn, self.exp.sampler("val"), self.cfg.eval.val_episodes, self.cfg.eval.batch,
+                            by_source=len(self.exp.sources) > 1)
 
     def meta_test(self, meta: dict[str, Any], initial: dict[str, np.ndarray] | None, step: int, split: str = "test",
                   episodes: int | None = None, settings: list[tuple[int, int]] | None = None) -> dict[str, Any]:

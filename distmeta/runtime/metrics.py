@@ -192,3 +192,24 @@ def step_row(results: Sequence[Any], skipped: Sequence[tuple[int, int]], n_tasks
         row[key] = row.get(key, 0.0) + r.compute_s
     return row
 
+
+def source_row(specs: Sequence[Any], results: Sequence[Any]) -> dict[str, float]:
+    """Per ``data.mixture`` source: how many of the step's tasks it gave, and their mean loss and accuracy.
+
+    ``specs`` and the results' tasks are in the same order (the driver checks it).
+
+    Returns:
+        ``source<c>/tasks``, ``source<c>/loss``, ``source<c>/accuracy`` for every source in the step.
+    """
+    source = {(s.step, s.index): s.source for s in specs}
+    values: dict[str, list[float]] = {}
+    for r in results:
+        for metric in ("loss", "accuracy"):
+            for key, x in zip(r.tasks, r.metrics.get(metric, [])):
+                values.setdefault(f"source{source[key]}/{metric}", []).append(x)
+    row: dict[str, float] = {}
+    for c in sorted({s.source for s in specs}):
+        row[f"source{c}/tasks"] = float(sum(s.source == c for s in specs))
+    row.update({k: float(np.mean(v)) for k, v in sorted(values.items())})
+    return row
+
