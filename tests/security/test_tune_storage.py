@@ -12,7 +12,7 @@ from distmeta.security import check_private_dir
 
 @pytest.mark.parametrize("how", ["world_writable", "group_writable", "other_owner"])
 def test_a_storage_path_others_can_write_is_refused_before_ray_starts(tmp_path, monkeypatch, how):
-    from distmeta.tune import run_search
+    from distmeta.sweeps import run_search
 
     storage = tmp_path / "tune"
     storage.mkdir()
