@@ -4,12 +4,13 @@ The trainer writes where it always does, into a local directory: the run's priva
 (:func:`~distmeta.runtime.storage.cache_dir`). This class keeps the remote run in step with it:
 
 * opening checks the bucket before anything else (an error naming the URI, before Ray starts),
+  takes the run's writer lease (:mod:`distmeta.runtime.lease`) and the cache's flock, then
   applies the same rules as a local run directory (``--resume`` needs a valid checkpoint,
   an existing run needs ``--resume`` or ``--overwrite``; ``--overwrite`` copies the old run to
-  ``<uri>.replaced-<UTC time>`` before removing it) and takes the run's writer lease
-  (:mod:`distmeta.runtime.lease`) plus the cache's flock;
-* ``--resume`` pulls the run's top-level files (config, split, tokenizer, ``metrics.jsonl``,
-  best parameters) and its newest valid checkpoint (reused when the cache has the same one);
+  ``<uri>.replaced-<UTC time>`` before removing it);
+* ``--resume`` finishes a publication a killed writer left half done, then pulls the run's
+  top-level files (config, split, tokenizer, ``metrics.jsonl``, best parameters) and its newest
+  valid checkpoint (reused when the cache has the same one);
 * checkpoints are saved locally as today, then published (:mod:`distmeta.runtime.checkpoint.remote`);
 * :meth:`sync` uploads the top-level files and TensorBoard event files that changed - at most
   every ``DISTMETA_SYNC_EVERY`` seconds (default 30) from the metrics logger, and always before
@@ -29,7 +30,7 @@ from typing import Any
 
 from distmeta.errors import RunDirError
 from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE
-from distmeta.runtime.lease import Lease, describe
+from distmeta.runtime.lease import Lease
 from distmeta.runtime.metrics import TENSORBOARD_DIR
 from distmeta.runtime.storage import StorageError, Store, cache_dir, open_store
 
@@ -96,12 +97,8 @@ class RemoteRun:
         self.lease = Lease(self.store)
         lock_run_dir(self.local)  # one process per cache on this host, before the cache is touched
         try:
-            other = self.lease.live_holder()
-            if other is not None:
-                raise RunDirError(f"run directory {uri} is in use by another distmeta writer: {describe(other)}; "
-                                  f"wait for it to finish or stop it")
+            self.lease.acquire()  # before anything is read or changed: refuses a live writer, naming it
             self._prepare(resume, overwrite)
-            self.lease.acquire()
         except BaseException:
             self.lease.release()
             unlock_run_dir(self.local)
@@ -110,10 +107,11 @@ class RemoteRun:
             weakref.finalize(owner, _release, self.lease, str(self.local))
 
     def _prepare(self, resume: bool, overwrite: bool) -> None:
-        from distmeta.runtime.checkpoint.remote import fetch_checkpoint, latest_remote
+        from distmeta.runtime.checkpoint.remote import fetch_checkpoint, finish_leftovers, latest_remote
 
         has_run = holds_remote_run(self.store)
         if resume:
+            finish_leftovers(self.store.child(CHECKPOINTS_DIR))  # a publication a killed writer left half done
             if not has_run:
                 raise RunDirError(f"nothing to resume in {self.uri}: it has no {CONFIG_FILE} and no checkpoints")
             if latest_remote(self.store) is None:

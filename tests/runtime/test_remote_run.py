@@ -91,3 +91,36 @@ def test_missing_bucket_fails_before_training_naming_the_uri(endpoint, capsys) -
     assert main(["train", *ARGS, "run.dir=s3://no-such-bucket-dm/run"]) == 2
     err = capsys.readouterr().err
     assert "s3://no-such-bucket-dm/run" in err and "does not exist" in err
+
+
+def test_writer_killed_mid_publication_resumes_bit_for_bit(run_uri, straight, tmp_path, monkeypatch, capsys) -> None:
+    from distmeta.runtime import storage
+
+    real_copy = storage.Store.copy
+
+    def dies_before_the_manifest(self, src_rel: str, dst_rel: str) -> None:
+        if dst_rel == "step_00000004/manifest.json":  # every data file of step 4 copied, its manifest not
+            raise storage.StorageError("connection reset (simulated)")
+        real_copy(self, src_rel, dst_rel)
+
+    monkeypatch.setattr(storage.Store, "copy", dies_before_the_manifest)
+    assert main(["train", *ARGS, f"run.dir={run_uri}"]) == 2
+    assert "could not publish checkpoint step_00000004" in capsys.readouterr().err
+    monkeypatch.setattr(storage.Store, "copy", real_copy)
+    store = open_store(run_uri)
+    assert store.exists("checkpoints/step_00000004/meta_params.safetensors")
+    assert not store.exists("checkpoints/step_00000004/manifest.json")  # not a checkpoint: readers skip it
+    with pytest.warns(UserWarning, match="step_00000004 has no manifest"):
+        assert distmeta.load_checkpoint(run_uri).step == 2
+
+    monkeypatch.setenv("DISTMETA_CACHE_DIR", str(tmp_path / "another-host"))
+    resumed = open_run(run_uri, resume=True)  # the next writer finishes the publication from .tmp-step_00000004-*
+    try:
+        assert [p.name for p in (resumed.local / "checkpoints").iterdir()] == ["step_00000004"]
+    finally:
+        resumed.close()
+    assert main(["train", "--resume", run_uri, *ARGS]) == 0
+    final = distmeta.load_checkpoint(run_uri)
+    assert final.step == 6 and not [f for f in store.walk("checkpoints") if ".tmp-" in f]
+    for n, t in straight.items():
+        assert torch.equal(final.meta_params[n], t), n
