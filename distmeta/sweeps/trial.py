@@ -135,8 +135,8 @@ class TuneReporter:
         elif event == "end":
             metrics = self.pending if self.pending and self.pending["step"] == trainer.step else None
             if metrics is None:
-                metrics = val_metrics(trainer.step, trainer.validate(), regression) if trainer._has_val() else {
-                    "step": trainer.step}
+                has_val = trainer.evaluator is not None and trainer.evaluator.has_val()
+                metrics = val_metrics(trainer.step, trainer.validate(), regression) if has_val else {"step": trainer.step}
             self.send({**metrics, **meta_test_metrics(payload), "final": True}, self.last_checkpoint)
             self.pending = None
 
@@ -196,7 +196,8 @@ def trainable(config: dict[str, Any], run_root: str | None = None, metric: str =
     """
     from ray import tune
 
-    from distmeta.runtime.driver import NonFiniteError, Trainer
+    from distmeta.runtime.driver import Trainer
+    from distmeta.runtime.reduce import NonFiniteError
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()

@@ -17,6 +17,8 @@ directory. Diverged trials are results (``diverged_trials`` in the summary), not
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +101,14 @@ def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
         return {}, "none"
     from distmeta.runtime.driver import Trainer
 
-    with best.checkpoint.as_directory() as d:
+    # Evaluated in a scratch copy: preparing the experiment writes its split and tokenizer into the run
+    # directory, and Tune's stored checkpoint is not ours to write.
+    with best.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dmbest") as tmp:
+        run = Path(tmp) / "best"
+        shutil.copytree(d, run)
         over = ["workers=0", "run.progress=false"]
         # This search's own trial (storage_path is checked private by run_search): its data paths are ours.
-        with Trainer.from_checkpoint(d, over, trust_config=True) as trainer:
+        with Trainer.from_checkpoint(run, over, trust_config=True) as trainer:
             results = trainer.evaluate(split="test", episodes=search.spec.test_episodes, baseline=False)
     return meta_test_metrics(results), "checkpoint"
 

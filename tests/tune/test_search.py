@@ -6,6 +6,7 @@ test waits for its trials' placement groups and actors to be released before the
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 from ray.tune import Callback
 
+from distmeta.config import load_config
+from distmeta.runtime.driver import Trainer
 from distmeta.sweeps.search import load_search
+from distmeta.sweeps.trial import WORST
 from distmeta.sweeps.tune import BEST_CONFIG_FILE, BEST_FILE, run_search
 from tests.tune.conftest import SINUSOID_TRIAL, wait_released
 
@@ -112,28 +116,50 @@ def test_asha_search_is_cut_off_then_restored_and_reports_the_best_trial(ray_loc
     assert set(best["best_params"]) == {"algorithm.inner_lr", "algorithm.inner_steps", "outer.lr"}
     assert best["test"]["test_10shot_mse"] > 0 and best["test"]["test_10shot_mse_ci95"] > 0
     assert best["best_value"] == max(rows_of(r)[-1]["val_neg_mse"] for r in grid)
-    from distmeta.config import load_config
-
     cfg = load_config(state / BEST_CONFIG_FILE)  # the resolved best config trains as it is
     assert cfg.algorithm.inner_lr == best["best_params"]["algorithm.inner_lr"] and cfg.workers == 2
     assert "meta-test 10shot: mse" in capsys.readouterr().out
 
 
-def test_pbt_exploits_another_trials_checkpoint(ray_local, tune_storage):
+def test_pbt_replaces_a_diverged_trial_with_another_trials_checkpoint(ray_local, tune_storage):
+    # inner_lr=100 makes the 5-step meta-validation NaN from the first report on (checked below without Tune);
+    # PBT mutates outer.lr only, so the replaced trial takes the better trial's inner_lr with its checkpoint.
     over = search_overrides(
         tune_storage, "pbt", num_samples=1, max_concurrent_trials=2,
         **{"scheduler": "{name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, resample_probability: 0.0, "
-                        "synch: true, hyperparam_mutations: [algorithm.inner_lr, outer.lr]}",
-           "search_space": "{algorithm.inner_lr: {grid: [0.0005, 0.05]}, outer.lr: {loguniform: [0.001, 0.003]}}"})
-    summary = run_search("configs/tune_sinusoid_asha.yaml", over)
+                        "synch: true, hyperparam_mutations: [outer.lr]}",
+           "search_space": "{algorithm.inner_lr: {grid: [100.0, 0.05]}, outer.lr: {loguniform: [0.001, 0.003]}}"})
+    seen = Collect()
+    summary = run_search("configs/tune_sinusoid_asha.yaml", over, callbacks=[seen])
     wait_released(ray_local)
     grid = summary["result_grid"]
-    assert len(grid) == 2 and grid.num_errors == 0
+    assert len(grid) == 2 and grid.num_errors == 0, "divergence is a result, not an error"
     ids = {rows_of(r)[-1]["trial_id"] for r in grid}
     exploits = [(rows_of(r)[-1]["trial_id"], row) for r in grid for row in rows_of(r)
                 if row["trial_id_origin"] not in ("", row["trial_id"])]
-    assert exploits, "the weaker trial continued from the stronger one's checkpoint"
+    assert exploits, "the diverged trial continued from the other one's checkpoint"
     for trial_id, row in exploits:
         assert row["trial_id_origin"] in ids - {trial_id}
         assert row["restored_from_step"] == 4 and row["step"] == 6, "resumed at the clone's step, parameters and all"
+        assert not row["diverged"] and math.isfinite(row["val_neg_mse"]) and row["val_neg_mse"] > -1e6
+        before = [r for r in seen.results[trial_id] if r["step"] <= 4]  # result.json restarts with the clone
+        assert [r["step"] for r in before] == [2, 4]
+        assert all(r["diverged"] and r["val_neg_mse"] == -WORST for r in before), "worst metric until replaced"
     assert all(rows_of(r)[-1]["final"] and rows_of(r)[-1]["step"] == 6 for r in grid)
+
+    # The reference, without Tune: the same run diverges on its own, so the rows above are its true result.
+    cfg = load_config("configs/sinusoid_maml.yaml", [*SINUSOID_TRIAL, "workers=0", "run.progress=false",
+                                                     "algorithm.inner_lr=100.0", f"run.dir={tune_storage}/ref"])
+    with Trainer(cfg) as trainer:
+        trainer.fit()
+    assert math.isnan(json.loads((Path(tune_storage) / "ref" / "metrics.jsonl").read_text().splitlines()[0])["val/loss"])
+
+
+class Collect(Callback):
+    """Every result every trial reported, in order, by trial id (as the search driver received them)."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, list[dict]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.results.setdefault(trial.trial_id, []).append(dict(result))
