@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from distmeta.config import load_config  # noqa: E402
 from distmeta.experiment import prepare_experiment  # noqa: E402
 from distmeta.runtime.reduce import reduce_groups  # noqa: E402
+from distmeta.runtime.tree import cover  # noqa: E402
 from distmeta.tasks.materialise import chunks  # noqa: E402
 
 BAG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml"
@@ -112,17 +113,21 @@ def main() -> None:
     for r in rows:
         print(f"| {r['nodes']} | {r['actors']} | {r['flat_bytes'] / 2**20:.2f} | {r['tree_bytes'] / 2**20:.2f} | "
               f"{r['flat_reduce_ms']:.2f} | {r['tree_reduce_ms']:.2f} |")
-    params, gpus, nodes = 1_000_000, 32, 4
+    params, per_node, nodes = 1_000_000, 8, 4
     ms = add_ms(params)
-    groups = gpus  # one group per GPU at least
-    flat_mb, tree_mb = groups * params * 4 / 2**20, nodes * params * 4 / 2**20
-    print(f"\n4 nodes x 8 GPUs, 1M float32 parameters, {groups} groups: one addition of 1M floats takes {ms:.2f} ms here.")
-    print(f"  flat: {groups} gradients = {flat_mb:.0f} MB into the driver per step, {groups - 1} additions "
-          f"= {(groups - 1) * ms:.1f} ms of serial driver reduce")
-    print(f"  tree: {nodes} node sums = {tree_mb:.0f} MB into the driver per step (node blocks aligned to subtrees), "
-          f"{nodes - 1} additions = {(nodes - 1) * ms:.1f} ms; each node's reducer adds its 8 in "
-          f"{7 * ms:.1f} ms, in parallel with the other nodes")
-
+    groups = nodes * per_node  # one group per GPU
+    mb = params * 4 / 2**20
+    local = per_node  # the driver's own node: its groups come through /dev/shm and are summed by the driver
+    remote_units = (nodes - 1) * len(cover(local, local + per_node, groups))  # sums per other node (aligned: 1)
+    print(f"\n{nodes} nodes x {per_node} GPUs, 1M float32 parameters, {groups} groups: one addition of 1M floats "
+          f"takes {ms:.2f} ms here.")
+    print(f"  flat: {groups} gradients reach the driver per step ({groups - local} = {(groups - local) * mb:.0f} MB "
+          f"through Ray's object store, {local} through /dev/shm), {groups - 1} additions = "
+          f"{(groups - 1) * ms:.1f} ms of serial driver reduce")
+    print(f"  tree: {local + remote_units} ({local} through /dev/shm, {remote_units} node sums = "
+          f"{remote_units * mb:.0f} MB through Ray), {local + remote_units - 1} additions = "
+          f"{(local + remote_units - 1) * ms:.1f} ms on the driver; each other node's reducer adds its "
+          f"{per_node} in {(per_node - 1) * ms:.1f} ms, in parallel")
 
 if __name__ == "__main__":
     np.set_printoptions(precision=3)
