@@ -51,5 +51,14 @@ def run_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and RUN_FILE_PATTERN.fullmatch(p.name))
 
 
-__all__ = ["CONFIG_FILE", "RESULTS_FILE", "SPLIT_FILE", "TOKENIZER_FILE", "CHECKPOINTS_DIR", "LOCK_FILE",
-           "RUN_FILE_PATTERN", "split_file", "run_files"]
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "RESULTS_FILE",
+    "RUN_FILE_PATTERN",
+    "SPLIT_FILE",
+    "TOKENIZER_FILE",
+    "run_files",
+    "split_file",
+]

@@ -35,4 +35,4 @@ def run_grid(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return run(*args, **kwargs)
 
 
-__all__ = ["run_search", "run_grid"]
+__all__ = ["run_grid", "run_search"]

@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from distmeta.config import apply_overrides, config_from_dict, read_yaml, split_overrides, validate
+from distmeta.config import (
+    apply_overrides,
+    config_from_dict,
+    read_yaml,
+    split_overrides,
+    validate,
+)
 from distmeta.errors import ConfigError
 
 S = TypeVar("S", bound=BaseModel)
@@ -54,7 +60,7 @@ def load_sweep(path: str | Path | dict[str, Any], overrides: list[str] | None, m
     if "base" not in raw:
         raise sweep_error(what, where, "base: missing (a distmeta config path, relative to this file, or a mapping)")
     spec = validate(model, raw, what, where)
-    base = getattr(spec, "base")
+    base = spec.base
     if isinstance(base, str):
         base_path = Path(base)
         if not base_path.is_absolute() and (root / base_path).exists():
@@ -63,7 +69,7 @@ def load_sweep(path: str | Path | dict[str, Any], overrides: list[str] | None, m
             base = read_yaml(base_path)
         except ConfigError as err:
             raise sweep_error(what, where, f"base: {err}") from None
-    base_raw = apply_overrides(base, [*getattr(spec, "overrides"), *rest])
+    base_raw = apply_overrides(base, [*spec.overrides, *rest])
     try:
         config_from_dict(base_raw)
     except ConfigError as err:

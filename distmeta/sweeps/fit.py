@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from distmeta.config import Config
 from distmeta.errors import ConfigError
@@ -121,4 +121,4 @@ def check_fits(bundles: Sequence[Bundle], strategy: str, cfg: Config, what: str,
     raise ConfigError(f"{what} needs {problem}, so it could never start; {hint}")
 
 
-__all__ = ["fit_problem", "check_fits", "describe_bundles", "total", "node_resources", "joined_cluster"]
+__all__ = ["check_fits", "describe_bundles", "fit_problem", "joined_cluster", "node_resources", "total"]

@@ -32,7 +32,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,7 +49,7 @@ class GridSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: Union[str, dict[str, Any]]
+    base: str | dict[str, Any]
     overrides: list[str] = []
     name: str = "grid"
     output_dir: str = "runs/grid"
@@ -247,4 +247,4 @@ def run_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = No
     return {"rows": rows, "files": files, "experiment": out}
 
 
-__all__ = ["GridSpec", "Grid", "Cell", "load_grid", "run_cells", "check_cells_fit", "run_grid"]
+__all__ = ["Cell", "Grid", "GridSpec", "check_cells_fit", "load_grid", "run_cells", "run_grid"]

@@ -86,4 +86,4 @@ def plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-__all__ = ["write_table", "plot", "CSV_FILE", "MD_FILE", "JSON_FILE", "PLOT_FILE"]
+__all__ = ["CSV_FILE", "JSON_FILE", "MD_FILE", "PLOT_FILE", "plot", "write_table"]

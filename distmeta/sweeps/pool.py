@@ -71,7 +71,7 @@ class BackendPool:
                 held.reconfigure(cfg, exp.worker_args())
                 self._held = held
                 return Lent(held)
-            except Exception as err:  # a pool that failed to rebuild is replaced, never trusted
+            except Exception as err:  # noqa: BLE001 - a pool that failed to rebuild is replaced, never trusted
                 log.warning("the pooled backend could not be rebuilt for the next run (%s); starting a new one", err)
         if held is not None:
             held.close()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -64,11 +64,11 @@ class SchedulerSpec(_Spec):
     burn_in_period: float = Field(0.0, ge=0)
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)
     resample_probability: float = Field(0.25, ge=0, le=1)
-    hyperparam_mutations: Optional[list[str]] = None  # default: every search-space key PBT may mutate
+    hyperparam_mutations: list[str] | None = None  # default: every search-space key PBT may mutate
     synch: bool = False
 
     @model_validator(mode="after")
-    def _fields_of_this_scheduler(self) -> "SchedulerSpec":
+    def _fields_of_this_scheduler(self) -> SchedulerSpec:
         own = {"asha": {"max_t", "grace_period", "reduction_factor", "brackets"},
                "pbt": {"perturbation_interval", "burn_in_period", "quantile_fraction", "resample_probability",
                        "hyperparam_mutations", "synch"},
@@ -85,15 +85,15 @@ class SchedulerSpec(_Spec):
 class TuneSpec(_Spec):
     """A whole search: ``configs/tune_*.yaml``. Field names are the YAML keys."""
 
-    base: Union[str, dict[str, Any]] = Field(description="distmeta config: path (relative to the YAML) or mapping")
+    base: str | dict[str, Any] = Field(description="distmeta config: path (relative to the YAML) or mapping")
     overrides: list[str] = []
     name: str = "tune"
     storage_path: str = "runs/tune"
-    metric: Optional[str] = None
+    metric: str | None = None
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(4, ge=1)
-    max_concurrent_trials: Optional[int] = Field(None, ge=1)
-    search_seed: Optional[int] = None
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    search_seed: int | None = None
     driver_cpus: float = Field(1.0, ge=0, description="CPUs of a trial's driver process (0: none reserved)")
     driver_gpus: float = Field(0.0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
@@ -101,7 +101,7 @@ class TuneSpec(_Spec):
     scheduler: SchedulerSpec = SchedulerSpec()
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
-    test_episodes: Optional[int] = Field(None, ge=2, description="meta-test episodes for the best trial")
+    test_episodes: int | None = Field(None, ge=2, description="meta-test episodes for the best trial")
     verbose: int = Field(1, ge=0, le=3)
     reuse_actors: bool = Field(True, description="run the next trial in a finished trial's processes (actors rebuilt)")
 
@@ -288,4 +288,4 @@ def _scheduler_problems(search: Search) -> list[str]:
     return problems
 
 
-__all__ = ["TuneSpec", "SchedulerSpec", "Search", "load_search", "to_domain", "BASE_KEY", "PBT_MUTABLE"]
+__all__ = ["BASE_KEY", "PBT_MUTABLE", "SchedulerSpec", "Search", "TuneSpec", "load_search", "to_domain"]

@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from distmeta.config import Config, config_from_dict, set_key
 from distmeta.errors import ConfigError, DistmetaError
@@ -217,4 +218,4 @@ def trainable(config: dict[str, Any], run_root: str | None = None, metric: str =
             reporter.diverged(cfg, metric, mode, f"{type(err).__name__}: {err}")
 
 
-__all__ = ["trainable", "trial_resources", "trial_config", "TuneReporter", "Diverged", "worst", "WORST"]
+__all__ = ["WORST", "Diverged", "TuneReporter", "trainable", "trial_config", "trial_resources", "worst"]

@@ -26,7 +26,12 @@ from distmeta.config import config_from_dict, dump_config, set_key
 from distmeta.errors import DistmetaError
 from distmeta.runtime.storage import join_uri
 from distmeta.sweeps.search import BASE_KEY, Search, load_search
-from distmeta.sweeps.trial import meta_test_metrics, trainable, trial_config, trial_resources
+from distmeta.sweeps.trial import (
+    meta_test_metrics,
+    trainable,
+    trial_config,
+    trial_resources,
+)
 
 BEST_FILE = "best.json"
 BEST_CONFIG_FILE = "best_config.yaml"
@@ -39,7 +44,11 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _scheduler(search: Search) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        PopulationBasedTraining,
+    )
 
     sched = search.spec.scheduler
     if sched.name == "asha":
@@ -214,4 +223,4 @@ def run_search(path: str | Path | dict[str, Any], overrides: list[str] | None = 
         ray_session.close()
 
 
-__all__ = ["build_tuner", "run_search", "summarise", "format_summary", "BEST_FILE", "BEST_CONFIG_FILE"]
+__all__ = ["BEST_CONFIG_FILE", "BEST_FILE", "build_tuner", "format_summary", "run_search", "summarise"]

@@ -18,7 +18,7 @@ class FakeBackend:
         self.num_workers, self.cfg, self.fail = cfg.workers, cfg, fail_reconfigure
         self.closed_, self.reconfigured = False, []
 
-    initial_meta = {}
+    initial_meta: dict = {}  # noqa: RUF012 - read only
 
     def compute(self, meta, groups, version, overlap=None):
         return []
@@ -62,7 +62,7 @@ def made(monkeypatch):
     return out
 
 
-EXP = SimpleNamespace(worker_args=lambda: {})
+EXP = SimpleNamespace(worker_args=dict)
 
 
 def test_runs_of_one_size_share_one_backend_and_closing_a_run_keeps_it(made):

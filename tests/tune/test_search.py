@@ -126,9 +126,8 @@ def test_pbt_replaces_a_diverged_trial_with_another_trials_checkpoint(ray_local,
     # PBT mutates outer.lr only, so the replaced trial takes the better trial's inner_lr with its checkpoint.
     over = search_overrides(
         tune_storage, "pbt", num_samples=1, max_concurrent_trials=2,
-        **{"scheduler": "{name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, resample_probability: 0.0, "
-                        "synch: true, hyperparam_mutations: [outer.lr]}",
-           "search_space": "{algorithm.inner_lr: {grid: [100.0, 0.05]}, outer.lr: {loguniform: [0.001, 0.003]}}"})
+        scheduler="{name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, resample_probability: 0.0, "
+                        "synch: true, hyperparam_mutations: [outer.lr]}", search_space="{algorithm.inner_lr: {grid: [100.0, 0.05]}, outer.lr: {loguniform: [0.001, 0.003]}}")
     seen = Collect()
     summary = run_search("configs/tune_sinusoid_asha.yaml", over, callbacks=[seen])
     wait_released(ray_local)
