@@ -57,7 +57,10 @@ class _RecomputedStep(torch.autograd.Function):
                 full[i] = t
             return tuple(ctx.fn(*full))
 
-        with torch.enable_grad():
+        # torch.func.vjp differentiates under an outer no_grad; regular autograd must not also record
+        # the recomputation (its inputs are outputs of the previous step, which require grad), or
+        # every step's graph would stay alive through the returned gradients until the end.
+        with torch.no_grad():
             _, vjp_fn = vjp(partial, *[tensors[i] for i in wrt])
             grads = vjp_fn(tuple(grad_outputs))
         out: list[Tensor | None] = [None] * len(tensors)

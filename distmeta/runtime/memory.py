@@ -8,7 +8,8 @@ paths, the inner loop). A budget that not even one task fits is an error naming 
 
 Peak memory is measured above the process's resting level: on CUDA from the caching
 allocator's peak counter, on CPU from the kernel's peak resident set (``VmHWM``, reset
-through ``/proc/self/clear_refs``) after returning freed heap to the system.
+through ``/proc/self/clear_refs``) after returning freed heap to the system, with large
+blocks mapped and unmapped one by one while measuring (glibc ``M_MMAP_THRESHOLD``).
 """
 from __future__ import annotations
 
@@ -35,13 +36,31 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
 def _trim_heap() -> None:
     """Give freed heap pages back to the system (glibc), so the resting level is the live memory."""
-    name = ctypes.util.find_library("c")
-    if name:
-        libc = ctypes.CDLL(name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _mmap_threshold(size: int) -> None:
+    """Serve allocations above ``size`` bytes with their own mappings, returned to the system when freed.
+
+    glibc otherwise raises this threshold as large blocks are freed and then serves them from
+    a heap it keeps, so the resident set would count freed tensors as live ones.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, size)
 
 
 def cpu_peak_supported() -> bool:
@@ -74,11 +93,15 @@ def peak_memory(fn: Callable[[], T], device: torch.device | str = "cpu") -> tupl
         return out, max(0, torch.cuda.max_memory_allocated(device) - base)
     if not cpu_peak_supported():
         raise MemoryBudgetError("cannot measure peak memory here: /proc/self/clear_refs is not writable (Linux only)")
-    _trim_heap()
-    base = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    out = fn()
-    return out, max(0, _status_kb("VmHWM") - base) * 1024
+    _mmap_threshold(128 * 1024)
+    try:
+        _trim_heap()
+        base = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        out = fn()
+        return out, max(0, _status_kb("VmHWM") - base) * 1024
+    finally:
+        _mmap_threshold(32 * MB)  # glibc's own ceiling for the threshold it adjusts
 
 
 def choose_group_size(measure: Callable[[int], int], meta_batch: int, budget_bytes: int) -> tuple[int, dict[int, int]]:

@@ -49,3 +49,28 @@ def test_checkpoint_inner_is_refused_where_there_is_no_second_order_graph():
     for name in ("fomaml", "reptile", "imaml"):
         with pytest.raises(ConfigError, match="checkpoint_inner"):
             load_config(None, [f"algorithm.name={name}", "algorithm.checkpoint_inner=true"])
+
+
+def test_checkpointed_peak_memory_is_flat_in_inner_steps():
+    from distmeta.algorithms import ALGORITHMS, InnerSettings, ModelFn
+    from distmeta.models.mlp import SinusoidMLP
+    from distmeta.runtime.memory import cpu_peak_supported, peak_memory
+
+    if not cpu_peak_supported():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    torch.manual_seed(0)
+    net = SinusoidMLP([256, 256]).double()  # activations of 4000 support points dominate the parameters
+    meta = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.randn(1, 4000, 1, generator=g, dtype=torch.float64)
+             for k in ("support_x", "support_y", "query_x", "query_y")}
+
+    def peak(steps: int, checkpoint: bool) -> int:
+        alg = ALGORITHMS["maml"](ModelFn(net, {}), "regression", list(meta), InnerSettings(0.01, steps, checkpoint=checkpoint), 1)
+        alg.batch_grad(meta, batch, use_vmap=False)  # warm-up
+        return peak_memory(lambda: alg.batch_grad(meta, batch, use_vmap=False))[1]
+
+    assert peak(8, True) <= 1.3 * peak(2, True)
+    assert peak(8, False) >= 2 * peak(2, False), "the stored inner loop should grow (else this test measures nothing)"
