@@ -12,7 +12,6 @@ import torch
 
 import distmeta
 from distmeta.cli import main
-from distmeta.errors import RunDirError
 from distmeta.runtime.rundir import open_run
 from distmeta.runtime.storage import open_store
 from tests.helpers import QUIET, SINUSOID_TINY
