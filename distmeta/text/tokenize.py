@@ -14,6 +14,7 @@ Files live in ``$DISTMETA_CACHE_DIR/tokens`` (default ``~/.cache/distmeta/tokens
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -85,9 +86,9 @@ def _encode_batch(batch: Any, column: str, key: str, tokenizer_json: str, max_le
         tok.enable_truncation(max_length=max_length)
         _TOKENIZERS.clear()
         _TOKENIZERS[key] = tok
-    encodings = tok.encode_batch(batch.column(column).to_pylist())
-    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-    flat = np.fromiter((i for e in encodings for i in e.ids), dtype=dtype, count=int(lengths.sum()))
+    rows = [e.ids for e in tok.encode_batch(batch.column(column).to_pylist())]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=int(lengths.sum()))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))})
 
