@@ -95,7 +95,10 @@ class RemoteRun:
         self._sent: dict[str, tuple[int, int]] = {}
         self._last_sync = 0.0
         self.lease = Lease(self.store)
-        lock_run_dir(self.local)  # one process per cache on this host, before the cache is touched
+        try:
+            lock_run_dir(self.local)  # one process per cache on this host, before the cache is touched
+        except RunDirError as e:
+            raise RunDirError(f"run directory {uri} is in use on this host (its local cache): {e}") from None
         try:
             self.lease.acquire()  # before anything is read or changed: refuses a live writer, naming it
             self._prepare(resume, overwrite)

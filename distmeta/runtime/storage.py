@@ -217,13 +217,14 @@ class Store:
 
 
 def _bucket_problem(store: Store) -> str | None:
-    """Why the bucket (first path component) cannot be used, or None when it can be listed."""
-    bucket = store.root.split("/", 1)[0]
+    """Why the storage cannot be used, or None: an object store's bucket (first path component) must exist."""
+    bucketed = urlsplit(store.uri).scheme in ("s3", "gs", "gcs")
+    bucket = store.root.split("/", 1)[0] if bucketed else store.root
     try:
         kind = Store._at(store.fs, bucket, store.uri).info("")[0]
     except StorageError as e:
         return f"it is unreachable ({e.__cause__ or e})"
-    if kind != "dir":
+    if bucketed and kind != "dir":
         return f"its bucket {bucket!r} does not exist, or these credentials cannot see it"
     return None
 

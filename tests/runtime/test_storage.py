@@ -80,6 +80,7 @@ def test_published_checkpoint_is_the_local_one_byte_for_byte(endpoint, bucket, t
     assert keys(endpoint, bucket) == sorted(f"run/checkpoints/step_00000002/{p.name}" for p in local.iterdir())
     for p in local.iterdir():
         assert run.read_bytes(f"checkpoints/step_00000002/{p.name}") == p.read_bytes()
+    assert load_checkpoint(uri).step == 2  # one step prefix, as eval --checkpoint takes it
     back = load_checkpoint(f"s3://{bucket}/run")
     assert back.step == 2 and back.files == {"split.json": b'{"train": []}'}
     for n, t in ckpt(2).meta_params.items():
