@@ -29,7 +29,7 @@ TENSORBOARD_DIR = "tensorboard"
 _RESERVED = ("step", "time")
 
 
-def _parse_lines(lines: list[str], source: Path) -> list[dict[str, Any]]:
+def _parse_lines(lines: list[str], source: Path | str) -> list[dict[str, Any]]:
     """Parse jsonl lines; a truncated last line (a crash mid-write) is skipped, a bad middle line warned about."""
     rows: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
@@ -47,7 +47,22 @@ def _parse_lines(lines: list[str], source: Path) -> list[dict[str, Any]]:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every row of ``run_dir/metrics.jsonl`` (or of a jsonl path), in file order; [] if there is none."""
+    """Every row of ``run_dir/metrics.jsonl`` (or of a jsonl path), in file order; [] if there is none.
+
+    Args:
+        run_dir: a run directory or jsonl file: a local path, or a URI (``s3://bucket/run``).
+
+    Returns:
+        The rows, as dicts.
+    """
+    from distmeta.runtime.storage import is_remote, open_store
+
+    if is_remote(run_dir):
+        store = open_store(str(run_dir))
+        name = "" if str(run_dir).partition("?")[0].endswith(".jsonl") else METRICS_FILE
+        if not store.exists(name):
+            return []
+        return _parse_lines(store.read_bytes(name).decode("utf-8").split("\n"), store.uri_of(name))
     path = Path(run_dir)
     if path.is_dir():
         path = path / METRICS_FILE

@@ -12,6 +12,7 @@ import torch
 
 import distmeta
 from distmeta.cli import main
+from distmeta.runtime.metrics import read_metrics
 from distmeta.runtime.rundir import open_run
 from distmeta.runtime.storage import open_store
 from tests.helpers import QUIET, SINUSOID_TINY
@@ -58,6 +59,7 @@ def test_stop_and_resume_from_s3_matches_the_local_run_bit_for_bit(run_uri, stra
     rows = [json.loads(line) for line in store.read_bytes("metrics.jsonl").decode().splitlines()]
     train_steps = [r["step"] for r in rows if "train/loss" in r]
     assert train_steps == [1, 2, 3, 4, 5, 6], "resumed past step 4 once, no duplicated rows"
+    assert read_metrics(run_uri) == rows
     assert len([f for f in store.walk("tensorboard") if "tfevents" in f]) == 2  # first run's and the resumed one's
 
     out = tmp_path / "eval.json"
