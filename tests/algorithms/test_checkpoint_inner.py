@@ -73,4 +73,4 @@ def test_checkpointed_peak_memory_is_flat_in_inner_steps():
         return peak_memory(lambda: alg.batch_grad(meta, batch, use_vmap=False))[1]
 
     assert peak(8, True) <= 1.3 * peak(2, True)
-    assert peak(8, False) >= 2 * peak(2, False), "the stored inner loop should grow (else this test measures nothing)"
+    assert peak(8, False) >= 1.5 * peak(2, False), "the stored inner loop should grow (else this test measures nothing)"
