@@ -161,3 +161,16 @@ def test_eval_features_are_kept_only_for_the_rows_evaluated(tmp_path):
     assert set(worker._features.slot) == rows and len(rows) < len(exp.corpus)
     worker.evaluate(meta, specs[:1], inner_steps=0, cache_key="other")
     assert len(worker._features.slot) < len(rows)  # a new parameter set starts an empty bank
+
+
+def test_the_worker_reads_the_shared_corpus_in_place_and_pads_only_episode_rows(tmp_path):
+    csv_path = write_tiny_csv(tmp_path / "d.csv")
+    cfg = load_config(None, [*text_tiny(csv_path), "algorithm.name=protonet"])
+    exp = prepare_experiment(cfg)
+    worker = Worker(cfg, **exp.worker_args())
+    assert worker.builder.corpus is exp.corpus and worker.builder.corpus.ids.dtype == np.uint8  # no private copy
+    spec = exp.sampler("train").sample(0, 0)
+    batch = worker.builder.build([spec])
+    rows = [r for group in spec.support for r in group]
+    assert batch["support_x"].dtype == torch.long and batch["support_x"].shape[-1] == cfg.data.max_length
+    np.testing.assert_array_equal(batch["support_x"][0].numpy(), exp.corpus.padded(rows))
