@@ -37,9 +37,8 @@ class OuterOptimizer:
         self.names = list(params)
         self.params = {n: p.detach().clone() for n, p in params.items()}
         tensors = [self.params[n] for n in self.names]
-        # fused: one kernel over all tensors. Adam on the default's 1M parameters takes
-        # 0.9 ms instead of 5.6 ms (the per-tensor loop torch picks on CPU), time the
-        # driver spends while every worker waits.
+        # fused: one kernel over all tensors instead of the per-tensor loop torch picks on CPU;
+        # this is driver time while every worker waits.
         if cfg.name == "adam":
             self.opt: torch.optim.Optimizer = torch.optim.Adam(
                 tensors, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
@@ -86,7 +85,7 @@ class OuterOptimizer:
         buffers = self.grad_buffers()
         for n, buf in buffers.items():
             if grads[n] is not buf:  # the caller may have reduced straight into grad_buffers()
-                buf.copy_(grads[n])  # into a kept buffer: no fresh 4 MB allocation (and page faults) per step
+                buf.copy_(grads[n])  # into a kept buffer: no fresh allocation (and page faults) per step
             if gen is not None:
                 noise = torch.randn(buf.shape, generator=gen, dtype=buf.dtype)
                 buf.add_(noise.to(buf.device), alpha=self.noise_std(self.steps))

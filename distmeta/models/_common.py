@@ -18,7 +18,7 @@ def pad_mask(x: Tensor) -> Tensor:
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``h [B, L, D]`` over the positions where ``mask [B, L]`` is true (0 for an all-pad row)."""
     # A [B, 1, L] @ [B, L, D] product: one batched matmul forward and backward instead of
-    # a broadcast multiply and a reduction over a [B, L, D] temporary (~15% of a bag step).
+    # a broadcast multiply and a reduction over a [B, L, D] temporary.
     m = mask.to(h.dtype)
     count = m.sum(-1, keepdim=True).clamp(min=1.0)
     return (m.unsqueeze(-2) @ h).squeeze(-2) / count

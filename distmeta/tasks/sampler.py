@@ -95,7 +95,7 @@ class EpisodeSampler:
         support, query = [], []
         for c in chosen:
             rows = rng.choice(self.rows[int(c)], size=shots + self.queries, replace=False)
-            support.append(tuple(rows[:shots].tolist()))  # tolist: Python ints, 10x faster than int() each
+            support.append(tuple(rows[:shots].tolist()))  # tolist: Python ints, much faster than int() each
             query.append(tuple(rows[shots:].tolist()))
         return EpisodeSpec(step, index, tuple(chosen.tolist()), tuple(support), tuple(query))
 
