@@ -1,7 +1,8 @@
 """The compute every replica runs: task specs in, summed meta-gradients out.
 
-A :class:`Worker` owns one model replica, its copy of the tokenised corpus and the
-algorithm. It imports nothing from Ray, so the single-process trainer, the Ray actors
+A :class:`Worker` owns one model replica and the algorithm, and reads the tokenised
+corpus it is given (compact ragged ids, shared per node: memory-mapped, or zero-copy from
+Ray's object store), padding only the rows of the episodes it builds. It imports nothing from Ray, so the single-process trainer, the Ray actors
 and a GPU box without Ray all run exactly this code.
 """
 from __future__ import annotations
