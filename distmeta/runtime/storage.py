@@ -27,6 +27,7 @@ from distmeta.errors import DistmetaError
 
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 _CHUNK = 8 << 20
+_SERVER_COPY_MAX = 5 * 1024**3  # S3 CopyObject takes at most 5 GiB in one request
 
 
 class StorageError(DistmetaError):
@@ -193,9 +194,15 @@ class Store:
             raise self._fail("upload to", rel, e) from e
 
     def copy(self, src_rel: str, dst_rel: str) -> None:
-        """Copy file ``src_rel`` to ``dst_rel`` (server-side on object stores)."""
+        """Copy file ``src_rel`` to ``dst_rel``: server-side, or streamed for objects past S3's one-request copy limit."""
         try:
-            self.fs.copy_file(self.path(src_rel), self.path(dst_rel))
+            if (self.info(src_rel)[1] or 0) < _SERVER_COPY_MAX:
+                self.fs.copy_file(self.path(src_rel), self.path(dst_rel))
+                return
+            with self.fs.open_input_stream(self.path(src_rel)) as src, \
+                    self.fs.open_output_stream(self.path(dst_rel)) as out:
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
         except OSError as e:
             raise self._fail("copy", src_rel, e) from e
 

@@ -186,3 +186,16 @@ def test_unreachable_endpoint_is_named(monkeypatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     with pytest.raises(StorageError, match=r"s3://some-bucket/run: it is unreachable"):
         open_store("s3://some-bucket/run")
+
+
+def test_objects_past_the_server_copy_limit_are_streamed(endpoint, bucket, monkeypatch) -> None:
+    import os
+
+    from distmeta.runtime import storage
+
+    store = open_store(f"s3://{bucket}/x")
+    data = os.urandom((8 << 20) + 123)  # more than one read chunk
+    store.write_bytes("a.bin", data)
+    monkeypatch.setattr(storage, "_SERVER_COPY_MAX", 1)
+    store.copy("a.bin", "b.bin")
+    assert store.read_bytes("b.bin") == data
