@@ -52,4 +52,4 @@ def check_floors(version_of: Callable[[str], str] = metadata.version) -> None:
             want = ".".join(map(str, floor))
             problems.append(f"{name} {found} is installed but distmeta needs {name}>={want}: {why}")
     if problems:
-        raise VersionFloorError("; ".join(problems) + ". Upgrade: pip install 'torch>=2.6' 'ray[default,tune,train]>=2.52'")
+        raise VersionFloorError("; ".join(problems) + ". Upgrade: pip install 'torch>=2.6' 'ray[default,tune]>=2.52'")
