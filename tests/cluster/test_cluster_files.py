@@ -49,7 +49,7 @@ def test_aws_cluster_launcher_config():
         assert nc["InstanceType"] and nc["ImageId"].startswith("ami-"), name
         assert nc["SecurityGroupIds"] and all(s.startswith("sg-") for s in nc["SecurityGroupIds"]), name
     setup = " ".join(cfg["setup_commands"])
-    assert '"torch==2.13.0"' in setup and "ray[default,tune,train]==2.60.0" in setup and "-e ~/distmeta" in setup
+    assert '"torch==2.13.0"' in setup and "ray[default,tune]==2.60.0" in setup and "-e ~/distmeta" in setup
     head, worker = " ".join(cfg["head_start_ray_commands"]), " ".join(cfg["worker_start_ray_commands"])
     assert "ray start --head" in head and "--dashboard-host=127.0.0.1" in head
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
