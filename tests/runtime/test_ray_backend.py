@@ -182,6 +182,18 @@ def test_protonet_text_bit_identical_for_any_actor_count(pooled, tmp_path, text_
         assert test == ref_test
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("algorithm", ["imaml", "fomaml"])  # implicit MAML; first order's straight-through step
+def test_more_algorithms_bit_identical_for_any_actor_count(pooled, tmp_path, algorithm):
+    overrides = SINUSOID + [f"algorithm.name={algorithm}", "dtype=float32", "algorithm.inner_lr=0.01"]
+    ref, ref_test, _ = train(tmp_path / "local", overrides, workers=0)
+    for n in (1, 2):
+        params, test, actors = train(tmp_path / f"ray{n}", overrides, workers=n, backend_factory=pooled)
+        assert actors == list(range(n))
+        assert_bit_identical(ref, params, f"{algorithm}: {n} actors vs workers=0")
+        assert test == ref_test
+
+
 # ---------------------------------------------------------------------- faults
 
 
