@@ -58,7 +58,8 @@ from distmeta.optim import OuterOptimizer  # noqa: E402
 from distmeta.runtime.reduce import reduce_groups  # noqa: E402
 from distmeta.runtime.local import LocalBackend  # noqa: E402
 from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
-from distmeta.worker import DTYPES, Worker  # noqa: E402
+from distmeta.models import DTYPES  # noqa: E402
+from distmeta.worker import Worker  # noqa: E402
 
 COMMON = ["workers=0", "threads=1", "cpus_per_worker=1", "outer.name=sgd"]
 STEPS = {"transformer2m": 16}  # measured steps per case when --steps is not given; others DEFAULT_STEPS

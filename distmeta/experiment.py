@@ -19,10 +19,9 @@ import numpy as np
 
 from distmeta.config import Config, DataConfig
 from distmeta.errors import ConfigError, DataError
+from distmeta.files import SPLIT_FILE, TOKENIZER_FILE
 from distmeta.tasks.sampler import EpisodeSampler, MixtureSampler, Sampler, SinusoidSampler, component_seed
 
-SPLIT_FILE = "split.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass

@@ -6,6 +6,7 @@ A run directory (``run.dir``) holds::
     split.json           its class split (``split_<c>.json``: one per text source of a data.mixture)
     tokenizer.json       its tokenizer
     results.json         the final meta-test
+    metrics.jsonl        one row per logged step (:mod:`distmeta.runtime.metrics`), and tensorboard/ its event files
     checkpoints/step_*/  checkpoints (:mod:`distmeta.runtime.checkpoint`); each carries a copy of the
                          split and tokenizer files (:data:`RUN_FILES`), so one step directory is a
                          complete, movable record of the run (what Ray Tune reports as a trial checkpoint)
@@ -25,6 +26,8 @@ RESULTS_FILE = "results.json"
 SPLIT_FILE = "split.json"
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".distmeta.lock"
 
 #: The run files a checkpoint step directory carries: the split (one per mixture source) and the tokenizer.
@@ -55,9 +58,11 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "CONFIG_FILE",
     "LOCK_FILE",
+    "METRICS_FILE",
     "RESULTS_FILE",
     "RUN_FILE_PATTERN",
     "SPLIT_FILE",
+    "TENSORBOARD_DIR",
     "TOKENIZER_FILE",
     "run_files",
     "split_file",

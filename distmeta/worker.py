@@ -20,12 +20,12 @@ from torch import Tensor
 from distmeta.algorithms import Algorithm, Params, build_algorithm
 from distmeta.algorithms.by_ways import ByWays
 from distmeta.config import Config
+from distmeta.models import DTYPES
 from distmeta.tasks.features import FeatureBank
 from distmeta.tasks.materialise import SinusoidTaskBuilder, TaskBuilder, TextTaskBuilder, by_source
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.text.corpus import TokenCorpus
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass

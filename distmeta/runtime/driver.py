@@ -26,7 +26,8 @@ from distmeta.runtime.reduce import NonFiniteError, check_tasks, nan_policy, red
 from distmeta.runtime.selection import BestTracker
 from distmeta.tasks.materialise import chunks
 from distmeta.tasks.specs import TaskSpec
-from distmeta.worker import DTYPES, all_finite
+from distmeta.models import DTYPES
+from distmeta.worker import all_finite
 
 
 def run_dir_of(path: Path) -> Path:

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from distmeta.files import METRICS_FILE, TENSORBOARD_DIR
+
 _RESERVED = ("step", "time")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from distmeta.errors import RunDirError
 from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE
 from distmeta.runtime.lease import Lease
-from distmeta.runtime.metrics import TENSORBOARD_DIR
+from distmeta.files import TENSORBOARD_DIR
 from distmeta.runtime.storage import StorageError, Store, cache_dir, open_store
 
 DEFAULT_SYNC_EVERY = 30.0

@@ -117,7 +117,7 @@ def reference_params(cfg: Config, steps: int | None = None, skip_tasks: dict[int
     from distmeta.experiment import prepare_experiment
     from distmeta.optim import OuterOptimizer
     from distmeta.tasks.materialise import chunks
-    from distmeta.worker import DTYPES
+    from distmeta.models import DTYPES
 
     skip_tasks = skip_tasks or {}
     exp = prepare_experiment(cfg)

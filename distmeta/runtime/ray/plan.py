@@ -1,7 +1,7 @@
 """How many actors of what size, and which actor computes which groups: pure functions, no Ray import.
 
 The sweeps use the same functions to check, before Ray starts anything, that a trial fits
-the cluster (:func:`fit_problem`).
+the cluster (:mod:`distmeta.sweeps.fit`).
 """
 from __future__ import annotations
 
