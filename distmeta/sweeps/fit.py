@@ -121,4 +121,38 @@ def check_fits(bundles: Sequence[Bundle], strategy: str, cfg: Config, what: str,
     raise ConfigError(f"{what} needs {problem}, so it could never start; {hint}")
 
 
-__all__ = ["check_fits", "describe_bundles", "fit_problem", "joined_cluster", "node_resources", "total"]
+def copies_that_fit(bundles: Sequence[Bundle], strategy: str, nodes: Sequence[dict[str, float]],
+                    limit: int = 1024) -> int:
+    """How many placement groups of ``bundles`` the nodes hold at once (first fit, biggest bundle first).
+
+    Args:
+        bundles: one group's bundles (empty ones are left out, as Tune does).
+        strategy: ``PACK`` and ``SPREAD`` place each bundle on any node with room; ``STRICT_PACK``
+            puts a whole group on one node; ``STRICT_SPREAD`` each bundle of a group on its own node.
+        nodes: each node's resources (:func:`node_resources`).
+        limit: the most groups counted (a group of empty bundles fits without end).
+
+    Returns:
+        The number of whole groups that fit side by side, 0 when not even one does.
+    """
+    order = sorted((b for b in bundles if any(v > 0 for v in b.values())), key=lambda b: -sum(b.values()))
+    free = [dict(n) for n in nodes]
+    count = 0
+    while count < limit:
+        trial = [dict(n) for n in free]
+        used: set[int] = set()
+        for b in order:
+            candidates = [i for i, n in enumerate(trial) if _fits(b, n) and not (strategy == "STRICT_SPREAD" and i in used)]
+            if strategy == "STRICT_PACK" and used:
+                candidates = [i for i in candidates if i in used]
+            if not candidates:
+                return count
+            node = trial[candidates[0]]
+            used.add(candidates[0])
+            for k, v in b.items():
+                node[k] = node.get(k, 0.0) - float(v)
+        free, count = trial, count + 1
+    return count
+
+
+__all__ = ["check_fits", "copies_that_fit", "describe_bundles", "fit_problem", "joined_cluster", "node_resources", "total"]

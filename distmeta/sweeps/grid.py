@@ -10,19 +10,19 @@ A grid is described by a YAML file (``configs/grid_*.yaml``)::
       data.ways: [3, 5]
       data.shots: [1, 5]
 
-Each cell trains the base config with the cell's values (``run.dir`` = ``cells/<cell>``)
-and is meta-tested on its own N-way K-shot setting (``eval.settings`` follows the cell's
-``data.ways``/``data.shots``; sinusoid cells report MSE). Cells run one after another;
-with ``workers: N`` they share one pool of N Ray actors (:class:`~distmeta.sweeps.pool.BackendPool`),
-rebuilt per cell, after a check that a cell fits the cluster. A cell whose run directory
-already holds results for the same resolved config is reused, so a killed grid continues
-where it stopped. Written to the experiment directory: ``grid.csv``, ``grid.md``
-(meta-test accuracy ± 95% CI per cell), ``grid.json`` and ``grid.png``
-(:mod:`distmeta.sweeps.grid_report`)::
+Each cell trains the base config with the cell's values (``run.dir`` = ``cells/<cell>``), meta-tested
+on its own setting (``eval.settings`` = the cell's ways/shots; sinusoid: MSE). The cells run as concurrent Ray
+Tune trials (:mod:`distmeta.sweeps.grid_tune`), each in a placement group of its own
+(``[driver_cpus] + workers x [cpus_per_worker, gpus_per_worker]``), ``max_concurrent`` at a
+time (default: as many as fit the cluster), after a check that every cell fits it. Each
+trial runs the cell's config as ``distmeta train`` would, so a cell's result is the one of
+that cell alone. ``max_concurrent: 1`` with ``workers: 0`` cells runs them one after another
+in this process, without Ray. A cell whose run directory already holds results for the same
+resolved config is reused, so rerunning a killed grid runs only the cells it had not finished.
+Written to the experiment directory: ``grid.csv``, ``grid.md`` (meta-test accuracy ± 95% CI
+per cell), ``grid.json`` and ``grid.png`` (:mod:`distmeta.sweeps.grid_report`)::
 
-    distmeta grid --config configs/grid_sinusoid.yaml episodes=50
-    from distmeta.sweeps.grid import run_grid
-    run_grid("configs/grid_sinusoid.yaml", ["train.steps=100"])
+    distmeta grid --config configs/grid_sinusoid.yaml episodes=50     # run_grid(path, ["episodes=50"])
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -56,6 +56,10 @@ class GridSpec(BaseModel):
     axes: dict[str, list[Any]] = Field(min_length=1)
     episodes: int | None = Field(None, ge=2, description="meta-test episodes per cell (default base eval.episodes)")
     plot: bool = True
+    max_concurrent: int | None = Field(None, ge=1, description="cells at once (default: as many as fit the cluster)")
+    driver_cpus: float = Field(1.0, ge=0, description="CPUs of a cell's driver process (0: none reserved)")
+    driver_gpus: float = Field(0.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     @field_validator("axes")
     @classmethod
@@ -152,10 +156,13 @@ def load_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = N
         cells.append(cell)
     if len({c.name for c in cells}) != len(cells):
         raise sweep_error(WHAT, where, "axes: two cells get the same name; make the values distinct")
-    return Grid(spec, cells, where)
+    grid = Grid(spec, cells, where)
+    _check_trials(grid)
+    return grid
 
 
-def _cell_result(cell: Cell, results: dict[str, Any], seconds: float, cached: bool) -> dict[str, Any]:
+def _cell_result(cell: Cell, results: dict[str, Any], run: dict[str, Any] | None, cached: bool) -> dict[str, Any]:
+    """One table row; ``run`` is how the cell ran (``started``/``ended`` epoch seconds, ``node``...), None if reused."""
     ways, shots = cell.setting
     name, r = next(iter(results["test"].items()))  # the cell's own setting: the only one evaluated
     row: dict[str, Any] = {**cell.values, "cell": cell.name, "setting": name, "ways": ways, "shots": shots}
@@ -166,7 +173,12 @@ def _cell_result(cell: Cell, results: dict[str, Any], seconds: float, cached: bo
     before = results.get("before_meta_training", {}).get(name)
     if before:
         row["before"] = before.get("accuracy", before.get("loss"))
-    row.update(episodes=int(r.get("episodes", 0)), steps=results.get("step"), seconds=round(seconds, 2), cached=cached)
+    run = run or {}
+    seconds = run["ended"] - run["started"] if run.get("started") is not None else None
+    row.update(episodes=int(r.get("episodes", 0)), steps=results.get("step"),
+               seconds=None if seconds is None else round(seconds, 2), cached=cached,
+               started=run.get("started"), ended=run.get("ended"), node=run.get("node"),
+               max_concurrent=run.get("max_concurrent"))
     return row
 
 
@@ -180,51 +192,90 @@ def _cached(cell: Cell) -> dict[str, Any] | None:
     return None
 
 
+def resources(spec: GridSpec) -> Any:
+    """Each cell's trial reservation besides its workers (:class:`~distmeta.sweeps.grid_tune.GridResources`)."""
+    from distmeta.sweeps.grid_tune import GridResources
+
+    return GridResources(spec.driver_cpus, spec.driver_gpus, spec.placement_strategy)
+
+
+def in_process(grid: Grid, cells: list[Cell] | None = None) -> bool:
+    """Whether the cells run one after another in this process, without Ray: ``max_concurrent: 1``, all ``workers: 0``."""
+    cells = grid.cells if cells is None else cells
+    return grid.spec.max_concurrent == 1 and all(c.cfg.workers == 0 for c in cells)
+
+
+def _check_trials(grid: Grid) -> None:
+    """Cells that cannot be sized as Tune trials: ``workers: auto``, or a ``workers: 0`` cell without a driver bundle."""
+    if in_process(grid):
+        return
+    spec = grid.spec
+    for cell in grid.cells:
+        if cell.cfg.workers == "auto":
+            raise sweep_error(WHAT, grid.where, f"the cell {cell.name}: workers=auto cannot size its trial; "
+                                                "give workers an integer")
+        if cell.cfg.workers == 0 and spec.driver_cpus == 0 and spec.driver_gpus == 0:
+            raise sweep_error(WHAT, grid.where, f"driver_cpus: the cell {cell.name} has workers=0, so it trains "
+                                                "in its driver, which needs driver_cpus > 0")
+
+
 def check_cells_fit(grid: Grid) -> None:
-    """Fail before the first cell when a cell's actors can never fit the Ray cluster (Ray cells only)."""
-    from distmeta.runtime.ray.plan import bundle
+    """Fail before the first cell when a cell's trial placement group can never fit the Ray cluster."""
     from distmeta.sweeps.fit import check_fits
 
-    seen = set()
+    res, seen = resources(grid.spec), set()
     for cell in grid.cells:
-        c = cell.cfg
-        if c.workers in (0, "auto") or (c.workers, c.cpus_per_worker, c.gpus_per_worker) in seen:
+        pgf = res.pgf(cell.cfg)
+        key = tuple(tuple(sorted(b.items())) for b in pgf.bundles)
+        if key in seen:
             continue
-        seen.add((c.workers, c.cpus_per_worker, c.gpus_per_worker))
-        check_fits([bundle(c.cpus_per_worker, c.gpus_per_worker)] * int(c.workers), "SPREAD", c, f"the cell {cell.name}",
-                   "lower workers or cpus_per_worker / gpus_per_worker (fractions are fine, e.g. cpus_per_worker=0.5)")
+        seen.add(key)
+        check_fits(pgf.bundles, res.strategy, cell.cfg, f"the cell {cell.name}",
+                   "lower driver_cpus, workers or cpus_per_worker / gpus_per_worker (fractions are fine, "
+                   "e.g. cpus_per_worker=0.5)")
+
+
+def _run_here(cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """``workers: 0`` cells one after another in this process (no Ray)."""
+    from distmeta.runtime.driver import Trainer
+
+    out = {}
+    for i, cell in enumerate(cells):
+        print(f"[grid] cell {i + 1}/{len(cells)}: {cell.name}", flush=True)
+        started = time.time()
+        with Trainer(cell.cfg, overwrite=True) as trainer:
+            results = trainer.fit()
+        out[cell.name] = {"results": results, "started": started, "ended": time.time(), "max_concurrent": 1}
+    return out
+
+
+def _run_trials(grid: Grid, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """The cells as concurrent Ray Tune trials on the connected (or a private) Ray."""
+    from distmeta.runtime.ray import session as ray_session
+    from distmeta.sweeps.grid_tune import run_cell_trials
+
+    session = ray_session.connect(cells[0].cfg)
+    try:
+        check_cells_fit(Grid(grid.spec, cells, grid.where))
+        return run_cell_trials({c.name: c.cfg for c in cells}, resources(grid.spec), grid.spec.max_concurrent,
+                               grid.experiment_path)
+    finally:
+        session.close()
 
 
 def run_cells(grid: Grid) -> list[dict[str, Any]]:
-    """Train and meta-test every cell, in order (reusing finished ones); one row per cell."""
-    from distmeta.runtime.driver import Trainer
-    from distmeta.sweeps.pool import BackendPool
-
-    ray_cells = [c for c in grid.cells if c.cfg.workers != 0 and _cached(c) is None]
-    session = None
-    if ray_cells:  # one Ray connection for every cell, checked to hold one before any trains
-        from distmeta.runtime.ray import session as ray_session
-
-        session = ray_session.connect(ray_cells[0].cfg)
-    pool, rows = BackendPool(), []
-    try:
-        if session is not None:
-            check_cells_fit(Grid(grid.spec, ray_cells, grid.where))
-        for i, cell in enumerate(grid.cells):
-            t0 = time.perf_counter()
-            results = _cached(cell)
-            cached = results is not None
-            if results is None:
-                print(f"[grid] cell {i + 1}/{len(grid.cells)}: {cell.name}", flush=True)
-                with Trainer(cell.cfg, overwrite=True, backend_factory=pool.factory) as trainer:
-                    results = trainer.fit()
-            else:
-                print(f"[grid] cell {i + 1}/{len(grid.cells)}: {cell.name} (reused {cell.cfg.run.dir})", flush=True)
-            rows.append(_cell_result(cell, results, time.perf_counter() - t0, cached))
-    finally:
-        pool.close()
-        if session is not None:
-            session.close()
+    """Train and meta-test every cell not finished yet (concurrently, see the module); one row per cell, in order."""
+    cached = {c.name: r for c in grid.cells if (r := _cached(c)) is not None}
+    todo = [c for c in grid.cells if c.name not in cached]
+    for name in cached:
+        print(f"[grid] {name}: reused {grid.experiment_path / 'cells' / name}", flush=True)
+    ran = {} if not todo else _run_here(todo) if in_process(grid, todo) else _run_trials(grid, todo)
+    rows = []
+    for cell in grid.cells:
+        if cell.name in cached:
+            rows.append(_cell_result(cell, cached[cell.name], None, True))
+        else:
+            rows.append(_cell_result(cell, ran[cell.name]["results"], ran[cell.name], False))
     return rows
 
 
@@ -247,4 +298,4 @@ def run_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = No
     return {"rows": rows, "files": files, "experiment": out}
 
 
-__all__ = ["Cell", "Grid", "GridSpec", "check_cells_fit", "load_grid", "run_cells", "run_grid"]
+__all__ = ["Cell", "Grid", "GridSpec", "check_cells_fit", "in_process", "load_grid", "resources", "run_cells", "run_grid"]

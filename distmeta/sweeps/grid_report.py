@@ -1,8 +1,10 @@
 """The table and plot of a finished grid (:mod:`distmeta.sweeps.grid`).
 
 ``write_table`` writes ``grid.csv``, ``grid.md`` (meta-test accuracy ± 95% CI per cell)
-and ``grid.json``; ``plot`` draws the metric against the grid's last axis, one line per
-combination of the other axes, with the CI as error bars::
+and ``grid.json``; ``plot`` draws the metric against the grid's last axis (ticks at its values,
+evenly spaced, whatever they are), one line per combination of the other axes, with the CI as
+error bars and, dashed in the same colour, that line's value before meta-training (the
+frozen encoder's nearest-centroid accuracy, ``before_meta_training`` in a cell's results)::
 
     files = write_table(grid, rows, grid.experiment_path)
     plot(grid, rows, grid.experiment_path / PLOT_FILE)
@@ -28,7 +30,8 @@ def write_table(grid: Grid, rows: list[dict[str, Any]], out: Path) -> dict[str, 
     """``grid.csv``, ``grid.md`` and ``grid.json`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     axes = list(grid.spec.axes)
-    cols = [*axes, "setting", "metric", "value", "ci95", "before", "episodes", "steps", "seconds", "cached"]
+    cols = [*axes, "setting", "metric", "value", "ci95", "before", "episodes", "steps", "seconds", "cached",
+            "started", "ended", "node"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -51,39 +54,85 @@ def write_table(grid: Grid, rows: list[dict[str, Any]], out: Path) -> dict[str, 
     return {"csv": out / CSV_FILE, "md": out / MD_FILE, "json": out / JSON_FILE}
 
 
-def plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path:
-    """Meta-test metric against the last axis, one line per combination of the other axes, CI as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _series(grid: Grid, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by the values of every axis but the last, labelled ``ways=3``; ordered along the last axis."""
     axes = list(grid.spec.axes)
     x_key, series_keys = axes[-1], axes[:-1]
-    x_values = grid.spec.axes[x_key]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_values)
-    scale = 100.0 if rows[0]["metric"] == "accuracy" else 1.0
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    order = [json.dumps(v, sort_keys=True, default=str) for v in grid.spec.axes[x_key]]
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(json.dumps(r[k], default=str) for k in series_keys), []).append(r)
-    for key, group in groups.items():
-        xs = [r[x_key] if numeric else x_values.index(r[x_key]) for r in group]
-        label = ", ".join(f"{k.split('.')[-1]}={json.loads(v)}" for k, v in zip(series_keys, key)) or None
-        ax.errorbar(xs, [scale * r["value"] for r in group], yerr=[scale * r["ci95"] for r in group],
-                    marker="o", capsize=4, label=label)
-    if not numeric:
-        ax.set_xticks(range(len(x_values)), [str(v)[:24] for v in x_values], rotation=15)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel("meta-test accuracy (%)" if scale == 100.0 else "meta-test MSE")
-    ax.set_title(f"{grid.spec.name}: meta-test ± 95% CI")
-    ax.grid(alpha=0.3)
-    if len(groups) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        label = ", ".join(f"{k.split('.')[-1]}={r[k]}" for k in series_keys)
+        groups.setdefault(label, []).append(r)
+    for group in groups.values():
+        group.sort(key=lambda r: order.index(json.dumps(r[x_key], sort_keys=True, default=str)))
+    return groups
+
+
+def plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path:
+    """Draw :func:`figure` to a PNG.
+
+    Args:
+        grid: the grid.
+        rows: one row per cell.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = figure(grid, rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-__all__ = ["CSV_FILE", "JSON_FILE", "MD_FILE", "PLOT_FILE", "plot", "write_table"]
+def figure(grid: Grid, rows: list[dict[str, Any]]) -> Any:
+    """Meta-test metric against the last axis, one line per combination of the other axes.
+
+    Args:
+        grid: the grid (its axes give the x ticks, in their order).
+        rows: one row per cell (:func:`distmeta.sweeps.grid.run_cells`).
+
+    Returns:
+        A matplotlib Figure (Agg). The CI is drawn as error bars; each line's ``before`` values (before
+        meta-training) as a dashed line of the same colour, where the cells have them.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = list(grid.spec.axes)[-1]
+    x_values = grid.spec.axes[x_key]
+    positions = {json.dumps(v, sort_keys=True, default=str): i for i, v in enumerate(x_values)}
+    scale = 100.0 if rows[0]["metric"] == "accuracy" else 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    groups = _series(grid, rows)
+    for label, group in groups.items():
+        xs = [positions[json.dumps(r[x_key], sort_keys=True, default=str)] for r in group]
+        line = ax.errorbar(xs, [scale * r["value"] for r in group], yerr=[scale * r["ci95"] for r in group],
+                           marker="o", capsize=4, label=label or "meta-trained")
+        before = [(x, scale * r["before"]) for x, r in zip(xs, group) if r.get("before") is not None]
+        if before:
+            ax.plot([x for x, _ in before], [y for _, y in before], linestyle="--", marker="x",
+                    color=line[0].get_color(), alpha=0.8, label=f"{label + ': ' if label else ''}before meta-training")
+    ax.set_xticks(range(len(x_values)), [_tick(v) for v in x_values])
+    ax.set_xlim(-0.5, len(x_values) - 0.5)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("meta-test accuracy (%)" if scale == 100.0 else "meta-test MSE")
+    ax.set_title(f"{grid.spec.name}: meta-test ± 95% CI (dashed: before meta-training)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _tick(value: Any) -> str:
+    """An axis value as a tick label: ``5``, ``0.1-1.0`` for a range, cut to 24 characters."""
+    if isinstance(value, (list, tuple)):
+        return "-".join(_fmt(v) for v in value)[:24]
+    return _fmt(value)[:24]
+
+
+__all__ = ["CSV_FILE", "JSON_FILE", "MD_FILE", "PLOT_FILE", "figure", "plot", "write_table"]

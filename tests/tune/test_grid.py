@@ -15,8 +15,10 @@ from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 
 def tiny_grid(tmp_path, **extra) -> dict:
+    # max_concurrent 1 with workers=0 cells: one after another in this process, no Ray (the concurrent
+    # Tune path is tested on a two-node cluster in test_grid_concurrent.py).
     base = apply_overrides({}, [*text_tiny(write_tiny_csv(tmp_path / "d.csv")), *QUIET, "algorithm.name=protonet"])
-    return {"base": base, "name": "ws", "output_dir": str(tmp_path / "grids"), "episodes": 12,
+    return {"base": base, "name": "ws", "output_dir": str(tmp_path / "grids"), "episodes": 12, "max_concurrent": 1,
             "axes": {"data.ways": [2, 3], "data.shots": [1, 2]}, **extra}
 
 
@@ -31,6 +33,7 @@ def test_grid_writes_table_and_plot_and_reuses_finished_cells(tmp_path, capsys):
     for r in rows:
         assert r["metric"] == "accuracy" and 0.0 <= float(r["value"]) <= 1.0 and float(r["ci95"]) > 0
         assert r["episodes"] == "12" and r["steps"] == "2" and r["cached"] == "False"
+        assert float(r["ended"]) > float(r["started"])
     md = (out_dir / "grid.md").read_text()
     assert "| data.ways | data.shots | setting | meta-test accuracy (%) |" in md and md.count("±") >= 5
     assert "3way_2shot" in capsys.readouterr().out
@@ -62,3 +65,30 @@ def test_shipped_grid_configs_validate():
     assert all(c.cfg.eval.settings == [c.setting] and c.cfg.eval.episodes == 300 for c in g.cells)
     s = load_grid("configs/grid_sinusoid.yaml")
     assert len(s.cells) == 6 and s.cells[0].cfg.data.sinusoid.amplitude == (0.1, 1.0)
+
+
+def test_plot_ticks_at_the_axis_values_and_dashes_each_lines_baseline(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from distmeta.sweeps.grid_report import figure
+
+    grid = load_grid(tiny_grid(tmp_path, axes={"data.ways": [2, 3], "data.shots": [1, 5]}))
+    rows = [{**c.values, "metric": "accuracy", "value": 0.5 + 0.1 * i, "ci95": 0.05, "before": 0.4 + 0.1 * i}
+            for i, c in enumerate(grid.cells)]
+    ax = figure(grid, rows).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "5"] and list(ax.get_xticks()) == [0, 1]
+    solid = {c.get_label(): c[0] for c in ax.containers}  # errorbar containers: (data line, caps, bars)
+    dashed = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_linestyle() == "--"}
+    assert sorted(solid) == ["ways=2", "ways=3"]
+    assert sorted(dashed) == ["ways=2: before meta-training", "ways=3: before meta-training"]
+    for label, line in solid.items():
+        base = dashed[f"{label}: before meta-training"]
+        assert to_hex(base.get_color()) == to_hex(line.get_color())
+        assert list(base.get_xdata()) == [0, 1]
+    assert [round(y, 6) for y in dashed["ways=3: before meta-training"].get_ydata()] == [60.0, 70.0]
+
+
+def test_a_cell_that_cannot_be_a_trial_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="driver_cpus: the cell ways=2_shots=1 has workers=0"):
+        load_grid(tiny_grid(tmp_path, max_concurrent=None, driver_cpus=0))
+    load_grid(tiny_grid(tmp_path, driver_cpus=0))  # max_concurrent 1 and workers=0: in this process

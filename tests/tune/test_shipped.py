@@ -101,7 +101,7 @@ def test_a_grid_cell_too_big_for_the_cluster_fails_before_the_first_cell(ray_loc
     base = apply_overrides({}, [*text_tiny(write_tiny_csv(tmp_path / "d.csv")), *QUIET, "algorithm.name=protonet"])
     spec = {"base": base, "name": "big", "output_dir": str(tmp_path / "grids"), "axes": {"data.shots": [1, 2]},
             "overrides": ["workers=3", "cpus_per_worker=1"]}
-    with pytest.raises(DistmetaError, match=r"the cell shots=1 needs a placement group of 3 x \[CPU=1\] .*short of CPU=1"):
+    with pytest.raises(DistmetaError, match=r"the cell shots=1 needs a placement group of 4 x \[CPU=1\] = CPU=4.*short of CPU=2"):
         run_grid(spec)
     assert not (tmp_path / "grids" / "big" / "cells").exists()
 

@@ -1,0 +1,74 @@
+"""``distmeta grid`` on a two-node cluster: two cells at once, each giving what it gives alone.
+
+The grid runs in a subprocess (``grid_cluster_check.py``: its own two-node
+``ray.cluster_utils.Cluster``, this session has a Ray already); the references are trained
+here meanwhile, each cell alone with ``workers=0``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import distmeta
+from distmeta.config import apply_overrides
+from distmeta.sweeps.grid import load_grid
+from tests.helpers import SINUSOID_TINY
+
+# Each cell: a driver bundle of 1 CPU and 2 workers of 0.5 CPU, so one cell fills one 2-CPU node.
+BASE = [*SINUSOID_TINY, "workers=2", "cpus_per_worker=0.5", "train.steps=8", "run.progress=false",
+        "run.checkpoint_every=0", "run.eval_every=0", "eval.baseline=true"]
+
+
+def grid_spec(out: Path) -> dict:
+    return {"base": apply_overrides({}, BASE), "name": "g", "output_dir": str(out), "plot": False,
+            "axes": {"data.shots": [5, 10]}}
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return a["started"] < b["ended"] and b["started"] < a["ended"]
+
+
+@pytest.mark.ray
+def test_two_cells_run_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
+    spec = grid_spec(tmp_path / "grids")
+    (tmp_path / "grid.json").write_text(json.dumps(spec))
+    script = Path(__file__).with_name("grid_cluster_check.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "grid.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    refs = {}
+    for cell in load_grid(spec).cells:  # meanwhile: each cell alone, in this process
+        cfg = cell.cfg.model_copy(update={"workers": 0, "run": cell.cfg.run.model_copy(
+            update={"dir": str(tmp_path / "ref" / cell.name)})})
+        with distmeta.Trainer(cfg) as trainer:
+            refs[cell.name] = trainer.fit()
+    stdout, stderr = proc.communicate(timeout=400)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    first, second = out["first"], out["second"]
+
+    print("timeline:", [(r["cell"], r["started"], r["ended"], r["node"]) for r in first])
+    assert [r["cell"] for r in first] == ["shots=5", "shots=10"]
+    assert all(r["max_concurrent"] == 2 for r in first), "two cells' groups fit the two nodes side by side"
+    assert overlap(*first), f"the two cells ran one after the other: {first}"
+    assert first[0]["node"] != first[1]["node"], "each cell's group fills one node"
+    for cell in load_grid(spec).cells:
+        run = Path(cell.cfg.run.dir)
+        got = json.loads((run / "results.json").read_text())
+        ref = refs[cell.name]
+        assert got["test"] == ref["test"] and got["before_meta_training"] == ref["before_meta_training"], cell.name
+        step = f"step_{cell.cfg.train.steps:08d}"
+        a = load_file(run / "checkpoints" / step / "meta_params.safetensors")
+        b = load_file(tmp_path / "ref" / cell.name / "checkpoints" / step / "meta_params.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{cell.name}: parameters differ"
+
+    # Rerun after a kill (the last cell's results removed): the first cell is reused, only the last runs again.
+    assert [r["cached"] for r in second] == [True, False]
+    assert second[1]["value"] == first[1]["value"] and second[0]["value"] == first[0]["value"]
+    assert out["ray_initialized_after_grid"] is False, "the grid closes the connection it opened"
