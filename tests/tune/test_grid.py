@@ -80,12 +80,12 @@ def test_plot_ticks_at_the_axis_values_and_dashes_each_lines_baseline(tmp_path):
     solid = {c.get_label(): c[0] for c in ax.containers}  # errorbar containers: (data line, caps, bars)
     dashed = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_linestyle() == "--"}
     assert sorted(solid) == ["ways=2", "ways=3"]
-    assert sorted(dashed) == ["ways=2: before meta-training", "ways=3: before meta-training"]
+    assert sorted(dashed) == ["ways=2: frozen-encoder baseline", "ways=3: frozen-encoder baseline"]
     for label, line in solid.items():
-        base = dashed[f"{label}: before meta-training"]
+        base = dashed[f"{label}: frozen-encoder baseline"]
         assert to_hex(base.get_color()) == to_hex(line.get_color())
         assert list(base.get_xdata()) == [0, 1]
-    assert [round(y, 6) for y in dashed["ways=3: before meta-training"].get_ydata()] == [60.0, 70.0]
+    assert [round(y, 6) for y in dashed["ways=3: frozen-encoder baseline"].get_ydata()] == [60.0, 70.0]
 
 
 def test_a_cell_that_cannot_be_a_trial_is_a_config_error(tmp_path):
