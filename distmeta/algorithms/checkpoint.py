@@ -4,8 +4,9 @@ A second-order inner loop normally keeps every step's activations and inner back
 graph until the outer backward pass, so memory grows with the number of steps. Here
 each step is one :class:`_RecomputedStep`: its forward runs without a graph and keeps
 only its inputs (the parameters before the step, and the task's tensors, which are
-shared); its backward recomputes the step under ``torch.func.vjp`` and returns the
-vector-Jacobian product (a Hessian-vector product for the inner gradient). Only one
+shared); its backward recomputes the step with its graph (plain autograd on the loop
+path, ``torch.func.vjp`` under transforms) and returns the vector-Jacobian product (a
+Hessian-vector product for the inner gradient). Only one
 step's graph is alive at a time, plus one copy of the adapted parameters per step.
 
 ``torch.utils.checkpoint`` relies on saved-tensor hooks, which ``torch.func.grad`` and
@@ -20,10 +21,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.func import grad, vjp
+from torch.func import vjp
 
 from distmeta.algorithms.functional import Params
-from distmeta.algorithms.inner import LearningRates, apply_update
+from distmeta.algorithms.inner import LearningRates, apply_update, inner_gradients, transforms_active
 
 #: ``loss_of(fast, context)``: the support loss as a pure function of the adapted
 #: parameters and of every other tensor it reads (meta-parameters, task data).
@@ -38,7 +39,7 @@ class _RecomputedStep(torch.autograd.Function):
     @staticmethod
     def forward(fn: Callable[..., tuple[Tensor, ...]], *tensors: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         with torch.no_grad():
-            return tuple(t.detach() for t in fn(*tensors))
+            return tuple(t.detach() for t in fn(False, *tensors))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -50,23 +51,36 @@ class _RecomputedStep(torch.autograd.Function):
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         tensors = list(ctx.saved_tensors)
         wrt = [i for i, t in enumerate(tensors) if t.is_floating_point()]
-
-        def partial(*diff: Tensor) -> tuple[Tensor, ...]:
-            full = list(tensors)
-            for i, t in zip(wrt, diff):
-                full[i] = t
-            return tuple(ctx.fn(*full))
-
-        # torch.func.vjp differentiates under an outer no_grad; regular autograd must not also record
-        # the recomputation (its inputs are outputs of the previous step, which require grad), or
-        # every step's graph would stay alive through the returned gradients until the end.
-        with torch.no_grad():
-            _, vjp_fn = vjp(partial, *[tensors[i] for i in wrt])
-            grads = vjp_fn(tuple(grad_outputs))
+        grads = _recompute_vjp(ctx.fn, tensors, wrt, grad_outputs)
         out: list[Tensor | None] = [None] * len(tensors)
         for i, g in zip(wrt, grads):
             out[i] = g
         return (None, *out)
+
+
+def _recompute_vjp(fn: Callable[..., tuple[Tensor, ...]], tensors: list[Tensor], wrt: list[int],
+                   grad_outputs: Sequence[Tensor]) -> Sequence[Tensor]:
+    """The step recomputed with its graph, and its vector-Jacobian product for ``tensors[wrt]``."""
+    if not transforms_active():
+        # Plain autograd (the per-task loop path): fresh leaves, so nothing outside this step is recorded.
+        leaves = [t.detach().requires_grad_() if i in wrt else t for i, t in enumerate(tensors)]
+        with torch.enable_grad():
+            outs = fn(True, *leaves)
+            grads = torch.autograd.grad(outs, [leaves[i] for i in wrt], grad_outputs, allow_unused=True)
+        return [g if g is not None else torch.zeros_like(leaves[i]) for i, g in zip(wrt, grads)]
+
+    def partial(*diff: Tensor) -> tuple[Tensor, ...]:
+        full = list(tensors)
+        for i, t in zip(wrt, diff):
+            full[i] = t
+        return tuple(fn(True, *full))
+
+    # torch.func.vjp differentiates under an outer no_grad; regular autograd must not also record
+    # the recomputation (its inputs are outputs of the previous step, which require grad), or
+    # every step's graph would stay alive through the returned gradients until the end.
+    with torch.no_grad():
+        _, vjp_fn = vjp(partial, *[tensors[i] for i in wrt])
+        return vjp_fn(tuple(grad_outputs))
 
 
 def _flatten(groups: Sequence[Params]) -> tuple[list[Tensor], list[list[str]]]:
@@ -105,9 +119,9 @@ def checkpointed_inner_loop(loss_of: ContextLoss, params: Params, context: Param
     velocity = {n: torch.zeros_like(p) for n, p in fast.items()} if optimizer != "sgd" else {}
     lrs: Params = {} if isinstance(lr, float) else dict(lr)
 
-    def step(*flat: Tensor) -> tuple[Tensor, ...]:
+    def step(differentiable: bool, *flat: Tensor) -> tuple[Tensor, ...]:
         f, v, c, r = _unflatten(flat, names)
-        grads = grad(loss_of)(f, c)  # torch.func even outside transforms: the backward recomputes under vjp
+        grads = inner_gradients(lambda p: loss_of(p, c), f, first_order=not differentiable)
         new, new_v = apply_update(f, v, grads, r if r else lr, optimizer, momentum)
         return (*new.values(), *new_v.values())
 
