@@ -177,8 +177,8 @@ def _cell_result(cell: Cell, results: dict[str, Any], run: dict[str, Any] | None
     seconds = run["ended"] - run["started"] if run.get("started") is not None else None
     row.update(episodes=int(r.get("episodes", 0)), steps=results.get("step"),
                seconds=None if seconds is None else round(seconds, 2), cached=cached,
-               started=run.get("started"), ended=run.get("ended"), node=run.get("node"),
-               max_concurrent=run.get("max_concurrent"))
+               **{k: run.get(k) for k in ("started", "ended", "node", "max_concurrent", "ray_workers",
+                                          "workers_in_trial_pg")})
     return row
 
 

@@ -92,3 +92,16 @@ def test_a_cell_that_cannot_be_a_trial_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="driver_cpus: the cell ways=2_shots=1 has workers=0"):
         load_grid(tiny_grid(tmp_path, max_concurrent=None, driver_cpus=0))
     load_grid(tiny_grid(tmp_path, driver_cpus=0))  # max_concurrent 1 and workers=0: in this process
+
+
+def test_copies_that_fit_counts_whole_placement_groups():
+    from distmeta.sweeps.fit import copies_that_fit
+
+    nodes = [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 2.0, "GPU": 0.0}]
+    cell = [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]  # a driver and two workers
+    assert copies_that_fit(cell, "PACK", nodes) == 2
+    assert copies_that_fit([{"CPU": 1.0}], "PACK", nodes) == 4
+    assert copies_that_fit([{"CPU": 1.0}, {"CPU": 1.0}], "STRICT_SPREAD", nodes) == 2
+    assert copies_that_fit([{"CPU": 1.5}, {"CPU": 1.0}], "STRICT_PACK", nodes) == 0, "2.5 CPUs on no one node"
+    assert copies_that_fit([{"CPU": 1.0, "GPU": 1.0}], "PACK", nodes) == 0
+    assert copies_that_fit([{"CPU": 0.0}], "PACK", nodes, limit=3) == 3, "an empty group fits without end"

@@ -20,14 +20,16 @@ from distmeta.config import apply_overrides
 from distmeta.sweeps.grid import load_grid
 from tests.helpers import SINUSOID_TINY
 
-# Each cell: a driver bundle of 1 CPU and 2 workers of 0.5 CPU, so one cell fills one 2-CPU node.
+# Each cell: a driver bundle of 1 CPU and 2 workers of 0.5 CPU, so one cell fills one 2-CPU node: two cells at
+# once, the third in a finished cell's trial process and placement group (Tune's reuse_actors, the pooled actors
+# rebuilt for its config).
 BASE = [*SINUSOID_TINY, "workers=2", "cpus_per_worker=0.5", "train.steps=8", "run.progress=false",
         "run.checkpoint_every=0", "run.eval_every=0", "eval.baseline=true"]
 
 
 def grid_spec(out: Path) -> dict:
     return {"base": apply_overrides({}, BASE), "name": "g", "output_dir": str(out), "plot": False,
-            "axes": {"data.shots": [5, 10]}}
+            "axes": {"data.shots": [5, 10, 20]}}
 
 
 def overlap(a: dict, b: dict) -> bool:
@@ -35,7 +37,7 @@ def overlap(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.ray
-def test_two_cells_run_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
+def test_cells_run_two_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
     spec = grid_spec(tmp_path / "grids")
     (tmp_path / "grid.json").write_text(json.dumps(spec))
     script = Path(__file__).with_name("grid_cluster_check.py")
@@ -54,10 +56,12 @@ def test_two_cells_run_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
     first, second = out["first"], out["second"]
 
     print("timeline:", [(r["cell"], r["started"], r["ended"], r["node"]) for r in first])
-    assert [r["cell"] for r in first] == ["shots=5", "shots=10"]
+    assert [r["cell"] for r in first] == ["shots=5", "shots=10", "shots=20"]
     assert all(r["max_concurrent"] == 2 for r in first), "two cells' groups fit the two nodes side by side"
-    assert overlap(*first), f"the two cells ran one after the other: {first}"
+    assert overlap(first[0], first[1]), f"the first two cells ran one after the other: {first}"
     assert first[0]["node"] != first[1]["node"], "each cell's group fills one node"
+    assert first[2]["started"] >= min(first[0]["ended"], first[1]["ended"]), "the third waited for a free node"
+    assert all(r["ray_workers"] == 2 and r["workers_in_trial_pg"] for r in first), "actors in the cell's group"
     for cell in load_grid(spec).cells:
         run = Path(cell.cfg.run.dir)
         got = json.loads((run / "results.json").read_text())
@@ -69,6 +73,6 @@ def test_two_cells_run_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{cell.name}: parameters differ"
 
     # Rerun after a kill (the last cell's results removed): the first cell is reused, only the last runs again.
-    assert [r["cached"] for r in second] == [True, False]
-    assert second[1]["value"] == first[1]["value"] and second[0]["value"] == first[0]["value"]
+    assert [r["cached"] for r in second] == [True, True, False]
+    assert [r["value"] for r in second] == [r["value"] for r in first]
     assert out["ray_initialized_after_grid"] is False, "the grid closes the connection it opened"
