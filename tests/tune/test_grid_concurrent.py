@@ -76,3 +76,24 @@ def test_cells_run_two_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
     assert [r["cached"] for r in second] == [True, True, False]
     assert [r["value"] for r in second] == [r["value"] for r in first]
     assert out["ray_initialized_after_grid"] is False, "the grid closes the connection it opened"
+
+
+@pytest.mark.ray
+def test_workers_0_cells_as_trials_equal_the_same_cells_run_here(ray_local, tmp_path):
+    # Text ProtoNet cells with workers=0 train inside their trial's process (one CPU each, two at once on the
+    # session's 2-CPU Ray); the same grid with max_concurrent 1 runs them one after another in this process.
+    from distmeta.sweeps.grid import run_grid
+    from tests.helpers import QUIET, text_tiny, write_tiny_csv
+    from tests.tune.conftest import wait_released
+
+    base = apply_overrides({}, [*text_tiny(write_tiny_csv(tmp_path / "d.csv")), *QUIET, "algorithm.name=protonet",
+                                "train.steps=3", "eval.baseline=true"])
+    spec = {"base": base, "name": "t", "episodes": 8, "plot": False, "axes": {"data.shots": [1, 2]}}
+    trials = run_grid({**spec, "output_dir": str(tmp_path / "trials")})["rows"]
+    wait_released(ray_local)
+    here = run_grid({**spec, "output_dir": str(tmp_path / "here"), "max_concurrent": 1})["rows"]
+    assert [r["max_concurrent"] for r in trials] == [2, 2] and overlap(*trials), trials
+    assert [r["node"] for r in here] == [None, None], "max_concurrent 1, workers=0: no Ray"
+    for a, b in zip(trials, here, strict=True):
+        assert a["before"] is not None and not a["cached"]
+        assert (a["value"], a["ci95"], a["before"]) == (b["value"], b["ci95"], b["before"]), a["cell"]
