@@ -1,9 +1,9 @@
 """One pool of model replicas lent to the runs of a sweep, one run after another.
 
-Starting Ray actors costs seconds each (a Python process importing torch). A grid runs
-its cells one after another in one process, and with ``reuse_actors`` Ray Tune runs the
-next trial of the same size in a finished trial's process and placement group; both
-borrow the replicas of the previous run, rebuilt for the new config
+Starting Ray actors costs seconds each (a Python process importing torch). With
+``reuse_actors`` Ray Tune runs the next trial of the same size (a search's trial, a grid's
+cell) in a finished trial's process and placement group; it borrows the replicas of the
+previous run, rebuilt for the new config
 (:meth:`~distmeta.runtime.backend.ReusableBackend.reconfigure`), through
 :meth:`BackendPool.factory`, a :data:`~distmeta.runtime.backend.BackendFactory`::
 
