@@ -72,5 +72,7 @@ def test_checkpointed_peak_memory_is_flat_in_inner_steps():
         alg.batch_grad(meta, batch, use_vmap=False)  # warm-up
         return peak_memory(lambda: alg.batch_grad(meta, batch, use_vmap=False))[1]
 
-    assert peak(8, True) <= 1.3 * peak(2, True)
-    assert peak(8, False) >= 1.5 * peak(2, False), "the stored inner loop should grow (else this test measures nothing)"
+    stored = peak(8, False) - peak(2, False)
+    checkpointed = peak(8, True) - peak(2, True)
+    assert stored > 0, "the stored inner loop should grow (else this test measures nothing)"
+    assert checkpointed <= 0.25 * stored, (checkpointed, stored)
