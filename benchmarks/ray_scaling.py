@@ -290,7 +290,7 @@ def run_case(key: str, steps: int) -> None:
     shm = ray2.shared_memory_calls == ray2.calls
     how = ("inline in each call" if ray2.meta_bytes < INLINE_META_BYTES
            else "one shared-memory write" if shm else "one ray.put")
-    data = exp.token_ids.nbytes if exp.token_ids is not None else 0
+    data = exp.corpus.nbytes if exp.corpus is not None else 0
     print(f"per step (ray 2): meta-parameters {human(ray2.meta_bytes)} ({how}), task specs {human(ray2.spec_bytes)} "
           f"in {ray2.calls} calls, gradients back {human(ray2.result_bytes)} ({groups} groups, "
           f"{'shared memory' if shm else 'object store'}); "
