@@ -83,6 +83,9 @@ class Trainer:
         self.best = BestTracker(self.run_dir, cfg.train.patience)
         self.pretrained = False  # the supervised stage (pretrain:) has run; kept in checkpoints
         self.stopped_early = False  # train.patience ran out
+        # The group size in use (algorithm.group_size, or what `auto` chose): kept in checkpoints so a resumed
+        # run cuts its meta-batches into the same groups, and so sums them to the same bits.
+        self.group_size: int | None = None
         self.evaluator: Evaluator | None = None
         self.location: Any = None  # the run directory, local or remote, and its writer lock (runtime.rundir)
 
@@ -123,6 +126,9 @@ class Trainer:
         self.step = ckpt.step
         self.best.load_state(ckpt.state.get("best"))
         self.pretrained = bool(ckpt.state.get("pretrained", False))
+        saved = ckpt.state.get("group_size")
+        if saved is not None and self.cfg.algorithm.group_size == "auto":  # the groups the run was using
+            self.group_size = int(saved)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, overrides: list[str] | None = None, *,
@@ -211,11 +217,11 @@ class Trainer:
 
     def groups_of(self, specs: list[TaskSpec]) -> list[list[TaskSpec]]:
         """The meta-batch cut into groups of ``algorithm.group_size``: fixed by the meta-batch, not the worker count."""
-        size = getattr(self, "_group_size", None)
-        if size is None:  # issue 14: group_size auto / memory_budget_mb, measured once on the first step's tasks
+        size = self.group_size
+        if size is None:  # group_size auto / memory_budget_mb: measured once, on the first step's tasks
             from distmeta.runtime.memory import resolve_group_size
 
-            size = self._group_size = resolve_group_size(self.cfg, self.exp, specs)
+            size = self.group_size = resolve_group_size(self.cfg, self.exp, specs)
         return [specs[r.start: r.stop] for r in chunks(len(specs), size)]
 
     def _train_step(self, specs: list[TaskSpec], overlap: Callable[[], Any]) -> dict[str, float]:
@@ -333,7 +339,7 @@ class Trainer:
             meta_params=self.meta_params,
             optimizer_state=self.optimizer.state_dict(),
             state={"sampler": {"seed": self.cfg.seed, "next_step": self.step}, "best": self.best.state(),
-                   "pretrained": self.pretrained},
+                   "pretrained": self.pretrained, "group_size": self.group_size},
             rng={"torch": torch.get_rng_state()},
             config=self.cfg.model_dump(mode="json"),
         )
