@@ -40,10 +40,17 @@ def load_auto_model(path: str) -> nn.Module:
         from transformers import AutoModel
     except ImportError:  # pragma: no cover - transformers is a core dependency
         raise ConfigError("model.name=hf needs the transformers package: pip install transformers") from None
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-load weights bar, in every actor too: noise in logs
     try:
         model = AutoModel.from_pretrained(path, attn_implementation="eager")
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.path {path!r}: cannot load a pretrained encoder ({err})") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 
