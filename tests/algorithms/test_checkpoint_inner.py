@@ -51,28 +51,51 @@ def test_checkpoint_inner_is_refused_where_there_is_no_second_order_graph():
             load_config(None, [f"algorithm.name={name}", "algorithm.checkpoint_inner=true"])
 
 
+_PEAKS = """
+import json, torch
+from distmeta.algorithms import ALGORITHMS, InnerSettings, ModelFn
+from distmeta.models.mlp import SinusoidMLP
+from distmeta.runtime.memory import peak_memory
+
+torch.manual_seed(0)
+net = SinusoidMLP([256, 256]).double()  # activations of 4000 support points dominate the parameters
+meta = {n: p.detach().clone() for n, p in net.named_parameters()}
+for p in net.parameters():
+    p.requires_grad_(False)
+g = torch.Generator().manual_seed(0)
+batch = {k: torch.randn(1, 4000, 1, generator=g, dtype=torch.float64)
+         for k in ("support_x", "support_y", "query_x", "query_y")}
+
+def peak(steps, checkpoint):
+    alg = ALGORITHMS["maml"](ModelFn(net, {}), "regression", list(meta), InnerSettings(0.01, steps, checkpoint=checkpoint), 1)
+    alg.batch_grad(meta, batch, use_vmap=False)  # warm-up
+    # The least of three: a resident-memory peak can only be inflated by what the allocator kept.
+    return min(peak_memory(lambda: alg.batch_grad(meta, batch, use_vmap=False))[1] for _ in range(3))
+
+print(json.dumps({"stored": peak(10, False) - peak(2, False), "checkpointed": peak(10, True) - peak(2, True)}))
+"""
+
+
 def test_checkpointed_peak_memory_is_flat_in_inner_steps():
-    from distmeta.algorithms import ALGORITHMS, InnerSettings, ModelFn
-    from distmeta.models.mlp import SinusoidMLP
-    from distmeta.runtime.memory import cpu_peak_supported, peak_memory
+    """Peak growth from 2 to 10 inner steps, checkpointed vs stored, measured in a fresh process.
+
+    A fresh process because peaks are read from the process's resident memory, which in a
+    long test session carries whatever the allocator kept from earlier tests. Storing every
+    step grows by a few activations per step, checkpointing by about one (the recomputed
+    step); a checkpoint that kept everything would grow as much as the stored loop, so half
+    separates the two with room for the measurement's noise.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from distmeta.runtime.memory import cpu_peak_supported
 
     if not cpu_peak_supported():
         pytest.skip("needs Linux /proc/self/clear_refs")
-    torch.manual_seed(0)
-    net = SinusoidMLP([256, 256]).double()  # activations of 4000 support points dominate the parameters
-    meta = {n: p.detach().clone() for n, p in net.named_parameters()}
-    for p in net.parameters():
-        p.requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
-    batch = {k: torch.randn(1, 4000, 1, generator=g, dtype=torch.float64)
-             for k in ("support_x", "support_y", "query_x", "query_y")}
-
-    def peak(steps: int, checkpoint: bool) -> int:
-        alg = ALGORITHMS["maml"](ModelFn(net, {}), "regression", list(meta), InnerSettings(0.01, steps, checkpoint=checkpoint), 1)
-        alg.batch_grad(meta, batch, use_vmap=False)  # warm-up
-        return peak_memory(lambda: alg.batch_grad(meta, batch, use_vmap=False))[1]
-
-    stored = peak(8, False) - peak(2, False)
-    checkpointed = peak(8, True) - peak(2, True)
+    out = subprocess.run([sys.executable, "-c", _PEAKS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = json.loads(out.stdout.strip().splitlines()[-1])
+    stored, checkpointed = growth["stored"], growth["checkpointed"]
     assert stored > 0, "the stored inner loop should grow (else this test measures nothing)"
-    assert checkpointed <= 0.25 * stored, (checkpointed, stored)
+    assert checkpointed <= 0.5 * stored, (checkpointed, stored)

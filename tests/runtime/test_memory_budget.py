@@ -78,4 +78,4 @@ def test_trainer_chunks_by_the_measured_group_size(tmp_path):
                              "run.eval_every=0", "eval.episodes=4", "eval.batch=4", f"run.dir={tmp_path / 'run'}"])
     with Trainer(cfg) as trainer:
         trainer.fit()
-        assert trainer._group_size == 4
+        assert trainer.group_size == 4
