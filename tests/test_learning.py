@@ -63,11 +63,7 @@ ICD_RUNS = {
 #: Known not to learn yet: from ~51% before meta-training it stays there or falls (eight settings of
 #: inner_lr, steps, lambda, adapt=all/head and outer lr tried), although its meta-gradient equals the
 #: closed-form and unrolled references (tests/algorithms/test_imaml.py).
-ICD_XFAIL = {"imaml": "iMAML does not yet improve on its starting point on ICD-10-CM bag episodes"}
-
-
-@pytest.mark.parametrize("algorithm", [pytest.param(a, marks=pytest.mark.xfail(reason=ICD_XFAIL[a], strict=False))
-                                       if a in ICD_XFAIL else a for a in sorted(ICD_RUNS)])
+@pytest.mark.parametrize("algorithm", sorted(ICD_RUNS))
 def test_icd10cm_5way_1shot_beats_chance_by_15_points(algorithm, tmp_path):
     results = fit([*ICD, *ICD_RUNS[algorithm]], algorithm, tmp_path / "run")
     acc = results["test"]["5way_1shot"]["accuracy"]
