@@ -18,13 +18,12 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
+from tests.child_process import prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray or distmeta is imported
 
 
 def crash_in_checkpoint(step: int) -> None:

@@ -13,16 +13,14 @@ Prints one ``RESULT`` JSON line and saves the newest checkpoint's parameters to
 from __future__ import annotations
 
 import json
-import os
 import sys
+from pathlib import Path
 import time
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
+from tests.child_process import prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray or distmeta is imported
 
 TEMP_DIR = "/tmp/dmray_nl"  # short: Ray's socket paths live below it
 LOSE_FIRST, LOSE_SECOND = 1, 3

@@ -11,15 +11,13 @@ the compiled graph.
 from __future__ import annotations
 
 import json
-import os
 import sys
+from pathlib import Path
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
+from tests.child_process import local_cluster, prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray or distmeta is imported
 
 TEMP_DIR = "/tmp/dmray_cl"  # short: Ray's socket paths live below it
 
@@ -27,20 +25,10 @@ TEMP_DIR = "/tmp/dmray_cl"  # short: Ray's socket paths live below it
 def main(run_dir: str, overrides: list[str]) -> dict:
     import ray
     import torch
-    from ray.cluster_utils import Cluster
 
     import distmeta
 
-    # cluster_utils writes the default temp dir's ray_current_cluster file whatever temp_dir
-    # says, and fails on a clean machine where that directory does not exist yet.
-    from ray._common.utils import get_default_ray_temp_dir
-
-    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
-    node = {"num_cpus": 2, "object_store_memory": 100 * 1024**2, "temp_dir": TEMP_DIR}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    try:
-        cluster.add_node(**node)
-        cluster.wait_for_nodes()
+    with local_cluster(2, TEMP_DIR) as cluster:
         out: dict = {}
 
         def train(workers: int, extra: list[str]):
@@ -56,10 +44,6 @@ def main(run_dir: str, overrides: list[str]) -> dict:
         out["result_nodes"] = [last.actor_nodes[k] for k in sorted(last.actor_nodes)]
         out["compiled_graph"] = last.compiled_graph
         return out
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
 
 
 if __name__ == "__main__":

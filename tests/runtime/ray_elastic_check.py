@@ -10,55 +10,43 @@ prints one JSON line: the actors that computed each step and the nodes they ran 
 from __future__ import annotations
 
 import json
-import os
 import sys
+from pathlib import Path
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
+from tests.child_process import local_cluster, prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray or distmeta is imported
 
 TEMP_DIR = "/tmp/dmray_el"  # short: Ray's socket paths live below it
 
 
 def main(run_dir: str, overrides: list[str]) -> dict:
-    import ray
     import torch
-    from ray._common.utils import get_default_ray_temp_dir
-    from ray.cluster_utils import Cluster
 
     import distmeta
 
-    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)  # cluster_utils writes there whatever temp_dir says
-    node = {"num_cpus": 2, "object_store_memory": 100 * 1024**2, "temp_dir": TEMP_DIR}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     steps: list[dict] = []
     joined: list[int] = []
+    with local_cluster(1, TEMP_DIR) as cluster:
 
-    def on_event(event: str, trainer, payload: dict) -> None:
-        if event != "step":
-            return
-        stats = trainer.backend.stats()
-        steps.append({"step": payload["step"], "actors": sorted(stats.actor_compute_s),
-                      "nodes": sorted(set(stats.actor_nodes.values()))})
-        if payload["step"] == 1:  # a node joins; the pool grows onto it before step 2
-            cluster.add_node(**node)
-            cluster.wait_for_nodes()
-            joined.append(trainer.backend.grow(wait_s=240))
+        def on_event(event: str, trainer, payload: dict) -> None:
+            if event != "step":
+                return
+            stats = trainer.backend.stats()
+            steps.append({"step": payload["step"], "actors": sorted(stats.actor_compute_s),
+                          "nodes": sorted(set(stats.actor_nodes.values()))})
+            if payload["step"] == 1:  # a node joins; the pool grows onto it before step 2
+                cluster.add_node(num_cpus=2, object_store_memory=100 * 1024**2, temp_dir=TEMP_DIR)
+                cluster.wait_for_nodes()
+                joined.append(trainer.backend.grow(wait_s=240))
 
-    try:
         cfg = distmeta.load_config(None, overrides + ["workers=auto", "cpus_per_worker=1", f"run.dir={run_dir}/run",
                                                       f"ray.address={cluster.address}"])
         with distmeta.Trainer(cfg, callbacks=[on_event]) as trainer:
             trainer.fit()
             torch.save(trainer.meta_params, f"{run_dir}/params.pt")
         return {"steps": steps, "joined": joined}
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -12,31 +12,23 @@ bytes that reached the driver.
 from __future__ import annotations
 
 import json
-import os
 import sys
+from pathlib import Path
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
+from tests.child_process import local_cluster, prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray or distmeta is imported
 
 TEMP_DIR = "/tmp/dmray_tr"  # short: Ray's socket paths live below it
 
 
 def main(run_dir: str, overrides: list[str]) -> dict:
-    import ray
     import torch
-    from ray._common.utils import get_default_ray_temp_dir
-    from ray.cluster_utils import Cluster
 
     import distmeta
     from distmeta.runtime.backend import Lent, make_backend
 
-    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)  # cluster_utils writes there whatever temp_dir says
-    node = {"num_cpus": 2, "object_store_memory": 100 * 1024**2, "temp_dir": TEMP_DIR}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     pool: list = []
 
     def factory(cfg, exp):  # one set of four actors for every run: reconfigured, not restarted
@@ -46,30 +38,25 @@ def main(run_dir: str, overrides: list[str]) -> dict:
             pool.append(make_backend(cfg, exp))
         return Lent(pool[0])
 
-    try:
-        for _ in range(2):
-            cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        out: dict = {}
-        for dtype, tree in (("float32", True), ("float64", True), ("float32", False)):
-            name = f"{dtype}-{'tree' if tree else 'flat'}"
-            cfg = distmeta.load_config(None, overrides + [
-                f"dtype={dtype}", f"ray.node_reduce={str(tree).lower()}", "workers=4", "cpus_per_worker=1",
-                f"ray.address={cluster.address}", f"run.dir={run_dir}/{name}"])
-            with distmeta.Trainer(cfg, backend_factory=factory) as trainer:
-                trainer.fit()
-                last = trainer.backend.stats()
-                torch.save(trainer.meta_params, f"{run_dir}/{name}.pt")
-            out[name] = {"actor_nodes": [i["node"] for i in pool[0].infos], "node_sums": last.node_sums,
-                         "result_bytes": last.result_bytes, "driver_node": pool[0].pool.driver_node,
-                         "order": pool[0].pool.order}
-        return out
-    finally:
-        for backend in pool:
-            backend.close()
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
+    with local_cluster(3, TEMP_DIR) as cluster:
+        try:
+            out: dict = {}
+            for dtype, tree in (("float32", True), ("float64", True), ("float32", False)):
+                name = f"{dtype}-{'tree' if tree else 'flat'}"
+                cfg = distmeta.load_config(None, overrides + [
+                    f"dtype={dtype}", f"ray.node_reduce={str(tree).lower()}", "workers=4", "cpus_per_worker=1",
+                    f"ray.address={cluster.address}", f"run.dir={run_dir}/{name}"])
+                with distmeta.Trainer(cfg, backend_factory=factory) as trainer:
+                    trainer.fit()
+                    last = trainer.backend.stats()
+                    torch.save(trainer.meta_params, f"{run_dir}/{name}.pt")
+                out[name] = {"actor_nodes": [i["node"] for i in pool[0].infos], "node_sums": last.node_sums,
+                             "result_bytes": last.result_bytes, "driver_node": pool[0].pool.driver_node,
+                             "order": pool[0].pool.order}
+            return out
+        finally:
+            for backend in pool:
+                backend.close()
 
 
 if __name__ == "__main__":

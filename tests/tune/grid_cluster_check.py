@@ -16,31 +16,22 @@ import shutil
 import sys
 from pathlib import Path
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
+from tests.child_process import local_cluster, prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray or distmeta is imported
 
 TEMP_DIR = "/tmp/dmray_gc"  # short: Ray's socket paths live below it
 
 
 def main(grid_json: str) -> dict:
     import ray
-    from ray._common.utils import get_default_ray_temp_dir
-    from ray.cluster_utils import Cluster
 
     from distmeta.sweeps.grid import load_grid, run_grid
 
     spec = json.loads(Path(grid_json).read_text())
-    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)  # cluster_utils writes there whatever temp_dir says
     shutil.rmtree(TEMP_DIR, ignore_errors=True)
-    node = {"num_cpus": 2, "object_store_memory": 100 * 1024**2, "temp_dir": TEMP_DIR}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    try:
-        cluster.add_node(**node)
-        cluster.wait_for_nodes()
+    with local_cluster(2, TEMP_DIR) as cluster:
         over = [f"ray.address={cluster.address}"]
         out = {"first": run_grid(spec, over)["rows"]}
         out["ray_initialized_after_grid"] = ray.is_initialized()
@@ -48,11 +39,6 @@ def main(grid_json: str) -> dict:
         os.remove(os.path.join(killed.cfg.run.dir, "results.json"))  # as if killed before it finished
         out["second"] = run_grid(spec, over)["rows"]
         return out
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-
 
 if __name__ == "__main__":
     print("RESULT " + json.dumps(main(sys.argv[1]), default=str), flush=True)
