@@ -16,22 +16,13 @@ from distmeta.runtime.metrics import read_metrics
 from distmeta.runtime.rundir import open_run
 from distmeta.runtime.storage import open_store
 from tests.helpers import QUIET, SINUSOID_TINY
-from tests.runtime.s3server import make_bucket, s3_env, s3_server
 
 ARGS = [*SINUSOID_TINY, *QUIET, "run.log_every=1", "run.checkpoint_every=2", "train.steps=6"]
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    with s3_server() as url, s3_env(url):
-        yield url
-
-
 @pytest.fixture
-def run_uri(endpoint, tmp_path, monkeypatch) -> str:
-    monkeypatch.setenv("DISTMETA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DISTMETA_LEASE_SETTLE", "0.1")
-    return f"s3://{make_bucket(endpoint)}/runs/a"
+def run_uri(bucket) -> str:
+    return f"s3://{bucket}/runs/a"
 
 
 @pytest.fixture(scope="module")

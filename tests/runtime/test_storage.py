@@ -23,20 +23,8 @@ from distmeta.runtime.checkpoint import (
 from distmeta.runtime.checkpoint.remote import fetch_checkpoint, finish_leftovers, publish_checkpoint, remote_steps
 from distmeta.runtime.lease import Lease
 from distmeta.runtime.storage import StorageError, is_remote, local_path, open_store
-from tests.runtime.s3server import make_bucket, s3_env, s3_server
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    with s3_server() as url, s3_env(url):
-        yield url
-
-
-@pytest.fixture
-def bucket(endpoint, tmp_path, monkeypatch) -> str:
-    monkeypatch.setenv("DISTMETA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DISTMETA_LEASE_SETTLE", "0.1")
-    return make_bucket(endpoint)
 
 
 def ckpt(step: int) -> Checkpoint:
