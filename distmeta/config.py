@@ -247,7 +247,7 @@ class AlgorithmConfig(_Section):
     vmap_max_params: int = Field(131072, ge=0, description="vmap: auto uses the loop above this many adapted parameters")
     group_size: int | Literal["auto"] = Field(
         8, description="tasks per group: the unit of work and of summation; auto = the largest group that fits "
-        "memory_budget_mb, measured on the first step")
+        "memory_budget_mb, measured on the first step in an actor, on its device")
     memory_budget_mb: float | None = Field(
         None, gt=0, description="per-actor memory for one group's meta-gradient (peak above the resting process); "
         "needed by group_size: auto, checked on the first step for a fixed group_size")

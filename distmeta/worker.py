@@ -117,6 +117,7 @@ class Worker:
                 raise ValueError("a text worker needs the tokenised corpus (corpus)")
             self.builder = TextTaskBuilder(corpus, self.device, self._open_prefix(prefix_cache, corpus), self.dtype)
         self._features = FeatureBank()
+        self._peak_warm = False  # group_peak has run its one unmeasured warm-up
 
     # ------------------------------------------------------------------ helpers
     def _open_prefix(self, spec: dict[str, Any] | None, corpus: TokenCorpus) -> Any:
@@ -164,6 +165,23 @@ class Worker:
         """:meth:`meta_grad` for each group, in order (the meta-parameters moved to the device once)."""
         params = self._to_device(meta)
         return [self._meta_grad(params, g, version) for g in groups]
+
+    def group_peak(self, meta: dict[str, Any], specs: Sequence[TaskSpec]) -> int:
+        """Peak memory in bytes of :meth:`meta_grad` of ``specs`` as one group, on this replica's device.
+
+        Measured above the resting level (:func:`distmeta.runtime.memory.peak_memory`): the
+        CUDA allocator's peak on a GPU, the process's peak resident set on CPU. The first
+        call first runs one task unmeasured, so one-off allocations (kernels, caches, the
+        thread pool) are not counted as the group's. ``algorithm.group_size: auto`` calls
+        this through the backend, so the measurement is of the device the replicas use.
+        """
+        from distmeta.runtime.memory import peak_memory
+
+        params = self._to_device(meta)
+        if not self._peak_warm:
+            self._meta_grad(params, list(specs[:1]), 0)
+            self._peak_warm = True
+        return peak_memory(lambda: self._meta_grad(params, specs, 0), self.device)[1]
 
     def _meta_grad(self, params: Params, specs: Sequence[TaskSpec], version: int) -> GroupResult:
         t0 = time.perf_counter()

@@ -81,6 +81,14 @@ class Backend(Protocol):
         """Per-episode metrics of each episode group, in group order (see :meth:`Worker.evaluate`)."""
         ...
 
+    def group_peak(self, meta: dict[str, Any], specs: Sequence[TaskSpec]) -> int:
+        """Peak memory in bytes of one group's meta-gradient on a replica's own device (see :meth:`Worker.group_peak`).
+
+        What ``algorithm.group_size: auto`` and ``memory_budget_mb`` measure: on the
+        replica, so a GPU actor measures its GPU, whatever the driver runs on.
+        """
+        ...
+
     def stats(self) -> StepStats:
         """What the last :meth:`compute` moved, retried and computed where."""
         ...
@@ -160,6 +168,9 @@ class Lent:
     def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int,
                  cache_key: str | None = None, baseline: bool = False) -> list[dict[str, list[float]]]:
         return self.backend.evaluate(meta, groups, inner_steps, cache_key, baseline)
+
+    def group_peak(self, meta: dict[str, Any], specs: Sequence[TaskSpec]) -> int:
+        return self.backend.group_peak(meta, specs)
 
     def stats(self) -> StepStats:
         return self.backend.stats()

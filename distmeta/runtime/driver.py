@@ -221,7 +221,9 @@ class Trainer:
         if size is None:  # group_size auto / memory_budget_mb: measured once, on the first step's tasks
             from distmeta.runtime.memory import resolve_group_size
 
-            size = self.group_size = resolve_group_size(self.cfg, self.exp, specs)
+            assert self.backend is not None
+            meta, backend = self._meta_numpy(), self.backend
+            size = self.group_size = resolve_group_size(self.cfg, lambda g: backend.group_peak(meta, g), specs)
         return [specs[r.start: r.stop] for r in chunks(len(specs), size)]
 
     def _train_step(self, specs: list[TaskSpec], overlap: Callable[[], Any]) -> dict[str, float]:

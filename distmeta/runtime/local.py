@@ -55,6 +55,10 @@ class LocalBackend:
         """Per-episode metrics of each group (see :meth:`Worker.evaluate`)."""
         return [self.worker.evaluate(meta, g, inner_steps, cache_key, baseline) for g in groups]
 
+    def group_peak(self, meta: dict[str, Any], specs: Sequence[TaskSpec]) -> int:
+        """Peak bytes of one group's meta-gradient on the in-process Worker's device."""
+        return self.worker.group_peak(meta, specs)
+
     def stats(self) -> StepStats:
         """The last step's calls and compute time."""
         return self._stats

@@ -104,7 +104,7 @@ def peak_memory(fn: Callable[[], T], device: torch.device | str = "cpu") -> tupl
         _mmap_threshold(32 * MB)  # glibc's own ceiling for the threshold it adjusts
 
 
-def choose_group_size(measure: Callable[[int], int], meta_batch: int, budget_bytes: int) -> tuple[int, dict[int, int]]:
+def choose_group_size(measure: Callable[[int], int], meta_batch: int, budget_bytes: float) -> tuple[int, dict[int, int]]:
     """The largest group size ``<= meta_batch`` whose measured peak fits ``budget_bytes``.
 
     Peak memory is about linear in the group size: ``peak(g) = base + g * per_task`` from
@@ -147,36 +147,30 @@ def choose_group_size(measure: Callable[[int], int], meta_batch: int, budget_byt
     return lo, seen
 
 
-def resolve_group_size(cfg: Any, exp: Any, specs: Sequence[Any]) -> int:
+def resolve_group_size(cfg: Any, group_peak: Callable[[Sequence[Any]], int], specs: Sequence[Any]) -> int:
     """``algorithm.group_size`` as an integer, checked against ``algorithm.memory_budget_mb`` on ``specs``.
 
-    ``auto``: :func:`choose_group_size` on a worker built in this process from ``cfg``
-    (the same model, algorithm and paths as every actor's). A fixed size with a budget is
-    measured once and is an error if over it.
+    ``auto``: :func:`choose_group_size` over groups of ``specs``' first tasks. A fixed size
+    with a budget is measured once and is an error if over it. The measurements come from
+    ``group_peak`` (a backend's :meth:`~distmeta.runtime.backend.Backend.group_peak`), so they
+    are taken on the replicas' own device: a GPU actor measures its GPU.
 
     Args:
         cfg: the run's config.
-        exp: the prepared experiment (:func:`distmeta.experiment.prepare_experiment`).
+        group_peak: ``specs -> peak bytes`` of one group's meta-gradient on a replica.
         specs: the first step's task specs.
 
     Returns:
         The group size to chunk every meta-batch with.
     """
-    from distmeta.worker import Worker
-
     a = cfg.algorithm
     if a.memory_budget_mb is None:
         return int(a.group_size)
-    probe = cfg.model_copy(deep=True)
-    probe.algorithm.group_size = 1
-    worker = Worker(probe, **exp.worker_args())
-    meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
-    worker.meta_grad(meta, list(specs[:1]))  # warm-up: one-off allocations are not the group's
 
     def measure(g: int) -> int:
-        return peak_memory(lambda: worker.meta_grad(meta, list(specs[:g])), worker.device)[1]
+        return group_peak(list(specs[:g]))
 
-    budget = int(a.memory_budget_mb * MB)
+    budget = a.memory_budget_mb * MB  # not rounded: the error names the budget as configured
     if a.group_size == "auto":
         return choose_group_size(measure, len(specs), budget)[0]
     size = int(a.group_size)

@@ -10,7 +10,7 @@ from tests.helpers import QUIET, SINUSOID_TINY
 def test_a_resumed_run_keeps_the_group_size_auto_chose(tmp_path, monkeypatch):
     chosen: list[int] = []
 
-    def resolve(cfg, exp, specs):  # stands in for the measurement: another machine state, another answer
+    def resolve(cfg, group_peak, specs):  # stands in for the measurement: another machine state, another answer
         chosen.append(2 if not chosen else 4)
         return chosen[-1]
 

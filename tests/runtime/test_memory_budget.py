@@ -53,6 +53,7 @@ def test_a_budget_one_task_does_not_fit_is_a_clear_error():
 def test_resolve_group_size_on_a_real_worker():
     from distmeta.config import load_config
     from distmeta.experiment import prepare_experiment
+    from distmeta.runtime.local import LocalBackend
     from distmeta.runtime.memory import resolve_group_size
 
     base = ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.meta_batch=8", "workers=0",
@@ -60,12 +61,38 @@ def test_resolve_group_size_on_a_real_worker():
     cfg = load_config(None, [*base, "algorithm.group_size=auto", "algorithm.memory_budget_mb=4096"])
     exp = prepare_experiment(cfg)
     specs = exp.sampler("train").batch(0, 8)
-    assert resolve_group_size(cfg, exp, specs) == 8
-    assert resolve_group_size(load_config(None, [*base, "algorithm.group_size=3"]), exp, specs) == 3
+    backend = LocalBackend(cfg, exp.worker_args())
+    meta = {n: t.numpy() for n, t in backend.initial_meta.items()}
+    measured: list[int] = []
+
+    def group_peak(group):
+        measured.append(len(group))
+        return backend.group_peak(meta, group)
+
+    assert resolve_group_size(cfg, group_peak, specs) == 8
+    assert measured[:2] == [1, 2], "a group of one task, then two"
+    assert resolve_group_size(load_config(None, [*base, "algorithm.group_size=3"]), group_peak, specs) == 3
     with pytest.raises(MemoryBudgetError, match=r"algorithm.group_size=8 peaks at .* MB per actor, over "
                                                  r"algorithm.memory_budget_mb=1e-06"):
         resolve_group_size(load_config(None, [*base, "algorithm.group_size=8", "algorithm.memory_budget_mb=0.000001"]),
-                           exp, specs)
+                           group_peak, specs)
+
+
+def test_group_peak_grows_with_the_group():
+    """The replica's measurement is of the group it is given: 32 tasks of a wide MLP peak well above 1."""
+    from distmeta.config import load_config
+    from distmeta.experiment import prepare_experiment
+    from distmeta.worker import Worker
+
+    cfg = load_config(None, ["data.source=sinusoid", "model.name=mlp", "model.hidden=[512,512]", "algorithm.name=maml",
+                             "workers=0", "threads=1", "data.shots=50", "data.queries=50", "dtype=float64",
+                             "algorithm.vmap=true"])
+    exp = prepare_experiment(cfg)
+    worker = Worker(cfg, **exp.worker_args())
+    meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
+    specs = exp.sampler("train").batch(0, 32)
+    one, many = worker.group_peak(meta, specs[:1]), worker.group_peak(meta, specs)
+    assert many > 4 * max(one, 1), (one / MB, many / MB)
 
 
 def test_trainer_chunks_by_the_measured_group_size(tmp_path):

@@ -14,6 +14,7 @@ from distmeta.config import FaultConfig, load_config
 from distmeta.runtime.ray.backend import RayBackend, WorkerFailedError, assign_blocks, plan_workers, use_compiled_graph
 from distmeta.runtime.backend import Lent, make_backend
 from distmeta.runtime.faults import FaultPlan
+from distmeta.runtime.memory import MemoryBudgetError
 
 SINUSOID = [
     "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.steps=3", "train.meta_batch=8",
@@ -390,3 +391,42 @@ def test_gpu_actor_keeps_replica_on_cuda_and_matches_cpu(ray_local, tmp_path):
     for n in cpu:
         assert gpu[n].device.type == "cpu"
         torch.testing.assert_close(gpu[n], cpu[n], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.ray
+def test_group_size_auto_is_measured_in_the_actors_not_the_driver(pooled, tmp_path, monkeypatch):
+    """The budget is per actor, on the actor's device: the driver builds no Worker to measure with."""
+    from distmeta import worker as worker_module
+
+    overrides = SINUSOID + ["dtype=float64"]
+    ref, _, _ = train(tmp_path / "local", overrides + ["algorithm.group_size=8"], workers=0)
+
+    def no_driver_worker(*args, **kwargs):
+        raise AssertionError("a Worker was built in the driver process")
+
+    monkeypatch.setattr(worker_module.Worker, "__init__", no_driver_worker)
+    cfg = load_config(None, overrides + ["workers=2", "algorithm.group_size=auto", "algorithm.memory_budget_mb=4096",
+                                         f"run.dir={tmp_path / 'ray'}"])
+    with distmeta.Trainer(cfg, backend_factory=pooled) as trainer:
+        trainer.fit()
+        assert trainer.group_size == 8, "the whole meta-batch fits 4 GB"
+        assert_bit_identical(ref, trainer.meta_params, "group_size auto on 2 actors vs a fixed 8 in-process")
+    cfg = load_config(None, overrides + ["workers=2", "algorithm.group_size=auto", "algorithm.memory_budget_mb=0.000001",
+                                         f"run.dir={tmp_path / 'tiny'}"])
+    with distmeta.Trainer(cfg, backend_factory=pooled) as trainer:
+        with pytest.raises(MemoryBudgetError, match=r"group of 1 task peaks at .* MB, over algorithm.memory_budget_mb=1e-06"):
+            trainer.fit()
+
+
+@pytest.mark.ray
+def test_group_peak_on_a_gpu_actor_reads_the_gpu(ray_local, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cfg = load_config(None, SINUSOID + ["workers=1", "gpus_per_worker=1", "algorithm.group_size=auto",
+                                        "algorithm.memory_budget_mb=64", f"run.dir={tmp_path / 'gpu'}"])
+    with distmeta.Trainer(cfg) as trainer:
+        driver_peak = torch.cuda.max_memory_allocated()
+        trainer.fit()
+        assert trainer.backend.infos[0]["device"].startswith("cuda")
+        assert trainer.group_size >= 1
+        assert torch.cuda.max_memory_allocated() == driver_peak, "the driver allocated nothing on its GPU to measure"

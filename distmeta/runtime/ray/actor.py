@@ -95,6 +95,11 @@ class WorkerActor:
         self.setup(args)
         return {n: t.numpy() for n, t in self.worker.initial_meta.items()}
 
+    def group_peak(self, args: list[Any], meta: dict[str, Any], specs: bytes) -> int:
+        """Peak bytes of one group's meta-gradient on this actor's device (:meth:`Worker.group_peak`)."""
+        self.setup(args)
+        return int(self.worker.group_peak(meta, pickle.loads(specs)))
+
     def _meta(self, request: Request, meta_ref: Any) -> dict[str, Any]:
         shm = request.shm
         if shm is not None and shm["meta"] is not None:

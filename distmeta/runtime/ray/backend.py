@@ -24,12 +24,14 @@ Typical use is through :class:`~distmeta.runtime.driver.Trainer` (``workers: N``
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
 import torch
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from distmeta.config import Config
 from distmeta.errors import ConfigError
@@ -176,6 +178,23 @@ class RayBackend:
         dispatch = self._dispatch("evaluate", groups, (inner_steps, cache_key, baseline), StepStats(),
                                   lambda b, v: answers.evaluation_problem(b, v, groups), lambda blocks: ObjectStoreDelivery(meta))
         return run_plain(dispatch)
+
+    def group_peak(self, meta: dict[str, Any], specs: Sequence[TaskSpec]) -> int:
+        """Peak bytes of one group's meta-gradient, measured in the first actor on its own device.
+
+        Every actor holds the same replica on the same kind of device, so one measures for all.
+        """
+        if self._closed or self.pool is None or not self.pool.actors:
+            raise WorkerFailedError("the Ray backend is closed")
+        k = self.pool.order[0]
+        ref = self.pool.actors[k].group_peak.remote(self.pool.args(), meta, pickle.dumps(list(specs), protocol=5))
+        try:
+            return int(ray.get(ref, timeout=self.pool.startup_timeout))
+        except RayTaskError as err:  # the Worker's own error (a budget it cannot measure) is the caller's
+            cause = getattr(err, "cause", None)
+            raise (cause if isinstance(cause, Exception) else WorkerFailedError(str(err))) from None
+        except (RayActorError, GetTimeoutError) as err:
+            raise WorkerFailedError(f"Ray actor {k} failed while measuring a group's peak memory: {err}") from err
 
     def _dispatch(self, method: str, groups: list[list[TaskSpec]], args: tuple, stats: StepStats,
                   check: Callable[[range, Any], str | None], delivery: Callable[[list[range]], Any],
