@@ -26,6 +26,9 @@ class FakeBackend:
     def evaluate(self, meta, groups, inner_steps, cache_key=None, baseline=False):
         return []
 
+    def group_peak(self, meta, specs):
+        return 0
+
     def stats(self):
         return None
 
