@@ -121,6 +121,32 @@ def tutorial_protonet(model: nn.Module, batch: Batch, ways: int, temperature: Te
         F.cross_entropy(logits, qy).backward()
 
 
+def hf_pooled(model: nn.Module, ids: Tensor) -> Tensor:
+    """sentence-transformers' mean pooling of a transformers encoder on ids padded to their longest row."""
+    width = max(1, int((ids != 0).sum(-1).max()))
+    ids = ids[:, :width]
+    mask = (ids != 0).long()
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def hf_protonet(model: nn.Module, tasks: list[tuple[Tensor, Tensor, Tensor, Tensor]], ways: int, temperature: Tensor) -> None:
+    """Cosine ProtoNet as a transformers user writes it, one task at a time.
+
+    The whole pretrained encoder (``AutoModel``, its default attention) runs on each task's
+    token ids, padded to the task's longest text as ``DataCollatorWithPadding`` does; the
+    frozen layers' parameters have ``requires_grad=False``, so autograd keeps nothing for
+    them; mean pooling over the attention mask; prototypes are the means of the normalised
+    support embeddings, logits ``temperature`` times the cosine.
+    """
+    for sx, sy, qx, qy in tasks:
+        support, query = hf_pooled(model, sx), hf_pooled(model, qx)
+        protos = torch.stack([F.normalize(support[sy == c], dim=-1).mean(0) for c in range(ways)])
+        logits = temperature * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).T
+        F.cross_entropy(logits, qy).backward()
+
+
 def learn2learn_status() -> str | None:
     """None if learn2learn imports; otherwise why not (its sdist does not build on every Python)."""
     try:

@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from peer_impls import MAML_PEERS, Setting, leaf_model, learn2learn_status, tutorial_protonet  # noqa: E402
+import numpy as np  # noqa: E402
+
+from peer_impls import MAML_PEERS, Setting, hf_protonet, leaf_model, learn2learn_status, tutorial_protonet  # noqa: E402
 
 BAG = "configs/bag_protonet.yaml"
 SIN = ["data.source=sinusoid", "model.name=mlp", "data.shots=10", "data.queries=10", "algorithm.inner_lr=0.01"]
@@ -48,6 +50,9 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
     "default-protonet": (None, ["data.ways_range=null"]),
 }
 MAX_REL_ERR = 1e-5
+#: Not a peer: the per-task loop on distmeta's own model and cached frozen prefix, which no peer
+#: library has. It isolates what the loop structure alone is worth; verdicts leave it out.
+ABLATION = "loop-on-cache"
 
 
 def build(base: str | None, overrides: list[str], meta_batch: int, dtype: str, extra: list[str]) -> dict[str, Any]:
@@ -81,7 +86,11 @@ def implementations(case: dict[str, Any]) -> dict[str, Callable[[], dict[str, to
         leaves = {**dict(model.named_parameters()), **({"temperature": leaf_t} if leaf_t is not None else {})}
         if alg.distance == "cosine" and not alg.learn_temperature:
             leaf_t = torch.tensor(alg.temperature)
-        impls["tutorial"] = grads_of(lambda: tutorial_protonet(model, batch, alg.ways, leaf_t), leaves, meta)
+        if cfg.model.name in ("minilm", "hf") and worker.module.prefix_layers:
+            impls["tutorial"] = hf_loop(case, leaf_t)  # the loop a transformers user writes
+            impls[ABLATION] = grads_of(lambda: tutorial_protonet(model, batch, alg.ways, leaf_t), leaves, meta)
+        else:
+            impls["tutorial"] = grads_of(lambda: tutorial_protonet(model, batch, alg.ways, leaf_t), leaves, meta)
         for peer in ("higher", "torchopt", "learn2learn"):
             impls[peer] = "no inner loop in ProtoNet: nothing for this library to differentiate through"
         return impls
@@ -95,6 +104,38 @@ def implementations(case: dict[str, Any]) -> dict[str, Callable[[], dict[str, to
         model = leaf_model(worker.module, meta)
         impls[name] = grads_of(lambda fn=fn, model=model: fn(model, batch, setting), dict(model.named_parameters()), meta)
     return impls
+
+
+def hf_loop(case: dict[str, Any], temperature: torch.Tensor | None) -> Callable[[], dict[str, torch.Tensor]]:
+    """ProtoNet through ``transformers.AutoModel`` on token ids (:func:`peer_impls.hf_protonet`): what a user writes.
+
+    The same pretrained weights and the same tasks; the layers distmeta meta-trains are the
+    trainable leaves (``layers.N.*`` is ``encoder.layer.N.*``), every other parameter is frozen.
+    """
+    from transformers import AutoModel
+
+    from distmeta.models.minilm import minilm_model_dir
+
+    cfg, worker, meta = case["cfg"], case["worker"], case["meta"]
+    path = minilm_model_dir(cfg.model.path) if cfg.model.name == "minilm" else cfg.model.path
+    model = AutoModel.from_pretrained(str(path)).to(worker.dtype).eval()
+    hf_names = {n: f"encoder.layer.{n[len('layers.'):]}" if n.startswith("layers.") else n for n in meta}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            p.requires_grad_(False)
+        for n, hf in hf_names.items():
+            if hf in params:
+                params[hf].copy_(meta[n])
+                params[hf].requires_grad_(True)
+    leaves = {n: params[hf] for n, hf in hf_names.items() if hf in params}
+    if temperature is not None:
+        leaves["temperature"] = temperature
+    builder = worker.builder
+    sx, sy, qx, qy = builder.rows(case["specs"])
+    ids = lambda rows: torch.from_numpy(builder.corpus.padded(np.asarray(rows, dtype=np.int64)))  # noqa: E731
+    tasks = [(ids(sx[t]), torch.tensor(sy[t]), ids(qx[t]), torch.tensor(qy[t])) for t in range(len(sx))]
+    return grads_of(lambda: hf_protonet(model, tasks, worker.algorithm.ways, temperature), leaves, meta)
 
 
 def grads_of(run: Callable[[], None], leaves: dict[str, torch.Tensor], meta: dict[str, Any]) -> Callable[[], dict[str, torch.Tensor]]:
@@ -166,7 +207,7 @@ def print_row(row: dict[str, Any]) -> None:
             print(f"  {impl:12} {'-':>9} {'-':>10} {'-':>8} {'-':>8}  (not run: see above)")
             continue
         print(f"  {impl:12} {r['median_s']:9.4f} {r['speedup']:9.2f}x {r['peak_mb']:8.1f} {r['rel_err']:8.1e}")
-    timed = {k: v for k, v in row["peers"].items() if k != "distmeta" and "speedup" in v}
+    timed = {k: v for k, v in row["peers"].items() if k not in ("distmeta", ABLATION) and "speedup" in v}
     if timed:
         best = min(timed, key=lambda k: timed[k]["speedup"])  # the peer distmeta beats by the least
         verdict = "met" if timed[best]["speedup"] >= 1.5 else "MISSED"
