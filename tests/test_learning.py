@@ -60,9 +60,6 @@ ICD_RUNS = {
     "imaml": ["train.steps=150", "algorithm.inner_lr=0.1", "algorithm.inner_steps=10", "algorithm.imaml_lambda=1",
               "outer.lr=0.003", "eval.inner_steps=10"],
 }
-#: Known not to learn yet: from ~51% before meta-training it stays there or falls (eight settings of
-#: inner_lr, steps, lambda, adapt=all/head and outer lr tried), although its meta-gradient equals the
-#: closed-form and unrolled references (tests/algorithms/test_imaml.py).
 @pytest.mark.parametrize("algorithm", sorted(ICD_RUNS))
 def test_icd10cm_5way_1shot_beats_chance_by_15_points(algorithm, tmp_path):
     results = fit([*ICD, *ICD_RUNS[algorithm]], algorithm, tmp_path / "run")
