@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from distmeta.tasks.materialise import trim_padding
+
 Batch = dict[str, Tensor]
 
 
@@ -41,7 +43,10 @@ def leaf_model(module: nn.Module, meta: dict[str, Tensor]) -> nn.Module:
 
 
 def task(batch: Batch, t: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return batch["support_x"][t], batch["support_y"][t], batch["query_x"][t], batch["query_y"][t]
+    """Task ``t`` with its texts at the task's own width, as distmeta's loop path computes them
+    (dynamic padding: the peers are not made to compute on padding distmeta skips)."""
+    return (trim_padding(batch["support_x"][t]), batch["support_y"][t], trim_padding(batch["query_x"][t]),
+            batch["query_y"][t])
 
 
 def tutorial_maml(model: nn.Module, batch: Batch, s: Setting) -> None:

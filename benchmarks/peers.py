@@ -5,7 +5,8 @@ implementation computes the summed meta-gradient of those tasks from the same
 parameters: distmeta (``Worker.meta_grad``, task building and the numpy hand-off
 included), the tutorial loop (``autograd.grad(create_graph=True)``), ``higher``,
 ``torchopt``'s functional API and ``learn2learn`` (reported, not skipped, when it does not
-install). Before any timing each peer's meta-gradient must equal distmeta's (relative
+install). Every implementation gets each task's texts at the task's own width (trailing
+padding cut), as distmeta's loop path computes them. Before any timing each peer's meta-gradient must equal distmeta's (relative
 error <= 1e-5 in float64), else the case stops. Rounds are interleaved in this one process
 with one torch thread; the speed-up is the median over rounds of peer time / distmeta time.
 Peak memory is measured in a separate, untimed call (distmeta.runtime.memory.peak_memory).

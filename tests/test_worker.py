@@ -172,5 +172,9 @@ def test_the_worker_reads_the_shared_corpus_in_place_and_pads_only_episode_rows(
     spec = exp.sampler("train").sample(0, 0)
     batch = worker.builder.build([spec])
     rows = [r for group in spec.support for r in group]
-    assert batch["support_x"].dtype == torch.long and batch["support_x"].shape[-1] == cfg.data.max_length
-    np.testing.assert_array_equal(batch["support_x"][0].numpy(), exp.corpus.padded(rows))
+    longest = max(int(exp.corpus.offsets[r + 1]) - int(exp.corpus.offsets[r]) for r in rows)
+    assert longest < cfg.data.max_length, "the tiny texts are shorter than max_length: the test needs that"
+    assert batch["support_x"].dtype == torch.long and batch["support_x"].shape[-1] == longest, \
+        "padded to the episode rows' longest text, not to max_length"
+    np.testing.assert_array_equal(batch["support_x"][0].numpy(), exp.corpus.padded(rows)[:, :longest])
+    assert not exp.corpus.padded(rows)[:, longest:].any(), "what was cut is padding only"

@@ -36,7 +36,19 @@ class TextTaskBuilder:
         flat = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows, dtype=np.int64)
         if self.prefix is not None:
             return self.prefix.batch(flat, self.device, self.dtype)
-        return torch.from_numpy(self.corpus.padded(flat)).to(self.device)
+        return torch.from_numpy(self.corpus.padded(flat, self._longest(flat))).to(self.device)
+
+    def _longest(self, rows: np.ndarray) -> int:
+        """The longest of ``rows`` in tokens (at most ``max_length``, at least 1): the width they are padded to.
+
+        Padding to it rather than to ``max_length`` changes no real token's result (every model
+        masks padded keys and pools over real tokens only) and computes on fewer positions.
+        """
+        if len(rows) == 0:
+            return 1
+        offsets = self.corpus.offsets
+        lengths = offsets[rows + 1].astype(np.int64) - offsets[rows].astype(np.int64)
+        return int(max(1, min(int(lengths.max()), self.corpus.max_length)))
 
     def _rows(self, groups: Sequence[Sequence[int]], start: int) -> tuple[list[int], list[int]]:
         rows, labels = [], []
@@ -105,8 +117,33 @@ TaskBuilder = TextTaskBuilder | SinusoidTaskBuilder
 
 
 def split_task(batch: Task, index: int) -> Task:
-    """One task of a stacked batch (for the loop path)."""
-    return {k: v[index] for k, v in batch.items()}
+    """One task of a stacked batch (for the loop path), its texts cut to the task's own longest.
+
+    A group is padded to its longest text; one task of it usually needs fewer positions.
+    Trailing padding changes no real token's result, so each task is computed at its own width.
+    """
+    task = {k: v[index] for k, v in batch.items()}
+    for key in ("support_x", "query_x"):
+        if key in task:
+            task[key] = trim_padding(task[key])
+    return task
+
+
+def trim_padding(x: torch.Tensor) -> torch.Tensor:
+    """Text inputs without the trailing positions that are padding in every row.
+
+    Token ids ``[n, L]`` (0 = pad) or cached prefix states ``[n, L, D]`` (zero at padding);
+    anything else (sinusoid ``[n, 1]`` floats) is returned as it is.
+    """
+    if x.dim() == 2 and not x.is_floating_point():
+        real = x != 0
+    elif x.dim() == 3 and x.is_floating_point():
+        real = (x != 0).any(-1)
+    else:
+        return x
+    used = real.any(0)
+    width = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    return x if width == x.shape[1] else x[:, :width]
 
 
 def num_tasks(batch: Task) -> int:
@@ -118,4 +155,4 @@ def chunks(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-__all__ = ["Task", "TextTaskBuilder", "SinusoidTaskBuilder", "TaskBuilder", "by_source", "split_task", "num_tasks", "chunks"]
+__all__ = ["Task", "TextTaskBuilder", "SinusoidTaskBuilder", "TaskBuilder", "by_source", "split_task", "trim_padding", "num_tasks", "chunks"]
