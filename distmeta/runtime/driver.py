@@ -15,29 +15,18 @@ import numpy as np
 import torch
 
 from distmeta.config import Config, dump_config
-from distmeta.errors import CheckpointError, DistmetaError
+from distmeta.errors import DistmetaError
 from distmeta.experiment import Experiment, prepare_experiment
 from distmeta.files import CONFIG_FILE, RESULTS_FILE
 from distmeta.optim import OuterOptimizer
 from distmeta.runtime.backend import Backend, BackendFactory, make_backend
 from distmeta.runtime.evaluation import Evaluator
 from distmeta.runtime.metrics import source_row, step_row
-from distmeta.runtime.reduce import NonFiniteError, check_tasks, nan_policy, reduce_groups
-from distmeta.runtime.selection import BestTracker
+from distmeta.runtime.reduce import reduce_and_update
+from distmeta.runtime.selection import BestTracker, restore_best
 from distmeta.tasks.materialise import chunks
 from distmeta.tasks.specs import TaskSpec
 from distmeta.models import DTYPES
-from distmeta.worker import all_finite
-
-
-def run_dir_of(path: Path) -> Path:
-    """The run directory of a run dir, its ``checkpoints/`` dir or one ``step_*`` dir."""
-    path = path.resolve()
-    if path.name.startswith("step_"):
-        return path.parent.parent
-    if path.name == "checkpoints":
-        return path.parent
-    return path
 
 
 #: ``callback(event, trainer, payload)``; events: "step" (payload: {"step": the meta-batch index,
@@ -141,6 +130,7 @@ class Trainer:
         (:func:`distmeta.security.config_from_saved`), unless ``trust_config``.
         """
         from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
+        from distmeta.runtime.rundir import run_dir_of
         from distmeta.runtime.storage import is_remote
         from distmeta.security import config_from_saved
 
@@ -235,17 +225,8 @@ class Trainer:
         t1 = time.perf_counter()
         results = self.backend.compute(meta, self.groups_of(specs), version=self.step, overlap=overlap)
         t2 = time.perf_counter()
-        check_tasks(results, specs, self.step)
-        skipped = nan_policy(results, len(specs), self.cfg.nan_policy, self.step)  # raises under nan_policy=raise
-        update = len(skipped) < len(specs)  # skip_step, or every task skipped: no update
-        opt_stats: dict[str, float] = {}
-        if update:  # a group whose tasks were all skipped adds its zero gradient: the tree stays the same
-            grad = reduce_groups(results, optimizer.names, DTYPES[self.cfg.dtype], out=optimizer.grad_buffers())
-            mean_grad = {n: g.div_(len(specs) - len(skipped)) for n, g in grad.items()}  # the optimiser's own buffers
-            if not all_finite(mean_grad.values()):  # finite groups, non-finite sum: never applied
-                raise NonFiniteError(f"step {self.step}: the summed meta-gradient is not finite although every "
-                                     f"task's is (overflow); stopped before the update")
-            opt_stats = optimizer.step(mean_grad)
+        skipped, update, opt_stats = reduce_and_update(results, specs, self.step, self.cfg.nan_policy, optimizer,
+                                                       DTYPES[self.cfg.dtype])  # nan_policy=raise raises here
         self.step += 1
         t3 = time.perf_counter()
         row = {"lr": optimizer.lr, **opt_stats, **step_row(results, skipped, len(specs), (t0, t1, t2, t3)),
@@ -296,16 +277,9 @@ class Trainer:
 
     def _select_best(self, write: Callable[[str], None]) -> None:
         """With ``train.select_best``, put the best meta-validated parameters back before the final checkpoint."""
-        if not self.cfg.train.select_best:
-            return
-        best = self.best.best_params()
-        if best is None:
-            write("train.select_best: no meta-validation ran; keeping the last parameters")
-            return
-        assert self.optimizer is not None
-        self.optimizer.load_params(best)
-        write(f"train.select_best: meta-testing the parameters of step {self.best.step} "
-                  f"(meta-validation {self.best.score:.4f})")
+        if self.cfg.train.select_best:
+            assert self.optimizer is not None
+            restore_best(self.best, self.optimizer, write)
 
     def _emit(self, event: str, payload: dict) -> None:
         for callback in self.callbacks:
@@ -333,7 +307,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ persistence
     def save_checkpoint(self) -> Path:
-        from distmeta.runtime.checkpoint import Checkpoint, save_checkpoint
+        """Checkpoint the run now (parameters, optimiser, sampler and selection state, RNG, config); returns its step directory."""
+        from distmeta.runtime.checkpoint import Checkpoint
+        from distmeta.runtime.rundir import save_to
 
         assert self.optimizer is not None
         ckpt = Checkpoint(
@@ -345,19 +321,7 @@ class Trainer:
             rng={"torch": torch.get_rng_state()},
             config=self.cfg.model_dump(mode="json"),
         )
-        try:
-            if self.location is None:  # a trainer made by from_checkpoint: its run directory as it is
-                return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.run.keep_checkpoints)
-            return self.location.save_checkpoint(ckpt, keep=self.cfg.run.keep_checkpoints)
-        except CheckpointError as e:
-            from distmeta.runtime.checkpoint import latest_checkpoint
-
-            kept = latest_checkpoint(self.run_dir)
-            where = self.location.display if self.location is not None else self.run_dir
-            raise CheckpointError(
-                f"{e}; training stopped at step {self.step}. The newest intact checkpoint is "
-                f"{kept if kept is not None else 'none'}; fix the cause, then `distmeta train --resume {where}`"
-            ) from e
+        return save_to(self.location, self.run_dir, ckpt, self.cfg.run.keep_checkpoints)
 
     def close(self) -> None:
         """Release the workers (Ray actors) and this run directory's writer lock (uploading a remote run's files)."""

@@ -15,7 +15,7 @@ import torch
 from distmeta.errors import DistmetaError
 from distmeta.runtime.tree import Span, combine
 from distmeta.tasks.specs import TaskSpec, task_key
-from distmeta.worker import GroupResult
+from distmeta.worker import GroupResult, all_finite
 
 
 def add_grads(a: Mapping[str, Any], b: Mapping[str, Any], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -112,3 +112,32 @@ def nan_policy(results: list[GroupResult], n_tasks: int, policy: str, step: int)
     warnings.warn(f"nan_policy={policy}: skipping step {step} (no update) for task {where}",
                   NonFiniteWarning, stacklevel=3)
     return [k for r in results for k in r.tasks]
+
+
+def reduce_and_update(results: Sequence[GroupResult], specs: Sequence[TaskSpec], step: int, policy: str,
+                      optimizer: Any, dtype: torch.dtype) -> tuple[list[tuple[int, int]], bool, dict[str, float]]:
+    """One step's results into one update: check, ``nan_policy``, the fixed tree sum, the mean, the optimiser.
+
+    Args:
+        results: the step's group results, in group order.
+        specs: the step's task specs (every one must come back exactly once).
+        step: the step index, for error messages.
+        policy: ``nan_policy`` (``raise`` raises here, parameters untouched).
+        optimizer: the outer optimiser (:class:`~distmeta.optim.OuterOptimizer`); its buffers take the sum.
+        dtype: the run's float dtype.
+
+    Returns:
+        ``(skipped task keys, whether the parameters were updated, the optimiser's step statistics)``.
+    """
+    check_tasks(results, list(specs), step)
+    skipped = nan_policy(results, len(specs), policy, step)
+    if len(skipped) == len(specs):  # skip_step, or every task skipped: no update
+        return skipped, False, {}
+    # A group whose tasks were all skipped adds its zero gradient: the tree stays the same.
+    grad = reduce_groups(results, optimizer.names, dtype, out=optimizer.grad_buffers())
+    mean_grad = {n: g.div_(len(specs) - len(skipped)) for n, g in grad.items()}  # the optimiser's own buffers
+    if not all_finite(mean_grad.values()):  # finite groups, non-finite sum: never applied
+        raise NonFiniteError(f"step {step}: the summed meta-gradient is not finite although every "
+                             f"task's is (overflow); stopped before the update")
+    return skipped, True, optimizer.step(mean_grad)
+

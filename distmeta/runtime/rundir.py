@@ -251,3 +251,38 @@ def open_run(path: str | Path, *, resume: bool = False, overwrite: bool = False,
 
         return RemoteRun(str(path), resume=resume, overwrite=overwrite, owner=owner)
     return LocalRun(path, resume=resume, overwrite=overwrite, owner=owner)
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory of a run dir, its ``checkpoints/`` dir or one ``step_*`` dir."""
+    path = path.resolve()
+    if path.name.startswith("step_"):
+        return path.parent.parent
+    if path.name == "checkpoints":
+        return path.parent
+    return path
+
+
+def save_to(location: RunLocation | None, run_dir: Path, ckpt: Any, keep: int) -> Path:
+    """Save ``ckpt`` in the run (``location``; None: ``run_dir`` as it is, for a trainer made from a checkpoint).
+
+    A failed save says which intact checkpoint is kept and how to resume from it.
+
+    Returns:
+        The local step directory.
+    """
+    from distmeta.errors import CheckpointError
+    from distmeta.runtime.checkpoint import save_checkpoint
+
+    try:
+        if location is None:
+            return save_checkpoint(run_dir, ckpt, keep=keep)
+        return location.save_checkpoint(ckpt, keep=keep)
+    except CheckpointError as e:
+        kept = latest_checkpoint(run_dir)
+        where = location.display if location is not None else run_dir
+        raise CheckpointError(
+            f"{e}; training stopped at step {ckpt.step}. The newest intact checkpoint is "
+            f"{kept if kept is not None else 'none'}; fix the cause, then `distmeta train --resume {where}`"
+        ) from e
+

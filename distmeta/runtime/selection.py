@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,4 +63,19 @@ class BestTracker:
             self.step, self.bad = int(state["step"]), int(state["bad"])
 
 
-__all__ = ["BEST_FILE", "BestTracker", "validation_score"]
+def restore_best(best: BestTracker, optimizer: Any, write: Callable[[str], None]) -> bool:
+    """Load ``best``'s saved parameters into ``optimizer`` (``train.select_best``) and say so through ``write``.
+
+    Returns:
+        Whether there were best parameters to restore (none when no meta-validation ran).
+    """
+    params = best.best_params()
+    if params is None:
+        write("train.select_best: no meta-validation ran; keeping the last parameters")
+        return False
+    optimizer.load_params(params)
+    write(f"train.select_best: meta-testing the parameters of step {best.step} (meta-validation {best.score:.4f})")
+    return True
+
+
+__all__ = ["BEST_FILE", "BestTracker", "restore_best", "validation_score"]
