@@ -80,15 +80,15 @@ def main() -> None:
         feats = {name: features(name, specs) for name in params}
         print(f"\n{ways}-way {shots}-shot, {args.episodes} test episodes (cosine nearest centroid)")
         for name in params:
-            print(f"  {name:14} {accuracy(feats[name], ways)}")
+            print(f"  {name:18} {accuracy(feats[name], ways)}")
         for name in ("frozen", "meta-trained"):
-            print(f"  {'cl2n ' + name:14} {accuracy(feats[name], ways, lambda x, m=means[name]: x - m)}")
+            print(f"  {'cl2n ' + name:18} {accuracy(feats[name], ways, lambda x, m=means[name]: x - m)}")
         for a in ALPHAS:
             both = {k: torch.cat([a ** 0.5 * F.normalize(feats["frozen"][k], dim=-1),
                                   (1 - a) ** 0.5 * F.normalize(feats["meta-trained"][k], dim=-1)], -1)
                     for k in ("support_f", "query_f")}
             both.update(support_y=feats["frozen"]["support_y"], query_y=feats["frozen"]["query_y"])
-            print(f"  {f'concat {a}':14} {accuracy(both, ways)}")
+            print(f"  {f'concat {a}':18} {accuracy(both, ways)}")
 
 
 if __name__ == "__main__":
