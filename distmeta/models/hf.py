@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from distmeta.algorithms.inner import transforms_active
 from distmeta.errors import ConfigError
 from distmeta.models._common import masked_mean, names_under, pad_mask
+from distmeta.models.norm import make_transform_safe
 
 POOLINGS = ("mean", "cls")
 
@@ -158,6 +159,7 @@ def build_hf_encoder(path: str, out_dim: int, pooling: str = "mean", length_buck
         raise ConfigError(
             f"model.path {path!r}: the tokenizer pads with id {pad}; distmeta's text pipeline pads with 0 "
             "(BERT-style vocabularies: BERT, MiniLM, bge, e5, gte)")
+    make_transform_safe(model)  # right second-order gradients under vmap (distmeta.models.norm)
     encoder = HFEncoder(model, out_dim, pooling)
     encoder.length_buckets = length_buckets
     return encoder

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distmeta.models._common import masked_mean, names_under, pad_mask
+from distmeta.models.norm import LayerNorm
 
 INIT_STD = 0.02  # BERT's initializer_range
 
@@ -27,7 +28,7 @@ class Embeddings(nn.Module):
         self.word = nn.Embedding(vocab_size, dim)
         self.position = nn.Embedding(max_length, dim)
         self.token_type = nn.Embedding(type_vocab_size, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         length = x.shape[-1]
@@ -49,10 +50,10 @@ class Block(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.attn_norm = nn.LayerNorm(dim, eps=eps)
+        self.attn_norm = LayerNorm(dim, eps=eps)
         self.ff_in = nn.Linear(dim, ff_dim)
         self.ff_out = nn.Linear(ff_dim, dim)
-        self.ff_norm = nn.LayerNorm(dim, eps=eps)
+        self.ff_norm = LayerNorm(dim, eps=eps)
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         """``h`` [B, L, D], ``mask`` [B, L] true at real tokens (keys elsewhere get no attention)."""

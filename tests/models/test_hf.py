@@ -150,3 +150,36 @@ def test_length_buckets_change_nothing_but_padding(tiny_dirs, tmp_path, cached):
         bucketed = enc(x, head=False)
     torch.testing.assert_close(bucketed, whole, rtol=1e-10, atol=1e-10)
     assert torch.equal(bucketed[0], bucketed[4])  # the same row twice: same result, wherever it lands
+
+
+def test_summed_meta_gradient_over_vmapped_tasks_matches_the_loop(tiny_dirs):
+    """distmeta's own composition (grad over vmap over tasks, a nested inner grad), adapting LayerNorms:
+    equal to the per-task autograd loop. See distmeta.models.norm and tests/models/test_norm.py for the
+    torch batching-rule bug the encoder's LayerNorms are protected from."""
+    enc = build_hf_encoder(tiny_dirs["bert"], out_dim=2).double()
+    torch.manual_seed(0)
+    with torch.no_grad():  # LayerNorm weights away from their initial ones, as in a pretrained encoder
+        for m in enc.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    params = {n: p.detach() for n, p in enc.named_parameters()}
+    names = [n for n in params if n.startswith(("embeddings.LayerNorm", "layers.0", "head"))]
+    assert any("LayerNorm" in n for n in names)
+    ids = _ids(tiny_dirs["bert"], 12).view(2, 2, 12)
+    y = torch.tensor([[0, 1], [1, 0]])
+    ce = torch.nn.functional.cross_entropy
+
+    def query_loss(p, x, t):
+        inner = grad(lambda q: ce(functional_call(enc, {**p, **q}, (x,)), t))({n: p[n] for n in names})
+        return ce(functional_call(enc, {**p, **{n: p[n] - 0.5 * inner[n] for n in names}}, (x,)), t)
+
+    batched = grad(lambda p: vmap(query_loss, in_dims=(None, 0, 0))(p, ids, y).sum())(params)
+    leaves = {n: v.clone().requires_grad_() for n, v in params.items()}
+    for t in range(2):
+        loss_in = ce(functional_call(enc, leaves, (ids[t],)), y[t])
+        g = torch.autograd.grad(loss_in, [leaves[n] for n in names], create_graph=True)
+        fast = {**leaves, **{n: leaves[n] - 0.5 * gi for n, gi in zip(names, g)}}
+        ce(functional_call(enc, fast, (ids[t],)), y[t]).backward()
+    for n in names:
+        torch.testing.assert_close(batched[n], leaves[n].grad, rtol=1e-8, atol=1e-10, msg=n)

@@ -61,14 +61,18 @@ def reference_maml(module, params, tasks, lr: float, steps: int) -> dict[str, to
     return {n: p.grad for n, p in leaves.items()}
 
 
-def test_the_loop_path_at_each_tasks_width_equals_maml_on_full_padding(ragged_csv):
-    cfg = load_config(None, [
-        "workers=0", f"data.source=csv:{ragged_csv}", "model.name=transformer", "model.dim=16", "model.heads=2",
+def transformer_maml(path, *extra: str):
+    return load_config(None, [
+        "workers=0", f"data.source=csv:{path}", "model.name=transformer", "model.dim=16", "model.heads=2",
         "model.layers=1", "model.ff_dim=32", "tokenizer.vocab_size=200", "tokenizer.min_frequency=1",
         "data.max_length=24", "data.ways=3", "data.shots=2", "data.queries=3", "eval.queries=3", "eval.settings=[[3,2]]", "data.split.train=0.625",
         "data.split.val=0", "data.split.test=0.375", "algorithm.name=maml", "algorithm.inner_steps=2",
-        "algorithm.inner_lr=0.3", "algorithm.vmap=false", "algorithm.group_size=4", "dtype=float64",
+        "algorithm.inner_lr=0.3", "algorithm.vmap=false", "algorithm.group_size=4", "dtype=float64", *extra,
     ])
+
+
+def test_the_loop_path_at_each_tasks_width_equals_maml_on_full_padding(ragged_csv):
+    cfg = transformer_maml(ragged_csv)
     exp = prepare_experiment(cfg)
     worker = Worker(cfg, **exp.worker_args())
     specs = exp.sampler("train").batch(0, 4)
@@ -86,3 +90,21 @@ def test_the_loop_path_at_each_tasks_width_equals_maml_on_full_padding(ragged_cs
     want = reference_maml(worker.module, {n: torch.from_numpy(v) for n, v in meta.items()}, tasks, 0.3, 2)
     for n, w in want.items():
         np.testing.assert_allclose(got[n], w.numpy(), rtol=1e-9, atol=1e-12, err_msg=n)
+
+
+def test_the_vmap_path_equals_the_loop_for_a_transformer(ragged_csv):
+    """Second-order MAML adapting every LayerNorm: the group under vmap (one width) equals the loop (each
+    task at its own width). torch's own layer_norm gets this wrong under vmap (distmeta.models.norm)."""
+    loop_cfg = transformer_maml(ragged_csv, "model.layers=2")
+    exp = prepare_experiment(loop_cfg)
+    specs = exp.sampler("train").batch(0, 4)
+    grads = []
+    for vmap_on in (False, True):
+        cfg = transformer_maml(ragged_csv, "model.layers=2", f"algorithm.vmap={str(vmap_on).lower()}")
+        worker = Worker(cfg, **exp.worker_args())
+        assert worker.use_vmap == vmap_on
+        meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
+        grads.append(worker.meta_grad(meta, specs).grad)
+    total = float(np.sqrt(sum((g ** 2).sum() for g in grads[0].values())))
+    for n, want in grads[0].items():
+        np.testing.assert_allclose(grads[1][n], want, rtol=1e-9, atol=1e-12 * total, err_msg=n)
