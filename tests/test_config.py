@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from distmeta.config import DEFAULT_CONFIG, Config, dump_config, load_config
+from distmeta.config import DEFAULT_CONFIG, dump_config, load_config
 from distmeta.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
