@@ -51,29 +51,42 @@ class InterruptOnce(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         if self.armed and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            # Tune copies its experiment state (trials, searcher) to storage_path in a background
-            # thread; a crash during that copy can leave a trial list and a searcher state from
-            # different moments, and the restored search then misses trials (Tune warns of this for
-            # drivers that exit ungracefully; it failed this test once in a loaded full run). This
-            # test is about distmeta's resume, so the crash waits until the stored experiment state
-            # lists every trial the driver knows (a fixed sleep was not enough in a loaded full run).
-            wait_for_stored_state(Path(self.marker).parent, len(trials))
-            raise RuntimeError("simulated crash of the search driver")
+            # Tune copies its experiment state (trials, their last results and checkpoints, the searcher)
+            # to storage_path in a background thread, and skips a copy while one is still running; a crash
+            # before the copy caught up leaves a stored state older than the trials' result.json files (Tune
+            # warns of this for drivers that exit ungracefully). A trial restored from such a state redoes
+            # reports its result.json already holds: once a trial was missing, once a step was reported
+            # twice, both in loaded full runs. This test is about distmeta's resume, so the crash waits
+            # until the stored state holds every trial at the last result the driver processed (and so the
+            # checkpoint reported with it); if the copy has not caught up, the loop runs on and saves again.
+            if stored_state_is_current(Path(self.marker).parent, trials):
+                Path(self.marker).touch()
+                raise RuntimeError("simulated crash of the search driver")
 
 
-def wait_for_stored_state(storage: Path, trials: int, timeout: float = 60.0) -> None:
-    """Until the newest ``experiment_state-*.json`` under ``storage`` holds ``trials`` trials (Tune's background copy)."""
-    deadline = time.monotonic() + timeout
+def stored_state_is_current(storage: Path, trials: list, wait: float = 2.0) -> bool:
+    """Whether, within ``wait`` seconds, the newest ``experiment_state-*.json`` under ``storage`` holds every
+    trial of ``trials`` at its latest processed ``training_iteration`` (Tune's copy caught up with the driver)."""
+    want = {t.trial_id: (t.last_result or {}).get("training_iteration", 0) for t in trials}
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         states = sorted(storage.rglob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
         try:
-            if states and len(json.loads(states[-1].read_text())["trial_data"]) >= trials:
+            if states and stored_iterations(states[-1]) == want:
                 time.sleep(0.5)  # the searcher state is written beside it in the same copy
-                return
-        except (OSError, ValueError, KeyError):
+                return True
+        except (OSError, ValueError, KeyError, IndexError):
             pass  # caught mid-write: look again
         time.sleep(0.2)
+    return False
+
+
+def stored_iterations(state: Path) -> dict[str, int]:
+    """Trial id -> the ``training_iteration`` of its last result, as one stored experiment state records them."""
+    out = {}
+    for trial_json, run_json in json.loads(state.read_text())["trial_data"]:
+        out[json.loads(trial_json)["trial_id"]] = json.loads(run_json)["last_result"].get("training_iteration", 0)
+    return out
 
 
 def test_asha_search_is_cut_off_then_restored_and_reports_the_best_trial(ray_local, tune_storage, monkeypatch, capsys):
