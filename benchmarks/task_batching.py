@@ -60,13 +60,11 @@ def stacked_logits(p: Grads, x: Tensor, layers: int, heads: int, eps: float) -> 
     h = h + p["embeddings.position.weight"][:, :length].repeat(1, n, 1) + p["embeddings.token_type.weight"][:, :1]
     h = layer_norm(h, p["embeddings.norm.weight"], p["embeddings.norm.bias"], eps)
     keys = mask.reshape(tasks * n, 1, 1, length)
+    def split(t: Tensor) -> Tensor:  # [T, n*L, D] -> [T*n, heads, L, D/heads]
+        return t.reshape(tasks * n, length, heads, dim // heads).transpose(1, 2)
+
     for i in range(layers):
-        def lin(name: str, t: Tensor) -> Tensor:
-            return linear(t, p[f"layers.{i}.{name}.weight"], p[f"layers.{i}.{name}.bias"])
-
-        def split(t: Tensor) -> Tensor:
-            return t.reshape(tasks * n, length, heads, dim // heads).transpose(1, 2)
-
+        lin = lambda name, t, i=i: linear(t, p[f"layers.{i}.{name}.weight"], p[f"layers.{i}.{name}.bias"])  # noqa: E731
         scores = split(lin("query", h)) @ split(lin("key", h)).transpose(-1, -2) / math.sqrt(dim // heads)
         scores = torch.where(keys, scores, torch.finfo(scores.dtype).min)
         ctx = (scores.softmax(-1) @ split(lin("value", h))).transpose(1, 2).reshape(tasks, n * length, dim)
@@ -154,8 +152,8 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     base_t = times["loop (distmeta's choice)"]
-    lines = [f"transformer2m-maml, {n} tasks, float64, 1 thread, {args.rounds} interleaved rounds; "
-             f"torch {torch.__version__}", f"{'path':26s} {'median s':>9s} {'t/loop':>7s} {'rel err':>8s}"]
+    lines = [(f"transformer2m-maml, {n} tasks, float64, 1 thread, {args.rounds} interleaved rounds; "
+              f"torch {torch.__version__}"), f"{'path':26s} {'median s':>9s} {'t/loop':>7s} {'rel err':>8s}"]
     for name, ts in times.items():
         ratio = statistics.median(t / b for t, b in zip(ts, base_t))
         lines.append(f"{name:26s} {statistics.median(ts):9.3f} {ratio:6.2f}x {errors[name]:8.1e}")
