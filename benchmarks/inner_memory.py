@@ -16,9 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from timing import interleaved_times  # noqa: E402
 
 BASE = "configs/bag_protonet.yaml"
 CASE = ["model.name=transformer", "model.dim=192", "model.heads=4", "model.layers=3", "model.ff_dim=384",
@@ -72,12 +76,7 @@ def main() -> None:
         calls = {v: (lambda w=w, s=s: w.meta_grad(meta, s)) for v, (w, s) in workers.items()}
         stored, ckpt = calls["maml stored"]().grad, calls["maml checkpoint_inner"]().grad
         err = max(float(np.abs(ckpt[n] - stored[n]).max() / max(np.abs(stored[n]).max(), 1e-30)) for n in stored)
-        times: dict[str, list[float]] = {v: [] for v in calls}
-        for _ in range(args.rounds):
-            for v, call in calls.items():
-                t0 = time.perf_counter()
-                call()
-                times[v].append(time.perf_counter() - t0)
+        times = interleaved_times(calls, args.rounds)
         for v, call in calls.items():
             peak = peak_memory(call)[1] / MB
             ratio = statistics.median(t / s for t, s in zip(times[v], times["maml stored"]))

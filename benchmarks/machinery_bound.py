@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from peers import CASES, build, implementations  # noqa: E402
+from timing import interleaved_times, report  # noqa: E402
 
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm")
 
@@ -60,12 +61,9 @@ def main() -> None:
     base, overrides = CASES[args.case]
     case = build(base, overrides, args.meta_batch, "float64", [])
     impls = {n: f for n, f in implementations(case).items() if callable(f)}
-    times: dict[str, list[float]] = {n: [] for n in impls}
-    for _ in range(args.rounds):
-        for name, fn in impls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    for fn in impls.values():  # warm-up: first calls build caches and thread pools
+        fn()
+    times = interleaved_times(impls, args.rounds)
     split = profile_split(impls["distmeta"], {tuple(t.shape) for t in case["meta"].values()})
     ours = statistics.median(times["distmeta"])
     peers = {n: statistics.median(ts) for n, ts in times.items() if n != "distmeta"}
@@ -85,10 +83,7 @@ def main() -> None:
         f"  if they and everything outside ATen ops (Python, autograd engine) cost nothing "
         f"(floor {floor_all:.3f} s): at most {peers[fastest] / floor_all:.2f}x",
     ]
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "machinery_bound.txt").write_text("\n".join(lines) + "\n")
+    report(lines, args.out, "machinery_bound.txt")
 
 
 if __name__ == "__main__":

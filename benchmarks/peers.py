@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from timing import interleaved_times  # noqa: E402
 from peer_impls import MAML_PEERS, Setting, hf_protonet, leaf_model, learn2learn_status, tutorial_protonet  # noqa: E402
 
 BAG = "configs/bag_protonet.yaml"
@@ -187,12 +187,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
                              f"{MAX_REL_ERR}); not timing a different computation")
         row["peers"][impl] = {"rel_err": err}
         runnable[impl] = fn
-    times: dict[str, list[float]] = {k: [] for k in runnable}
-    for _ in range(args.rounds):
-        for impl, fn in runnable.items():
-            t0 = time.perf_counter()
-            fn()
-            times[impl].append(time.perf_counter() - t0)
+    times = interleaved_times(runnable, args.rounds)
     for impl in runnable:
         ratios = [p / d for p, d in zip(times[impl], times["distmeta"])]
         peak = peak_memory(runnable[impl])[1] / MB if cpu_peak_supported() else float("nan")

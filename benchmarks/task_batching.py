@@ -25,7 +25,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from peers import CASES, build  # noqa: E402
+from timing import interleaved_times, report  # noqa: E402
 
 TABLE = "embeddings.word.weight"
 Grads = dict[str, Tensor]
@@ -145,22 +145,14 @@ def main() -> None:
         errors[name] = math.sqrt(sum(float(((g[k] - ref[k]) ** 2).sum()) for k in ref)) / norm
         if errors[name] > 1e-10:
             raise SystemExit(f"{name}: meta-gradient differs from the loop's by {errors[name]:.1e} (global norm)")
-    times: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(args.rounds):
-        for name, fn in impls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(impls, args.rounds)
     base_t = times["loop (distmeta's choice)"]
     lines = [(f"transformer2m-maml, {n} tasks, float64, 1 thread, {args.rounds} interleaved rounds; "
               f"torch {torch.__version__}"), f"{'path':26s} {'median s':>9s} {'t/loop':>7s} {'rel err':>8s}"]
     for name, ts in times.items():
         ratio = statistics.median(t / b for t, b in zip(ts, base_t))
         lines.append(f"{name:26s} {statistics.median(ts):9.3f} {ratio:6.2f}x {errors[name]:8.1e}")
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "task_batching.txt").write_text("\n".join(lines) + "\n")
+    report(lines, args.out, "task_batching.txt")
 
 
 if __name__ == "__main__":
