@@ -54,39 +54,49 @@ class InterruptOnce(Callback):
             # Tune copies its experiment state (trials, their last results and checkpoints, the searcher)
             # to storage_path in a background thread, and skips a copy while one is still running; a crash
             # before the copy caught up leaves a stored state older than the trials' result.json files (Tune
-            # warns of this for drivers that exit ungracefully). A trial restored from such a state redoes
-            # reports its result.json already holds: once a trial was missing, once a step was reported
-            # twice, both in loaded full runs. This test is about distmeta's resume, so the crash waits
-            # until the stored state holds every trial at the last result the driver processed (and so the
-            # checkpoint reported with it); if the copy has not caught up, the loop runs on and saves again.
+            # warns of this for drivers that exit ungracefully). Tune also registers a reported checkpoint
+            # one event after the result it came with. A trial restored from a stored state behind its
+            # result.json redoes reports that file already holds (seen in loaded full runs: a trial
+            # missing, a step reported twice). This test is about distmeta's resume, so the crash waits
+            # until no checkpoint is in flight and the stored state holds every trial at the last result
+            # and checkpoint the driver has; if the copy has not caught up, the loop runs on and saves again.
             if stored_state_is_current(Path(self.marker).parent, trials):
                 Path(self.marker).touch()
                 raise RuntimeError("simulated crash of the search driver")
 
 
+def progress(run_metadata) -> tuple[int, str | None]:
+    """A trial's last reported ``training_iteration`` and the path of its latest registered checkpoint."""
+    manager = run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result if manager is not None else None
+    return run_metadata.last_result.get("training_iteration", 0), latest.checkpoint.path if latest else None
+
+
 def stored_state_is_current(storage: Path, trials: list, wait: float = 2.0) -> bool:
     """Whether, within ``wait`` seconds, the newest ``experiment_state-*.json`` under ``storage`` holds every
-    trial of ``trials`` at its latest processed ``training_iteration`` (Tune's copy caught up with the driver)."""
-    want = {t.trial_id: (t.last_result or {}).get("training_iteration", 0) for t in trials}
+    trial of ``trials`` as the driver has it (:func:`progress`), with no checkpoint of theirs still in flight."""
+    if any(t.temporary_state.saving_to is not None for t in trials):
+        return False
+    want = {t.trial_id: progress(t.run_metadata) for t in trials}
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         states = sorted(storage.rglob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
         try:
-            if states and stored_iterations(states[-1]) == want:
+            if states and stored_progress(states[-1]) == want:
                 time.sleep(0.5)  # the searcher state is written beside it in the same copy
                 return True
-        except (OSError, ValueError, KeyError, IndexError):
+        except (OSError, ValueError, KeyError, IndexError, EOFError):
             pass  # caught mid-write: look again
         time.sleep(0.2)
     return False
 
 
-def stored_iterations(state: Path) -> dict[str, int]:
-    """Trial id -> the ``training_iteration`` of its last result, as one stored experiment state records them."""
-    out = {}
-    for trial_json, run_json in json.loads(state.read_text())["trial_data"]:
-        out[json.loads(trial_json)["trial_id"]] = json.loads(run_json)["last_result"].get("training_iteration", 0)
-    return out
+def stored_progress(state: Path) -> dict[str, tuple[int, str | None]]:
+    """Trial id -> :func:`progress`, as one stored experiment state records them (read with Tune's own decoder)."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    return {json.loads(trial_json)["trial_id"]: progress(_TrainingRunMetadata.from_json_state(run_json))
+            for trial_json, run_json in json.loads(state.read_text())["trial_data"]}
 
 
 def test_asha_search_is_cut_off_then_restored_and_reports_the_best_trial(ray_local, tune_storage, monkeypatch, capsys):
