@@ -1,6 +1,7 @@
 """How fast distmeta could be against the peers if its own machinery cost nothing.
 
-distmeta and every peer compute the same meta-gradient through the same model, so they run
+distmeta and every peer compute the same meta-gradient through the same model (``peers.py``
+checks they are equal before timing), so they run
 the same forward, backward and double-backward operations on the activations. What can
 differ is the machinery around them: parameter dicts, inner updates, their backward,
 accumulation. This benchmark bounds how much of distmeta's time that machinery can be: it
