@@ -9,6 +9,9 @@ the from-scratch initialisation), every meta-test also scores:
 * ``accuracy_finetune`` — a classifier fitted on each episode's support set (Baseline++ /
   linear probing): a cosine classifier initialised at the normalised class means, then
   ``FINETUNE_STEPS`` full-batch Adam steps on the support examples' cross-entropy.
+* ``accuracy_transductive`` (only with ``eval.transductive`` steps) — cosine nearest centroid
+  whose prototypes the episode's unlabelled queries refine by soft k-means
+  (:func:`transductive_accuracy`); the meta-trained encoder is scored the same way.
 
 All three run batched over episodes (``[T, N, D]`` features) with no Python loop per episode.
 """
@@ -23,6 +26,7 @@ from distmeta.algorithms.protonet import centroid_logits
 FINETUNE_STEPS = 100
 FINETUNE_LR = 0.01
 FINETUNE_SCALE = 10.0  # the cosine classifier's temperature, Baseline++'s usual value
+TRANSDUCTIVE_SCALE = 10.0  # the soft assignments' temperature on cosine similarities
 
 
 def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -61,21 +65,55 @@ def finetune_accuracy(support: Tensor, support_y: Tensor, query: Tensor, query_y
         return _accuracy(q @ F.normalize(weight, dim=-1).transpose(-2, -1), query_y)
 
 
-def baseline_metrics(support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor, ways: int) -> dict[str, Tensor]:
+@torch.no_grad()
+def transductive_accuracy(support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor, ways: int, steps: int,
+                          scale: float = TRANSDUCTIVE_SCALE) -> Tensor:
+    """Per-episode accuracy ``[T]`` of cosine nearest centroid with soft k-means prototypes (Ren et al. 2018).
+
+    The prototypes start at the normalised class means of the L2-normalised support
+    features (step 0 is the cosine centroid classifier). Each step assigns every query a
+    softmax over the classes (``scale`` × cosine) and recomputes each prototype as the mean
+    of its support features and its assignment-weighted queries. It uses the whole query set
+    of an episode at once (transductive), so it suits batch labelling, not one query at a time.
+
+    Args:
+        support, query: ``[T, N, D]`` / ``[T, Q, D]`` pooled features; support_y, query_y: labels.
+        ways: classes per episode. steps: refinement steps. scale: the assignment temperature.
+    Returns:
+        ``[T]`` float64 accuracies.
+    """
+    s = F.normalize(support.to(torch.float32), dim=-1)
+    q = F.normalize(query.to(torch.float32), dim=-1)
+    onehot = (support_y.unsqueeze(-1) == torch.arange(ways, device=support_y.device)).to(s.dtype)
+    sums, counts = onehot.transpose(-2, -1) @ s, onehot.sum(-2).unsqueeze(-1)  # [T, ways, D], [T, ways, 1]
+    protos = F.normalize(sums / counts, dim=-1)
+    for _ in range(steps):
+        w = torch.softmax(scale * q @ protos.transpose(-2, -1), dim=-1)  # [T, Q, ways]
+        protos = F.normalize((sums + w.transpose(-2, -1) @ q) / (counts + w.sum(-2).unsqueeze(-1)), dim=-1)
+    return _accuracy(q @ protos.transpose(-2, -1), query_y)
+
+
+def baseline_metrics(support: Tensor, support_y: Tensor, query: Tensor, query_y: Tensor, ways: int,
+                     transductive: int = 0) -> dict[str, Tensor]:
     """All baselines of a batch of episodes' frozen embeddings (``[T, N, D]``), per episode ``[T]``.
 
     Args:
         support, query: pooled embeddings of the support and query examples.
         support_y, query_y: labels ``0..ways-1``.
         ways: classes per episode.
+        transductive: soft k-means steps for ``accuracy_transductive`` (0: not scored).
     Returns:
-        ``accuracy`` (cosine centroid), ``accuracy_euclidean``, ``accuracy_finetune``.
+        ``accuracy`` (cosine centroid), ``accuracy_euclidean``, ``accuracy_finetune``, and
+        ``accuracy_transductive`` when ``transductive`` > 0.
     """
-    return {
+    out = {
         "accuracy": centroid_accuracy(support, support_y, query, query_y, ways, "cosine"),
         "accuracy_euclidean": centroid_accuracy(support, support_y, query, query_y, ways, "euclidean"),
         "accuracy_finetune": finetune_accuracy(support, support_y, query, query_y, ways),
     }
+    if transductive:
+        out["accuracy_transductive"] = transductive_accuracy(support, support_y, query, query_y, ways, transductive)
+    return out
 
 
 def error_reduction(accuracy: float, baseline: float) -> float:
@@ -83,4 +121,5 @@ def error_reduction(accuracy: float, baseline: float) -> float:
     return 1.0 - (1.0 - accuracy) / max(1e-12, 1.0 - baseline)
 
 
-__all__ = ["FINETUNE_STEPS", "baseline_metrics", "centroid_accuracy", "error_reduction", "finetune_accuracy"]
+__all__ = ["FINETUNE_STEPS", "baseline_metrics", "centroid_accuracy", "error_reduction", "finetune_accuracy",
+           "transductive_accuracy"]

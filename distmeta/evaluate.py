@@ -83,6 +83,7 @@ def finetuned_summary(summary: dict[str, float]) -> dict[str, float]:
     out = {"episodes": summary["episodes"],
            "accuracy": summary["accuracy_finetune"], "accuracy_ci95": summary["accuracy_finetune_ci95"],
            "accuracy_centroid": summary["accuracy"], "accuracy_centroid_ci95": summary["accuracy_ci95"]}
+    out.update({k: v for k, v in summary.items() if k.startswith("accuracy_transductive")})
     out["ci95"] = out["accuracy_ci95"]
     return out
 
@@ -98,6 +99,8 @@ def add_error_reduction(results: dict[str, dict[str, float]], baseline: dict[str
         r["error_reduction"] = error_reduction(r["accuracy"], b["accuracy"])
         if "accuracy_finetune" in b:
             r["error_reduction_vs_finetune"] = error_reduction(r["accuracy"], b["accuracy_finetune"])
+        if "accuracy_transductive" in r and "accuracy_transductive" in b:
+            r["error_reduction_transductive"] = error_reduction(r["accuracy_transductive"], b["accuracy_transductive"])
 
 
 def _pct(r: dict[str, float], key: str) -> str:
@@ -122,6 +125,10 @@ def format_results(results: dict[str, dict[str, float]], baseline: dict[str, dic
                     line += f" | before meta-training {_pct(b, 'accuracy')}"
                 if "error_reduction" in r:
                     line += f" | error reduction vs frozen {100 * r['error_reduction']:+.1f}%"
+                if "error_reduction_transductive" in r:
+                    line += (f" | transductive: meta-trained {_pct(r, 'accuracy_transductive')},"
+                             f" frozen {_pct(b, 'accuracy_transductive')},"
+                             f" error reduction {100 * r['error_reduction_transductive']:+.1f}%")
         else:
             line = f"{name:>14}: mse {r['loss']:.4f} ± {r['loss_ci95']:.4f}"
             if baseline and name in baseline:

@@ -276,14 +276,22 @@ class Worker:
 
             with self._autocast():
                 b = self._feature_batch(self.algorithm, params, specs, cache_key or "baseline")
-            return baseline_metrics(b["support_f"], b["support_y"], b["query_f"], b["query_y"], ways)
+            return baseline_metrics(b["support_f"], b["support_y"], b["query_f"], b["query_y"], ways,
+                                    self.cfg.eval.transductive)
         algorithm = self.by_ways(_ways(specs))
         with self._autocast():
             if cache_key is not None and algorithm.uses_fixed_features and text:
                 batch = self._feature_batch(algorithm, params, specs, cache_key)
             else:
                 batch = self.builder.build(specs)
-            return algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.use_vmap)
+            metrics = algorithm.batch_eval(params, batch, inner_steps, use_vmap=self.use_vmap)
+        if self.cfg.eval.transductive and "support_f" in batch:
+            from distmeta.baselines import transductive_accuracy
+
+            metrics["accuracy_transductive"] = transductive_accuracy(
+                batch["support_f"], batch["support_y"], batch["query_f"], batch["query_y"], ways,
+                self.cfg.eval.transductive)
+        return metrics
 
     @torch.no_grad()
     def _feature_batch(self, algorithm: Algorithm, params: Params, specs: Sequence[TaskSpec], key: str) -> dict[str, Tensor]:

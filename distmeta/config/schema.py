@@ -59,6 +59,11 @@ class Config(_Section):
             raise ValueError(f"model.name={self.model.name} uses its own vocabulary: set tokenizer.kind=pretrained")
         if self.tokenizer.kind == "pretrained" and self.model.name not in PRETRAINED_MODELS:
             raise ValueError("tokenizer.kind=pretrained needs a pretrained model (model.name=minilm or hf)")
+        if self.eval.transductive and (regression or not (self.algorithm.name == "protonet"
+                                                          or self.algorithm.adapt == "head" or self.algorithm.name == "anil")):
+            raise ValueError("eval.transductive scores the encoder's features: it needs a classification source and "
+                             f"algorithm.name=protonet or algorithm.adapt=head, not {self.algorithm.name} "
+                             f"with adapt={self.algorithm.adapt}")
         if self.model.name == "hf" and not self.model.path:
             raise ValueError("model.name=hf needs model.path: a local model directory or a name in the local HF cache")
         return self

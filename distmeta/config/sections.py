@@ -177,6 +177,11 @@ class EvalConfig(_Section):
         False, description="text: meta-test the meta-trained encoder with a cosine classifier fine-tuned on each "
         "support set (started at the prototypes; distmeta.baselines.finetune_accuracy) instead of the algorithm's "
         "own adaptation; the nearest-centroid accuracy is reported beside it")
+    transductive: int = Field(
+        0, ge=0, description="text: also score transductive nearest centroid (accuracy_transductive), the cosine "
+        "prototypes refined by this many soft k-means steps over each episode's unlabelled queries "
+        "(distmeta.baselines.transductive_accuracy), for the meta-trained encoder and the frozen baseline alike on "
+        "the same episodes; 0: off. Needs an algorithm that leaves the encoder fixed while adapting")
 
 
 class RayConfig(_Section):
