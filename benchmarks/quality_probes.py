@@ -10,7 +10,10 @@ same ``--episodes`` test episodes that ``distmeta train`` meta-tests on, for:
   one weighted ``sqrt(a)`` (a feature ensemble);
 * ``wise a``: the weights interpolated, ``a * meta-trained + (1 - a) * frozen`` (WiSE-FT);
 * ``cl2n``: each encoder's embeddings centred by the mean over meta-train episodes, then
-  L2-normalised (SimpleShot's CL2N), for the frozen and the meta-trained encoder.
+  L2-normalised (SimpleShot's CL2N), for the frozen and the meta-trained encoder;
+* ``transductive``: 3 soft k-means steps over each episode's queries
+  (:func:`distmeta.baselines.transductive_accuracy`, what ``eval.transductive=3`` scores),
+  for the frozen and the meta-trained encoder.
 
 It answers "does any cheap test-time use of the meta-trained encoder beat plain
 nearest centroid", and "how strong is the frozen encoder with centring" (a stronger
@@ -32,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from distmeta.algorithms.protonet import centroid_logits  # noqa: E402
+from distmeta.baselines import transductive_accuracy  # noqa: E402
 from distmeta.config import load_config  # noqa: E402
 from distmeta.evaluate import mean_ci95  # noqa: E402
 from distmeta.experiment import prepare_experiment  # noqa: E402
@@ -83,6 +87,11 @@ def main() -> None:
             print(f"  {name:18} {accuracy(feats[name], ways)}")
         for name in ("frozen", "meta-trained"):
             print(f"  {'cl2n ' + name:18} {accuracy(feats[name], ways, lambda x, m=means[name]: x - m)}")
+        for name in ("frozen", "meta-trained"):
+            b = feats[name]
+            per_episode = transductive_accuracy(b["support_f"], b["support_y"], b["query_f"], b["query_y"], ways, 3)
+            mean, ci = mean_ci95(per_episode.tolist())
+            print(f"  {'transductive ' + name:18} {100 * mean:.2f} ± {100 * ci:.2f}")
         for a in ALPHAS:
             both = {k: torch.cat([a ** 0.5 * F.normalize(feats["frozen"][k], dim=-1),
                                   (1 - a) ** 0.5 * F.normalize(feats["meta-trained"][k], dim=-1)], -1)

@@ -13,9 +13,11 @@ the default's plateau; these are the changes it measured beside it:
 - ``--episodes categories``: training episodes over ICD-10-CM categories (the 3-character
   codes within the training sections, those with >= 10 descriptions) instead of sections.
 - ``--episodes mixed``: every other training episode over categories.
+- ``--ema 0.9``: also validate an exponential moving average of the trained weights
+  (weight averaging along the trajectory).
 
     .venv/bin/python benchmarks/training_probes.py [--steps 150] [--dropout 0.1] [--temperature 10]
-        [--episodes sections|categories|mixed]
+        [--episodes sections|categories|mixed] [--ema 0.9]
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--temperature", type=float, default=10.0)
     ap.add_argument("--episodes", choices=["sections", "categories", "mixed"], default="sections")
+    ap.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the trained weights")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = load_config("configs/default.yaml", ["run.progress=false"])
@@ -91,6 +94,7 @@ def main() -> None:
     trained = [p for n, p in model.named_parameters() if n.startswith(("layers.4.", "layers.5."))]
     log_t = torch.nn.Parameter(torch.tensor(math.log(args.temperature)))
     opt = torch.optim.Adam([*trained, log_t], lr=args.lr)
+    ema = [p.detach().clone() for p in trained]
 
     def embed(rows: np.ndarray, train: bool) -> Tensor:
         x = cache.batch(exp.corpus.global_rows(0, rows))
@@ -118,6 +122,19 @@ def main() -> None:
         return 100 * float(np.mean([loss_acc(*episode(rng, val, 5, 1, QUERIES), 5, 1, QUERIES, False, 10.0)[1]
                                     for _ in range(200)]))
 
+    def swapped(values: list[Tensor], fn):
+        # Evaluate ``fn`` with the trained parameters temporarily replaced by ``values``.
+        saved = [p.detach().clone() for p in trained]
+        with torch.no_grad():
+            for p, v in zip(trained, values):
+                p.copy_(v)
+        try:
+            return fn()
+        finally:
+            with torch.no_grad():
+                for p, v in zip(trained, saved):
+                    p.copy_(v)
+
     print(f"{vars(args)}: frozen encoder, meta-validation {validate():.2f}", flush=True)
     rng, t0, best = np.random.default_rng(0), time.time(), 0.0
     for step in range(1, args.steps + 1):
@@ -132,10 +149,16 @@ def main() -> None:
             loss = loss_acc(support, query, TRAIN_WAYS, TRAIN_SHOTS, queries, True, log_t.exp())[0]
             (loss / META_BATCH).backward()
         opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema, trained):
+                e.lerp_(p, 1 - args.ema)
         if step % 25 == 0:
             acc = validate()
             best = max(best, acc)
-            print(f"step {step}: meta-validation {acc:.2f} (best {best:.2f}), {time.time() - t0:.0f} s", flush=True)
+            line = f"step {step}: meta-validation {acc:.2f} (best {best:.2f})"
+            if args.ema:
+                line += f", weight average {swapped(ema, validate):.2f}"
+            print(f"{line}, {time.time() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
