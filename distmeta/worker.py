@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,47 +20,13 @@ from distmeta.algorithms import Algorithm, Params, build_algorithm
 from distmeta.algorithms.by_ways import ByWays
 from distmeta.config import Config
 from distmeta.models import DTYPES
+from distmeta.results import GroupResult, all_finite
 from distmeta.tasks.features import FeatureBank
 from distmeta.tasks.materialise import SinusoidTaskBuilder, TaskBuilder, TextTaskBuilder, by_source
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.text.corpus import TokenCorpus
 
-
-
-@dataclass
-class GroupResult:
-    """One task group's summed meta-gradient, per-task metrics and bookkeeping."""
-
-    grad: dict[str, np.ndarray]
-    metrics: dict[str, list[float]]
-    tasks: list[tuple[int, int]]
-    version: int = 0
-    compute_s: float = 0.0
-    finite: bool = True  # every task's loss and meta-gradient were finite
-    extra: dict[str, Any] = field(default_factory=dict)
-    bad_tasks: list[tuple[int, int]] = field(default_factory=list)  # keys of the tasks that were not
-    skipped: list[tuple[int, int]] = field(default_factory=list)  # keys left out of ``grad`` (nan_policy=skip_task)
-    # How many groups, from this one on, ``grad`` sums: 1 (its own), a whole subtree of the reduction tree
-    # (summed on a node, distmeta.runtime.tree), or 0 when another result's ``grad`` holds this group's.
-    covers: int = 1
-
-
-def all_finite(arrays: Iterable[np.ndarray | Tensor]) -> bool:
-    """Whether every element of every array (numpy, or a torch tensor on any device) is finite.
-
-    CPU tensors are checked through numpy, which is much faster than ``torch.isfinite(t).all()``
-    on CPU: this is driver time while every worker waits.
-    """
-    for a in arrays:
-        if isinstance(a, Tensor):
-            if a.device.type != "cpu" or a.dtype == torch.bfloat16:  # numpy has no bfloat16
-                if not bool(torch.isfinite(a).all()):
-                    return False
-                continue
-            a = a.detach().numpy()
-        if not np.isfinite(a).all():
-            return False
-    return True
+__all__ = ["GroupResult", "Worker", "all_finite", "resolve_device"]
 
 
 def resolve_device(cfg: Config) -> torch.device:

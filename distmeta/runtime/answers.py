@@ -22,7 +22,7 @@ from distmeta.errors import DistmetaError
 from distmeta.runtime.tree import is_node
 from distmeta.runtime.wire import Packed, unpack
 from distmeta.tasks.specs import TaskSpec, task_key
-from distmeta.worker import GroupResult
+from distmeta.results import GroupResult
 
 _EXTRA_KEYS = frozenset({"actor", "node", "pid", "actor_compute_s"})  # what the backend reads from every result
 MetaSpec = Mapping[str, tuple[tuple[int, ...], np.dtype]]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from distmeta.config import Config
     from distmeta.experiment import Experiment
     from distmeta.tasks.specs import TaskSpec
-    from distmeta.worker import GroupResult
+    from distmeta.results import GroupResult
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Backend(Protocol):
                 run once every worker has its share.
 
         Returns:
-            One :class:`~distmeta.worker.GroupResult` per group, in the order of ``groups``.
+            One :class:`~distmeta.results.GroupResult` per group, in the order of ``groups``.
         """
         ...
 

@@ -124,22 +124,11 @@ class Trainer:
                         trust_config: bool = False) -> "Trainer":
         """A trainer holding a saved run's parameters, ready for :meth:`evaluate` (``distmeta eval``).
 
-        The checkpoint's config supplies the model and its tasks only; Ray, run, fault and
-        worker settings come from ``overrides`` over the schema defaults, and a data or
-        model path it names must be given in ``overrides`` too
-        (:func:`distmeta.security.config_from_saved`), unless ``trust_config``.
+        The checkpoint's config is checked as :func:`~distmeta.runtime.reopen.open_saved_run` says.
         """
-        from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
-        from distmeta.runtime.rundir import run_dir_of
-        from distmeta.runtime.storage import is_remote
-        from distmeta.security import config_from_saved
+        from distmeta.runtime.reopen import open_saved_run
 
-        ckpt = load_checkpoint(path)  # a remote one is fetched into the local cache and verified there
-        run_dir = run_dir_of(ckpt.path if is_remote(path) and ckpt.path is not None else Path(path))
-        if is_remote(path):
-            write_run_files(ckpt, run_dir)  # the split and tokenizer, next to the cached checkpoint
-        cfg = config_from_saved(ckpt.config, list(overrides or []), trust=trust_config,
-                                source=f"the config in {ckpt.path}", pins={"run.dir": str(run_dir)})
+        cfg, run_dir, ckpt = open_saved_run(path, overrides, trust_config=trust_config)
         trainer = cls(cfg)
         trainer.run_dir = run_dir
         trainer._build(reuse_saved=True)

@@ -14,7 +14,8 @@ from distmeta.config import Config
 from distmeta.runtime.backend import StepStats
 from distmeta.runtime.faults import FaultPlan, FaultyWorker
 from distmeta.tasks.specs import TaskSpec, task_key
-from distmeta.worker import GroupResult, Worker
+from distmeta.results import GroupResult
+from distmeta.worker import Worker
 
 
 class LocalBackend:

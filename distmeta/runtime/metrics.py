@@ -181,7 +181,7 @@ def step_row(results: Sequence[Any], skipped: Sequence[tuple[int, int]], n_tasks
     """What a training step logs besides the optimiser's figures: task metrics and where the time went.
 
     Args:
-        results: the step's :class:`~distmeta.worker.GroupResult` s.
+        results: the step's :class:`~distmeta.results.GroupResult` s.
         skipped: task keys left out by ``nan_policy`` (their metrics are not averaged).
         n_tasks: the meta-batch size.
         times: ``perf_counter`` at the step's start, before dispatch, after the results, after the update.

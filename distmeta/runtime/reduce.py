@@ -15,7 +15,7 @@ import torch
 from distmeta.errors import DistmetaError
 from distmeta.runtime.tree import Span, combine
 from distmeta.tasks.specs import TaskSpec, task_key
-from distmeta.worker import GroupResult, all_finite
+from distmeta.results import GroupResult, all_finite
 
 
 def add_grads(a: Mapping[str, Any], b: Mapping[str, Any], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

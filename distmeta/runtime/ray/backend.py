@@ -9,7 +9,7 @@ It only ties the parts together; one step reads:
    actor one :class:`~.actor.Request` (or, on the compiled-graph path, :mod:`.compiled`
    sends all blocks in one graph execution);
 3. each :class:`~.actor.WorkerActor` runs ``Worker.meta_grad_groups`` on its block and
-   packs the :class:`~distmeta.worker.GroupResult` s (:mod:`distmeta.runtime.wire`);
+   packs the :class:`~distmeta.results.GroupResult` s (:mod:`distmeta.runtime.wire`);
 4. the dispatch reads and checks every answer (:mod:`distmeta.runtime.answers`), re-runs
    failed blocks on healthy actors (:mod:`.pool`), and returns results in group order;
    the driver then sums them in that fixed order, so any actor count gives the same
@@ -47,7 +47,7 @@ from distmeta.runtime.ray.plan import assign_blocks, fmt_resources, plan_workers
 from distmeta.runtime.ray.pool import ActorPool
 from distmeta.runtime.ray.transport import ObjectStoreDelivery, choose_transport
 from distmeta.tasks.specs import TaskSpec
-from distmeta.worker import GroupResult
+from distmeta.results import GroupResult
 
 __all__ = ["RayBackend", "WorkerFailedError", "assign_blocks", "plan_workers", "use_compiled_graph"]
 

@@ -29,7 +29,7 @@ from distmeta.runtime.ray.plan import assign_blocks, describe_tasks
 from distmeta.runtime.ray.pool import ActorPool
 from distmeta.runtime.ray.transport import Delivery, ObjectStoreDelivery
 from distmeta.tasks.specs import TaskSpec, task_key
-from distmeta.worker import GroupResult
+from distmeta.results import GroupResult
 
 log = logging.getLogger(__name__)
 
