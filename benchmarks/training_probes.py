@@ -13,11 +13,12 @@ the default's plateau; these are the changes it measured beside it:
 - ``--episodes categories``: training episodes over ICD-10-CM categories (the 3-character
   codes within the training sections, those with >= 10 descriptions) instead of sections.
 - ``--episodes mixed``: every other training episode over categories.
+- ``--ways 5 --shots 1``: training episodes of the test shape instead of 10-way 5-shot.
 - ``--ema 0.9``: also validate an exponential moving average of the trained weights
   (weight averaging along the trajectory).
 
     .venv/bin/python benchmarks/training_probes.py [--steps 150] [--dropout 0.1] [--temperature 10]
-        [--episodes sections|categories|mixed] [--ema 0.9]
+        [--episodes sections|categories|mixed] [--ways 10] [--shots 5] [--ema 0.9]
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from distmeta.models import build_model  # noqa: E402
 from distmeta.models.hf import masked_mean  # noqa: E402
 from distmeta.models.prefix import open_cache  # noqa: E402
 
-META_BATCH, TRAIN_WAYS, TRAIN_SHOTS, QUERIES = 4, 10, 5, 10
+META_BATCH, QUERIES = 4, 10
 
 
 def category_classes(train_rows: np.ndarray, texts, min_rows: int = 10) -> list[np.ndarray]:
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--temperature", type=float, default=10.0)
     ap.add_argument("--episodes", choices=["sections", "categories", "mixed"], default="sections")
+    ap.add_argument("--ways", type=int, default=10, help="training episodes' ways")
+    ap.add_argument("--shots", type=int, default=5, help="training episodes' shots")
     ap.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the trained weights")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -145,8 +148,8 @@ def main() -> None:
         for i in range(META_BATCH):
             use_cats = args.episodes == "categories" or (args.episodes == "mixed" and i % 2)
             classes, queries = (cats, 5) if use_cats else (sections, QUERIES)
-            support, query = episode(rng, classes, TRAIN_WAYS, TRAIN_SHOTS, queries)
-            loss = loss_acc(support, query, TRAIN_WAYS, TRAIN_SHOTS, queries, True, log_t.exp())[0]
+            support, query = episode(rng, classes, args.ways, args.shots, queries)
+            loss = loss_acc(support, query, args.ways, args.shots, queries, True, log_t.exp())[0]
             (loss / META_BATCH).backward()
         opt.step()
         with torch.no_grad():
