@@ -19,7 +19,7 @@ test time beat nearest centroid", for the frozen and the meta-trained encoder al
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -28,17 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from safetensors.torch import load_file  # noqa: E402
 
-from distmeta.config import load_config  # noqa: E402
 from distmeta.evaluate import mean_ci95  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.models import build_model  # noqa: E402
-from distmeta.models.hf import masked_mean  # noqa: E402
-from distmeta.models.prefix import open_cache  # noqa: E402
+from probe_setup import TRAINED, default_probe, episode  # noqa: E402
 
 WAYS, QUERIES, TEMPERATURE = 5, 10, 10.0
 
@@ -52,26 +47,17 @@ def main() -> None:
     ap.add_argument("--head-lr", type=float, default=1e-2)
     ap.add_argument("--episodes", type=int, default=200)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    cfg = load_config("configs/default.yaml", ["run.progress=false"])
-    exp = prepare_experiment(cfg)
-    cache, first = open_cache(Path(exp.prefix["path"])), exp.prefix["layers"]
-    model = build_model(cfg, exp.vocab_size, cfg.data.ways).float()
+    probe = default_probe()
+    model, embed = probe.model, probe.embed
     if args.params:
         loaded = load_file(str(args.params))
+        names = [n for n, _ in model.named_parameters() if n.startswith(TRAINED)]
+        if not set(names) <= set(loaded):
+            raise SystemExit(f"{args.params} lacks {sorted(set(names) - set(loaded))[:3]}")
         model.load_state_dict({n: loaded[n] for n in model.state_dict() if n in loaded}, strict=False)
-    names = [n for n, _ in model.named_parameters() if n.startswith(("layers.4.", "layers.5."))]
-    if args.params and not set(names) <= set(loaded):
-        raise SystemExit(f"{args.params} lacks {sorted(set(names) - set(loaded))[:3]}")
-    trained = [p for n, p in model.named_parameters() if n in names]
+    trained = probe.trained
     start = [p.detach().clone() for p in trained]
-    by_class = exp.data.rows_by_class()
-    val = [by_class[c] for c in exp.split.val]
-
-    def embed(rows: np.ndarray) -> Tensor:
-        x = cache.batch(exp.corpus.global_rows(0, rows))
-        mask = (x != 0).any(-1)
-        return F.normalize(masked_mean(model.run_layers(x, mask, first), mask), dim=-1)
+    val = probe.classes("val")
 
     def accuracy(logits: Tensor, y: Tensor) -> float:
         return (logits.argmax(-1) == y).float().mean().item()
@@ -96,10 +82,7 @@ def main() -> None:
 
     rng, t0, scores = np.random.default_rng(123), time.time(), []
     for _ in range(args.episodes):
-        picks = [rng.choice(val[c], args.shots + QUERIES, replace=False) for c in rng.choice(len(val), WAYS, False)]
-        support = np.concatenate([p[:args.shots] for p in picks])
-        query = np.concatenate([p[args.shots:] for p in picks])
-        scores.append(adapt_and_score(support, query))
+        scores.append(adapt_and_score(*episode(rng, val, WAYS, args.shots, QUERIES)))
     out = np.array(scores)
     for i, name in enumerate(("nearest centroid", "fine-tuned classifier")):
         mean, ci = mean_ci95(out[:, i].tolist())

@@ -14,17 +14,21 @@ the default's plateau; these are the changes it measured beside it:
   codes within the training sections, those with >= 10 descriptions) instead of sections.
 - ``--episodes mixed``: every other training episode over categories.
 - ``--ways 5 --shots 1``: training episodes of the test shape instead of 10-way 5-shot.
+- ``--extra-corpora wordnet-topics debian-sections fortunes``: half the training episodes
+  (``--extra-share``) drawn from the other corpora's training classes, each over its own prefix
+  cache, the encoder shared (a broader task distribution; validation stays on ICD-10-CM).
 - ``--ema 0.9``: also validate an exponential moving average of the trained weights
   (weight averaging along the trajectory).
 
     .venv/bin/python benchmarks/training_probes.py [--steps 150] [--dropout 0.1] [--temperature 10]
         [--episodes sections|categories|mixed] [--ways 10] [--shots 5] [--ema 0.9]
+        [--extra-corpora NAME ...] [--extra-share 0.5]
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,15 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distmeta.config import load_config  # noqa: E402
+from probe_setup import default_probe, episode  # noqa: E402  (sets the offline variables first)
+
 from distmeta.data.icd10cm import build_rows  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.models import build_model  # noqa: E402
-from distmeta.models.hf import masked_mean  # noqa: E402
-from distmeta.models.prefix import open_cache  # noqa: E402
+from quality import corpora_dir, corpus_overrides  # noqa: E402
 
 META_BATCH, QUERIES = 4, 10
 
@@ -80,40 +81,28 @@ def main() -> None:
     ap.add_argument("--episodes", choices=["sections", "categories", "mixed"], default="sections")
     ap.add_argument("--ways", type=int, default=10, help="training episodes' ways")
     ap.add_argument("--shots", type=int, default=5, help="training episodes' shots")
+    ap.add_argument("--extra-corpora", nargs="*", default=[], help="also train on these quality-suite corpora's "
+                    "training classes (benchmarks/corpora.py builds them)")
+    ap.add_argument("--extra-share", type=float, default=0.5, help="the share of training episodes drawn from them")
     ap.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the trained weights")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    cfg = load_config("configs/default.yaml", ["run.progress=false"])
-    exp = prepare_experiment(cfg)
-    cache, first = open_cache(Path(exp.prefix["path"])), exp.prefix["layers"]
-    model = build_model(cfg, exp.vocab_size, cfg.data.ways).float()
+    probe = default_probe()
+    exp, model = probe.exp, probe.model
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = args.dropout
-    by_class = exp.data.rows_by_class()
-    sections = [by_class[c] for c in exp.split.train]
-    val = [by_class[c] for c in exp.split.val]
+    sections, val = probe.classes("train"), probe.classes("val")
     cats = category_classes(np.concatenate(sections), exp.data.texts) if args.episodes != "sections" else []
-    trained = [p for n, p in model.named_parameters() if n.startswith(("layers.4.", "layers.5."))]
+    extra = [default_probe(corpus_overrides(c, corpora_dir())) for c in args.extra_corpora]
+    for other in extra:
+        other.model = model  # one encoder; each corpus its own prefix cache and rows
+    trained = probe.trained
     log_t = torch.nn.Parameter(torch.tensor(math.log(args.temperature)))
     opt = torch.optim.Adam([*trained, log_t], lr=args.lr)
     ema = [p.detach().clone() for p in trained]
 
-    def embed(rows: np.ndarray, train: bool) -> Tensor:
-        x = cache.batch(exp.corpus.global_rows(0, rows))
-        mask = (x != 0).any(-1)
-        for layer in model.layers[first:]:
-            torch.nn.Module.train(layer, train)  # HFEncoder.train() pins eval mode; the layers take it
-        return F.normalize(masked_mean(model.run_layers(x, mask, first), mask), dim=-1)
-
-    def episode(rng, classes, ways: int, shots: int, queries: int) -> tuple[Tensor, Tensor]:
-        picks = [rng.choice(classes[c], shots + queries, replace=False) for c in rng.choice(len(classes), ways, False)]
-        support = np.concatenate([p[:shots] for p in picks])
-        query = np.concatenate([p[shots:] for p in picks])
-        return support, query
-
-    def loss_acc(support, query, ways, shots, queries, train, temperature) -> tuple[Tensor, float]:
-        e = embed(np.concatenate([support, query]), train)
+    def loss_acc(support, query, ways, shots, queries, train, temperature, source=probe) -> tuple[Tensor, float]:
+        e = source.embed(np.concatenate([support, query]), train)
         protos = F.normalize(e[:len(support)].view(ways, shots, -1).mean(1), dim=-1)
         logits = temperature * e[len(support):] @ protos.T
         y = torch.arange(ways).repeat_interleave(queries)
@@ -147,9 +136,12 @@ def main() -> None:
         opt.zero_grad()
         for i in range(META_BATCH):
             use_cats = args.episodes == "categories" or (args.episodes == "mixed" and i % 2)
-            classes, queries = (cats, 5) if use_cats else (sections, QUERIES)
+            classes, queries, source = (cats, 5, probe) if use_cats else (sections, QUERIES, probe)
+            if extra and rng.random() < args.extra_share:
+                source = extra[rng.integers(len(extra))]
+                classes = source.classes("train")
             support, query = episode(rng, classes, args.ways, args.shots, queries)
-            loss = loss_acc(support, query, args.ways, args.shots, queries, True, log_t.exp())[0]
+            loss = loss_acc(support, query, args.ways, args.shots, queries, True, log_t.exp(), source)[0]
             (loss / META_BATCH).backward()
         opt.step()
         with torch.no_grad():
