@@ -13,7 +13,7 @@ the from-scratch initialisation), every meta-test also scores:
   whose prototypes the episode's unlabelled queries refine by soft k-means
   (:func:`transductive_accuracy`); the meta-trained encoder is scored the same way.
 
-All three run batched over episodes (``[T, N, D]`` features) with no Python loop per episode.
+All of them run batched over episodes (``[T, N, D]`` features) with no Python loop per episode.
 """
 from __future__ import annotations
 
