@@ -1,8 +1,10 @@
-"""``distmeta train | eval | tune | grid``: the command-line front door.
+"""``distmeta train | eval | config | tune | grid``: the command-line front door.
 
-``distmeta <command> --help`` lists each command's flags; ``main(argv)`` runs one from Python
-and returns its exit status (0 done, 1 finished with failed trials or no results, 2 a
-DistmetaError such as a bad config, 130 interrupted).
+``distmeta`` alone prints the help, ``distmeta --version`` the version, ``distmeta <command>
+--help`` each command's flags (every one has a help text: ``tests/test_cli.py`` walks
+the parsers). ``main(argv)`` runs one from Python and returns its exit status (0 done, 1
+finished with failed trials or no results, 2 a DistmetaError such as a bad config, 130
+interrupted).
 """
 from __future__ import annotations
 
@@ -11,13 +13,17 @@ import json
 import sys
 from pathlib import Path
 
+from distmeta import __version__
 from distmeta.errors import DistmetaError
 from distmeta.files import CONFIG_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distmeta", description="Distributed meta-learning for few-shot NLP")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="distmeta", description="Distributed meta-learning for few-shot NLP "
+                                "(README.md; every config key: docs/config.md)")
+    p.add_argument("--version", action="version", version=f"distmeta {__version__}",
+                   help="print distmeta's version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="meta-train a configuration, then meta-test it")
     t.add_argument("--config", help="YAML config (default: the embedded default, configs/default.yaml)")
@@ -32,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="meta-test a checkpoint on held-out classes")
     e.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ or one step_* directory "
                    "(a path or a URI such as s3://bucket/run)")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="which classes to draw the episodes from (default: test, the held-out classes)")
     e.add_argument("--episodes", type=int, default=None, help="episodes per setting (default eval.episodes)")
     e.add_argument("--settings", default=None, help="comma-separated WAYSxSHOTS, e.g. 5x1,5x5 (default eval.settings)")
     e.add_argument("--no-baseline", action="store_true", help="skip the before-meta-training baseline")
@@ -41,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="take ray.*, run.*, faults, workers and paths from the saved config too (only for runs "
                         "whose author you trust: see README, Security)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. workers=2)")
+
+    c = sub.add_parser("config", help="print the resolved config (YAML): the file, its overrides and the schema "
+                       "defaults, as distmeta train would run it")
+    c.add_argument("--config", help="YAML config (default: the embedded default, configs/default.yaml, or "
+                   "$DISTMETA_BASE_CONFIG)")
+    c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.ways=10")
 
     tu = sub.add_parser("tune", help="Ray Tune search over meta-training runs (configs/tune_*.yaml)")
     tu.add_argument("--config", required=True, help="tune YAML: base config, search_space, metric, scheduler, ...")
@@ -111,6 +124,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the config ``distmeta train`` would run with the same ``--config`` and overrides, every key resolved."""
+    from distmeta.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from ray.tune import TuneError
 
@@ -140,10 +161,15 @@ def _one_line_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `distmeta`: the help, not an argparse error
+        parser.print_help()
+        return 0
     _one_line_warnings()
+    commands = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "tune": cmd_tune, "grid": cmd_grid}
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "grid": cmd_grid}[args.command](args)
+        return commands[args.command](args)
     except DistmetaError as err:
         print(f"distmeta {args.command}: error: {err}", file=sys.stderr)
         return 2

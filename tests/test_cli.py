@@ -1,12 +1,16 @@
 """The command line and the Python front door, end to end on tiny data."""
 from __future__ import annotations
 
+import argparse
 import json
 
+import pytest
 import torch
+import yaml
 
 import distmeta
-from distmeta.cli import main
+from distmeta.cli import _parser, main
+from distmeta.config import BASE_CONFIG_ENV, RayConfig, load_config
 from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
 
 
@@ -87,3 +91,63 @@ def test_resume_from_a_step_directory_moved_out_of_its_run(tmp_path):
     assert a.step == c.step == 4
     for n in a.meta_params:
         assert torch.equal(a.meta_params[n], c.meta_params[n]), n
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``{command: parser}`` of every subcommand (argparse keeps them in its one _SubParsersAction)."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: sub for a in actions for name, sub in a.choices.items()}
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    """Walks the real parsers: an option added without ``help=`` fails here, naming the command and the option."""
+    root = _parser()
+    parsers = {"distmeta": root, **{f"distmeta {n}": p for n, p in _subparsers(root).items()}}
+    assert {"distmeta train", "distmeta eval", "distmeta config", "distmeta tune", "distmeta grid"} <= set(parsers)
+    missing = [f"{where}: {'/'.join(a.option_strings) or a.dest}"
+               for where, p in parsers.items() for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+               and (not a.help or a.help == argparse.SUPPRESS)]
+    assert not missing, f"options without a help text: {missing}"
+    commands = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)][0]._choices_actions
+    assert all(c.help for c in commands), "every command needs a one-line help in `distmeta --help`"
+
+
+def test_bare_distmeta_prints_the_help_not_an_error(capsys):
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert "usage: distmeta" in captured.out and "train" in captured.out and "config" in captured.out
+    assert "error" not in captured.err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"distmeta {distmeta.__version__}"
+
+
+def test_config_prints_the_resolved_config_that_train_would_run(tmp_path, capsys):
+    """The printed YAML is the whole config (schema defaults filled in), and loads back to the same Config."""
+    overrides = ["data.ways=7", "algorithm.inner_lr=0.05", f"run.dir={tmp_path / 'r'}"]
+    assert main(["config", "--config", "configs/sinusoid_maml.yaml", *overrides]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    want = load_config("configs/sinusoid_maml.yaml", overrides)
+    assert printed == want.model_dump(mode="json")
+    assert printed["data"]["ways"] == 7 and printed["algorithm"]["inner_lr"] == 0.05
+    assert printed["ray"]["step_timeout"] == RayConfig().step_timeout, "keys the file leaves out are printed too"
+    again = tmp_path / "resolved.yaml"
+    again.write_text(yaml.safe_dump(printed))
+    assert load_config(again) == want
+    assert not (tmp_path / "r").exists(), "printing a config creates no run directory"
+
+
+def test_config_without_a_file_resolves_the_base_config(capsys, monkeypatch):
+    monkeypatch.setenv(BASE_CONFIG_ENV, "configs/bag_protonet.yaml")
+    assert main(["config", "train.steps=5"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["name"] == "bag" and printed["train"]["steps"] == 5
+
+
+def test_config_with_a_bad_key_is_a_named_error(capsys):
+    assert main(["config", "algorithm.inner_lrr=0.1"]) == 2
+    assert "did you mean 'algorithm.inner_lr'" in capsys.readouterr().err
