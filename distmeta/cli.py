@@ -83,7 +83,7 @@ def _settings(text: str | None) -> list[tuple[int, int]] | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from distmeta.config import load_config
     from distmeta.runtime.driver import Trainer
-    from distmeta.runtime.storage import is_remote
+    from distmeta.runtime.storage import is_remote, redact_uri
 
     if args.resume:
         remote = is_remote(args.resume)  # s3://bucket/run: its config.yaml is read from there
@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     with Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite) as trainer:
         results = trainer.fit()
-    where = cfg.run.dir if is_remote(cfg.run.dir) else trainer.run_dir
+    where = redact_uri(cfg.run.dir) if is_remote(cfg.run.dir) else trainer.run_dir
     print(f"run directory: {where}  (results.json, metrics.jsonl, tensorboard/, checkpoints/)")
     return 0 if results else 1
 
@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except DistmetaError as err:
-        print(f"distmeta {args.command}: error: {err}", file=sys.stderr)
+        from distmeta.runtime.uris import redact_text
+
+        print(f"distmeta {args.command}: error: {redact_text(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the latest checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)

@@ -280,7 +280,9 @@ def save_to(location: RunLocation | None, run_dir: Path, ckpt: Any, keep: int) -
         return location.save_checkpoint(ckpt, keep=keep)
     except CheckpointError as e:
         kept = latest_checkpoint(run_dir)
-        where = location.display if location is not None else run_dir
+        from distmeta.runtime.storage import redact_uri
+
+        where = redact_uri(str(location.display)) if location is not None else run_dir
         raise CheckpointError(
             f"{e}; training stopped at step {ckpt.step}. The newest intact checkpoint is "
             f"{kept if kept is not None else 'none'}; fix the cause, then `distmeta train --resume {where}`"

@@ -7,9 +7,10 @@ is a :class:`Store`: the few operations a run needs (read, write, list, copy, de
 
 Credentials come from the environment, the way each client reads them (for S3:
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
-instance roles; ``AWS_ENDPOINT_URL`` for an S3-compatible server). A URI that carries them
-(``s3://key:secret@bucket``, ``?secret_key=``) is refused: it would end up in
-``config.yaml``, checkpoints and logs.
+instance roles; ``AWS_ENDPOINT_URL`` for an S3-compatible server). A URI may carry only the
+query keys of its scheme's allowlist and no user info but Azure's ``container@account``
+(:func:`~distmeta.runtime.uris.check_uri`): it ends up in ``config.yaml``, checkpoints, the
+lease and logs. Every message shows it through :func:`~distmeta.runtime.uris.redact_uri`.
 
 What a remote run works on lives in a local cache (:func:`cache_dir`): ``$DISTMETA_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/distmeta``, else ``~/.cache/distmeta``.
@@ -21,17 +22,12 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from distmeta.errors import DistmetaError
+from distmeta.runtime.uris import StorageError, check_uri, redact_text, redact_uri
 
-_SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 _CHUNK = 8 << 20
 _SERVER_COPY_MAX = 5 * 1024**3  # S3 CopyObject takes at most 5 GiB in one request
-
-
-class StorageError(DistmetaError):
-    """A storage URI is malformed, unreachable, or an operation on it failed; the message names the URI."""
 
 
 def is_remote(path: Any) -> bool:
@@ -61,17 +57,6 @@ def uri_name(uri: str) -> str:
     return uri.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
-def _check_no_credentials(uri: str) -> None:
-    parts = urlsplit(uri)
-    secrets = _SECRET_KEYS & set(parse_qs(parts.query))
-    if "@" in parts.netloc or secrets:
-        scheme = parts.scheme
-        raise StorageError(
-            f"storage URI {scheme}://... carries credentials ({'user info' if '@' in parts.netloc else sorted(secrets)}): "
-            f"they would be written into config.yaml, checkpoints and logs. Give them through the environment "
-            f"instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
-
-
 class Store:
     """A directory on a ``pyarrow.fs`` filesystem; every ``rel`` argument is a path relative to it.
 
@@ -82,12 +67,12 @@ class Store:
     def __init__(self, uri: str) -> None:
         import pyarrow.fs as pafs
 
-        _check_no_credentials(uri)
+        check_uri(uri)  # before the URI is used, stored or printed
         self.uri = uri.rstrip("/") if "?" not in uri else uri
         try:
             self.fs, root = pafs.FileSystem.from_uri(uri)
         except (ValueError, OSError, TypeError) as e:
-            raise StorageError(f"cannot open storage {uri}: {e}") from e
+            raise StorageError(f"cannot open storage {redact_uri(uri)}: {redact_text(str(e))}") from None
         self.root = root.rstrip("/")
 
     # ------------------------------------------------------------------ paths
@@ -96,7 +81,7 @@ class Store:
         return f"{self.root}/{rel.strip('/')}" if rel.strip("/") else self.root
 
     def uri_of(self, rel: str = "") -> str:
-        """The URI of ``rel``, for messages and for opening it again."""
+        """The URI of ``rel``, for opening it again (messages show it through :func:`redact_uri`)."""
         return join_uri(self.uri, rel)
 
     @classmethod
@@ -110,7 +95,7 @@ class Store:
         return Store._at(self.fs, self.path(rel), self.uri_of(rel))
 
     def _fail(self, what: str, rel: str, e: Exception) -> StorageError:
-        return StorageError(f"cannot {what} {self.uri_of(rel)}: {e}")
+        return StorageError(f"cannot {what} {redact_uri(self.uri_of(rel))}: {redact_text(str(e))}")
 
     # ------------------------------------------------------------------ reading
     def info(self, rel: str = "") -> tuple[str, int | None]:
@@ -247,13 +232,15 @@ def open_store(uri: str, check: bool = True) -> Store:
         The store.
 
     Raises:
-        StorageError: the URI is malformed, carries credentials, or its bucket is missing or unreachable.
+        StorageError: the URI is malformed, carries credentials (:func:`~distmeta.runtime.uris.check_uri`),
+            or its bucket is missing or unreachable.
     """
     store = Store(uri)
     if check:
         problem = _bucket_problem(store)
         if problem is not None:
-            raise StorageError(f"storage {uri}: {problem}. Check the URI, the credentials in the environment "
+            raise StorageError(f"storage {redact_uri(uri)}: {redact_text(problem)}. Check the URI, the credentials "
+                               f"in the environment "
                                f"(AWS_* / GOOGLE_APPLICATION_CREDENTIALS) and AWS_ENDPOINT_URL for an S3-compatible "
                                f"server")
     return store
@@ -287,4 +274,4 @@ def cache_dir(uri: str, kind: str = "runs") -> Path:
 
 
 __all__ = ["Store", "StorageError", "open_store", "is_remote", "local_path", "join_uri", "uri_name",
-           "cache_root", "cache_dir"]
+           "cache_root", "cache_dir", "check_uri", "redact_uri", "redact_text"]

@@ -28,6 +28,8 @@ from distmeta.errors import ConfigError
 S = TypeVar("S", bound=BaseModel)
 
 FILE_SOURCES = ("csv:", "json:", "jsonl:", "parquet:")
+#: Sweep keys that hold where results are stored (a path or a storage URI).
+STORAGE_KEYS = ("storage_path", "output_dir")
 
 
 def sweep_error(what: str, where: str, msg: str) -> ConfigError:
@@ -71,10 +73,34 @@ def load_sweep(path: str | Path | dict[str, Any], overrides: list[str] | None, m
             raise sweep_error(what, where, f"base: {err}") from None
     base_raw = apply_overrides(base, [*spec.overrides, *rest])
     try:
-        config_from_dict(base_raw)
+        cfg = config_from_dict(base_raw)
     except ConfigError as err:
         raise sweep_error(what, where, f"base: {err}") from None
+    stored = {key: getattr(spec, key) for key in STORAGE_KEYS if isinstance(getattr(spec, key, None), str)}
+    for key, value in {**stored, "base run.dir": cfg.run.dir}.items():
+        check_storage(value, key, what, where)
     return spec, base_raw, where
+
+
+def check_storage(value: str, key: str, what: str, where: str) -> None:
+    """Refuse a storage URI that carries credentials (:func:`~distmeta.runtime.uris.check_uri`) before Tune stores it.
+
+    Args:
+        value: a local path (accepted as it is) or a storage URI.
+        key: the sweep key that holds it, for the message.
+        what: the file kind for messages; where: the file's name.
+
+    Raises:
+        ConfigError: the URI has user info or a query key off its scheme's allowlist (value redacted).
+    """
+    from distmeta.runtime.storage import is_remote
+    from distmeta.runtime.uris import UriCredentialsError, check_uri
+
+    if is_remote(value):
+        try:
+            check_uri(value)
+        except UriCredentialsError as err:
+            raise sweep_error(what, where, f"{key}: {err}") from None
 
 
 def absolute_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -95,6 +121,16 @@ def absolute_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     if isinstance(model.get("path"), str) and not Path(model["path"]).is_absolute():
         model["path"] = str((root / model["path"]).resolve())
     return out
+
+
+def join_location(base: str, *parts: str) -> str:
+    """``base/parts``, joined as a URI when ``base`` is a storage URI (``s3://b/grids`` + ``ws`` -> ``s3://b/grids/ws``).
+
+    ``Path()`` would turn ``s3://b`` into ``s3:/b``, a local directory named ``s3:``.
+    """
+    from distmeta.runtime.storage import is_remote, join_uri
+
+    return join_uri(base, *parts) if is_remote(base) else str(Path(base, *parts))
 
 
 def one_line(err: ConfigError) -> str:
