@@ -5,7 +5,7 @@ A grid is described by a YAML file (``configs/grid_*.yaml``)::
     base: maml_icd10cm.yaml            # a distmeta config (path relative to this file) or a mapping
     overrides: [train.steps=300]
     name: ways_shots
-    output_dir: runs/grid              # experiment directory = output_dir/name
+    output_dir: runs/grid              # experiment directory = output_dir/name (or s3://bucket/grids)
     axes:                              # the cells are every combination, in this order
       data.ways: [3, 5]
       data.shots: [1, 5]
@@ -20,7 +20,9 @@ that cell alone. ``max_concurrent: 1`` with ``workers: 0`` cells runs them one a
 in this process, without Ray. A cell whose run directory already holds results for the same
 resolved config is reused, so rerunning a killed grid runs only the cells it had not finished.
 Written to the experiment directory: ``grid.csv``, ``grid.md`` (meta-test accuracy ± 95% CI
-per cell), ``grid.json`` and ``grid.png`` (:mod:`distmeta.sweeps.grid_report`)::
+per cell), ``grid.json`` and ``grid.png`` (:mod:`distmeta.sweeps.grid_report`). An ``output_dir``
+that is a storage URI is joined as a URI (``s3://b/grids`` -> cells in ``s3://b/grids/<name>/cells/<cell>``,
+each a remote ``run.dir``); the table is written to a private local cache and uploaded next to them::
 
     distmeta grid --config configs/grid_sinusoid.yaml episodes=50     # run_grid(path, ["episodes=50"])
 """
@@ -39,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from distmeta.config import Config, config_from_dict, dump_config, set_key
 from distmeta.errors import ConfigError
 from distmeta.files import CONFIG_FILE, RESULTS_FILE
-from distmeta.sweeps.common import load_sweep, one_line, sweep_error
+from distmeta.sweeps.common import join_location, load_sweep, one_line, sweep_error
 
 WHAT = "grid config"
 
@@ -105,9 +107,18 @@ class Grid:
         self.spec, self.cells, self.where = spec, cells, where
 
     @property
+    def experiment(self) -> str:
+        """``output_dir/name``: where the cells and the table go, a local path or a storage URI."""
+        return join_location(self.spec.output_dir, self.spec.name)
+
+    @property
     def experiment_path(self) -> Path:
-        """``output_dir/name``: where the table, plot and cells go."""
-        return Path(self.spec.output_dir) / self.spec.name
+        """The local directory the table and plot are written to: the experiment directory, or for a
+        storage URI its private local cache (:func:`~distmeta.runtime.storage.cache_dir`), uploaded by
+        :func:`run_grid`."""
+        from distmeta.runtime.storage import cache_dir, is_remote
+
+        return cache_dir(self.experiment, "grids") if is_remote(self.experiment) else Path(self.experiment)
 
 
 def _cell_raw(base_raw: dict[str, Any], values: dict[str, Any], spec: GridSpec, where: str) -> dict[str, Any]:
@@ -140,7 +151,7 @@ def load_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = N
         The validated :class:`Grid`.
     """
     spec, base_raw, where = load_sweep(path, overrides, GridSpec, WHAT)
-    exp = Path(spec.output_dir) / spec.name
+    exp = join_location(spec.output_dir, spec.name)
     cells: list[Cell] = []
     keys = list(spec.axes)
     for combo in itertools.product(*(spec.axes[k] for k in keys)):
@@ -152,7 +163,7 @@ def load_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = N
             what = ", ".join(f"{k}={v!r}" for k, v in values.items())
             raise sweep_error(WHAT, where, f"axes: the cell {what}: {one_line(err)}") from None
         cell = Cell(values, cfg)
-        cell.cfg = config_from_dict(set_key(raw, "run.dir", str(exp / "cells" / cell.name)))
+        cell.cfg = config_from_dict(set_key(raw, "run.dir", join_location(exp, "cells", cell.name)))
         cells.append(cell)
     if len({c.name for c in cells}) != len(cells):
         raise sweep_error(WHAT, where, "axes: two cells get the same name; make the values distinct")
@@ -183,11 +194,18 @@ def _cell_result(cell: Cell, results: dict[str, Any], run: dict[str, Any] | None
 
 
 def _cached(cell: Cell) -> dict[str, Any] | None:
-    run = Path(cell.cfg.run.dir)
+    from distmeta.runtime.storage import StorageError, is_remote, open_store
+
+    run = cell.cfg.run.dir
     try:
-        if (run / CONFIG_FILE).read_text() == dump_config(cell.cfg):
-            return json.loads((run / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
+        if is_remote(run):
+            store = open_store(run, check=False)
+            read = lambda name: store.read_bytes(name).decode("utf-8")  # noqa: E731
+        else:
+            read = lambda name: (Path(run) / name).read_text()  # noqa: E731
+        if read(CONFIG_FILE) == dump_config(cell.cfg):
+            return json.loads(read(RESULTS_FILE))
+    except (OSError, ValueError, StorageError):
         return None
     return None
 
@@ -258,7 +276,7 @@ def _run_trials(grid: Grid, cells: list[Cell]) -> dict[str, dict[str, Any]]:
     try:
         check_cells_fit(Grid(grid.spec, cells, grid.where))
         return run_cell_trials({c.name: c.cfg for c in cells}, resources(grid.spec), grid.spec.max_concurrent,
-                               grid.experiment_path)
+                               grid.experiment)
     finally:
         session.close()
 
@@ -267,8 +285,11 @@ def run_cells(grid: Grid) -> list[dict[str, Any]]:
     """Train and meta-test every cell not finished yet (concurrently, see the module); one row per cell, in order."""
     cached = {c.name: r for c in grid.cells if (r := _cached(c)) is not None}
     todo = [c for c in grid.cells if c.name not in cached]
-    for name in cached:
-        print(f"[grid] {name}: reused {grid.experiment_path / 'cells' / name}", flush=True)
+    from distmeta.runtime.storage import redact_uri
+
+    for cell in grid.cells:
+        if cell.name in cached:
+            print(f"[grid] {cell.name}: reused {redact_uri(cell.cfg.run.dir)}", flush=True)
     ran = {} if not todo else _run_here(todo) if in_process(grid, todo) else _run_trials(grid, todo)
     rows = []
     for cell in grid.cells:
@@ -283,8 +304,10 @@ def run_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = No
     """Validate the grid, run its cells, write the table (and plot), print the Markdown table.
 
     Returns:
-        ``{"rows": one dict per cell, "files": {"csv", "md", "json"[, "png"]: Path}, "experiment": Path}``.
+        ``{"rows": one dict per cell, "files": {"csv", "md", "json"[, "png"]: Path}, "experiment": Path}``
+        (local paths; for a storage URI ``output_dir`` the files are uploaded to :attr:`Grid.experiment` too).
     """
+    from distmeta.runtime.storage import is_remote, open_store, redact_uri
     from distmeta.sweeps.grid_report import PLOT_FILE, plot, write_table
 
     grid = load_grid(path, overrides)
@@ -295,6 +318,11 @@ def run_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = No
         files["png"] = plot(grid, rows, out / PLOT_FILE)
     print(files["md"].read_text(), flush=True)
     print(f"wrote {', '.join(str(p) for p in files.values())}", flush=True)
+    if is_remote(grid.experiment):  # next to the cells
+        store = open_store(grid.experiment, check=False)
+        for local in files.values():
+            store.upload(local, local.name)
+        print(f"uploaded them to {redact_uri(grid.experiment)}", flush=True)
     return {"rows": rows, "files": files, "experiment": out}
 
 

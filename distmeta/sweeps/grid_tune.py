@@ -93,14 +93,14 @@ def default_concurrency(cfgs: list[Config], resources: GridResources) -> int:
 
 
 def run_cell_trials(cells: dict[str, Config], resources: GridResources, max_concurrent: int | None,
-                    storage: Path) -> dict[str, dict[str, Any]]:
+                    storage: str | Path) -> dict[str, dict[str, Any]]:
     """Run the cells as Tune trials on the connected Ray, at most ``max_concurrent`` at once.
 
     Args:
         cells: the cells to run, by name, with their resolved configs.
         resources: each trial's driver bundle and placement strategy.
         max_concurrent: the most trials at once; None: :func:`default_concurrency`.
-        storage: the grid's experiment directory (Tune's files go to ``storage/tune``).
+        storage: the grid's experiment directory, a path or a storage URI (Tune's files go to ``storage/tune``).
 
     Returns:
         Per cell name: ``{"results": the run's results, "started", "ended": epoch seconds, "node",
@@ -111,7 +111,10 @@ def run_cell_trials(cells: dict[str, Config], resources: GridResources, max_conc
     """
     from ray import tune
 
+    from distmeta.runtime.storage import is_remote
+
     cfgs = dict(cells)
+    storage_path = str(storage) if is_remote(storage) else str(Path(storage).resolve())
     limit = max_concurrent or default_concurrency(list(cfgs.values()), resources)
     print(f"[grid] {len(cfgs)} cells as Ray Tune trials, {limit} at a time", flush=True)
     fn = tune.with_parameters(cell_trainable, cfgs=cfgs, cwd=os.getcwd())
@@ -120,7 +123,7 @@ def run_cell_trials(cells: dict[str, Config], resources: GridResources, max_conc
         fn, param_space={CELL_KEY: tune.grid_search(list(cfgs))},
         tune_config=tune.TuneConfig(max_concurrent_trials=limit, reuse_actors=True,
                                     trial_dirname_creator=lambda t: f"{t.config[CELL_KEY][:80]}_{t.trial_id}"),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(Path(storage).resolve()), verbose=0,
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     out: dict[str, dict[str, Any]] = {}
