@@ -13,18 +13,28 @@ to Ray like ``distmeta train``, checks that one trial's placement group fits the
 one that may autoscale), runs the trials (:mod:`distmeta.sweeps.trial`) and writes
 ``best.json`` and ``best_config.yaml`` (the best trial's resolved config) to the experiment
 directory. Diverged trials are results (``diverged_trials`` in the summary), not failures.
+
+Where Tune stores (``storage_path``) is trusted: ``Tuner.restore`` (``--resume``) unpickles the
+experiment state it finds there, so whoever can write it can run code in this process. A local
+``storage_path`` is checked private (:func:`~distmeta.security.check_private_dir`); a storage URI
+cannot be checked, so keep that bucket or prefix writable by you alone. The best trial's
+checkpoint is meta-tested in a local copy, verified by its manifest; its config is taken whole
+only from private local storage. From a URI it goes through the refusal path of a foreign
+checkpoint (:func:`~distmeta.security.config_from_saved`): data and model locations are the
+search's own, and a location the search does not name is refused (``test_source`` says why).
 """
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from distmeta.config import config_from_dict, dump_config, set_key
 from distmeta.errors import DistmetaError
-from distmeta.runtime.storage import join_uri
+from distmeta.runtime.storage import join_uri, redact_uri
 from distmeta.sweeps.search import BASE_KEY, Search, load_search
 from distmeta.sweeps.trial import (
     meta_test_metrics,
@@ -79,7 +89,7 @@ def build_tuner(search: Search, callbacks: list[Any] | None = None, resume: bool
     if resume:
         path = str(search.experiment_path) if search.local_storage else f"{spec.storage_path.rstrip('/')}/{spec.name}"
         if not tune.Tuner.can_restore(path):
-            raise DistmetaError(f"--resume: no Tune experiment to restore at {path}")
+            raise DistmetaError(f"--resume: no Tune experiment to restore at {redact_uri(path)}")
         return tune.Tuner.restore(path, trainable=fn, param_space=search.param_space(),
                                   resume_unfinished=True, resume_errored=True)
     pbt = spec.scheduler.name == "pbt"
@@ -110,16 +120,45 @@ def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
         return {}, "none"
     from distmeta.runtime.driver import Trainer
 
+    from distmeta.security import UntrustedConfigError
+
     # Evaluated in a scratch copy: preparing the experiment writes its split and tokenizer into the run
     # directory, and Tune's stored checkpoint is not ours to write.
     with best.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dmbest") as tmp:
         run = Path(tmp) / "best"
         shutil.copytree(d, run)
         over = ["workers=0", "run.progress=false"]
-        # This search's own trial (storage_path is checked private by run_search): its data paths are ours.
-        with Trainer.from_checkpoint(run, over, trust_config=True) as trainer:
-            results = trainer.evaluate(split="test", episodes=search.spec.test_episodes, baseline=False)
+        # Local storage is checked private by run_search: the trial is this search's own, its paths ours.
+        # Remote storage cannot be checked: its config is a foreign one, with the search's own locations.
+        trust = search.local_storage
+        try:
+            with Trainer.from_checkpoint(run, over + ([] if trust else own_locations(search.base)),
+                                         trust_config=trust) as trainer:
+                results = trainer.evaluate(split="test", episodes=search.spec.test_episodes, baseline=False)
+        except UntrustedConfigError as err:
+            warnings.warn(f"the best trial was not meta-tested: {err}", stacklevel=2)
+            return {}, f"refused: {err}"
     return meta_test_metrics(results), "checkpoint"
+
+
+def own_locations(base: dict[str, Any]) -> list[str]:
+    """``key=value`` overrides for every data and model location of the search's own base config.
+
+    A location inside a list (``data.mixture.0.source``) is given as its whole list. Where and how
+    to run (:data:`~distmeta.security.USER_KEYS`) is the caller's anyway, so it is left out.
+    """
+    from distmeta.security import USER_KEYS, locations
+
+    out: dict[str, Any] = {}
+    for path, _ in locations(base):
+        if path[0] in USER_KEYS:
+            continue
+        cut = next((i for i, part in enumerate(path) if part.isdigit()), len(path))
+        node: Any = base
+        for part in path[:cut]:
+            node = node[part]
+        out[".".join(path[:cut])] = node
+    return [f"{key}={json.dumps(value)}" for key, value in out.items()]
 
 
 def summarise(search: Search, grid: Any, out_dir: Path | None = None) -> dict[str, Any]:
@@ -149,7 +188,8 @@ def summarise(search: Search, grid: Any, out_dir: Path | None = None) -> dict[st
     test, test_source = _best_test(search, best)
     cfg = config_from_dict(set_key(trial_config(best.config), "run.dir", f"runs/{search.spec.name}-best"))
     summary = {
-        "experiment": str(search.experiment_path), "metric": search.metric, "mode": search.spec.mode,
+        "experiment": str(search.experiment_path) if search.local_storage
+        else redact_uri(join_uri(search.spec.storage_path, search.spec.name)), "metric": search.metric, "mode": search.spec.mode,
         "best_trial": best.metrics.get("trial_id"), "best_value": best.metrics.get(search.metric),
         "best_step": best.metrics.get("step"), "best_params": {k: v for k, v in best.config.items() if k != BASE_KEY},
         "test": test, "test_source": test_source, "trials": len(grid), "errored_trials": len(errors),
