@@ -205,8 +205,8 @@ class RayConfig(_Section):
     max_retries: int = Field(3, ge=0, description="re-runs per block of groups before the step fails naming the actors")
     shared_memory: bool = Field(
         True, description="actors on the driver's node read the meta-parameters from, and write their gradients "
-        "to, files in /dev/shm instead of Ray's object store (a fixed cost per object whatever its size; the README's "
-        "benchmark measures both)")
+        "to, files in /dev/shm instead of Ray's object store (a fixed cost per object whatever its size; "
+        "benchmarks/ray_scaling.py measures both)")
     compiled_graph: bool | Literal["auto"] = Field(
         "auto", description="send each step through a Ray Compiled Graph when every actor is on the driver's node "
         "(shared-memory channels: a faster round trip than an actor call, but each idle actor keeps a CPU core "
