@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,69 @@ def test_your_own_data_runs_as_written_in_order(tmp_path):
         assert evaluated["test"][name]["episodes"] == 1000, name
         # chance is 20 %: the meta-trained bag separates these toy topics well above it
         assert trained["test"][name]["accuracy"] > 0.35 and evaluated["test"][name]["accuracy"] > 0.35, name
+
+
+def _commands(text: str) -> list[list[str]]:
+    """Each command of the ```bash blocks of ``text`` as argv words (continuation lines joined, comments cut,
+    pipelines and lists split into their commands)."""
+    out = []
+    for block in fenced(text, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            segment: list[str] = []
+            for word in [*shlex.split(line, comments=True), ";"]:  # one command per pipeline or list member
+                if word in ("|", "&&", "||", ";", ">"):
+                    out += [segment] if segment else []
+                    segment = []
+                else:
+                    segment.append(word)
+    return out
+
+
+def test_every_readme_command_parses_and_its_config_loads(monkeypatch):
+    """The commands the README does not run here (minutes or a cluster) at least parse and load their configs."""
+    from distmeta.cli import _parser
+    from distmeta.config import load_config
+    from distmeta.sweeps.grid import load_grid
+    from distmeta.sweeps.search import load_search
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("DISTMETA_BASE_CONFIG", raising=False)  # the README's commands see the embedded default
+    checked = {"make": 0, "train": 0, "eval": 0, "config": 0, "tune": 0, "grid": 0}
+    for words in _commands(README.read_text()):
+        if words[:2] == ["make", "train"]:
+            opts = dict(w.split("=", 1) for w in words[2:])
+            load_config(opts.get("CONFIG", "configs/default.yaml"), shlex.split(opts.get("ARGS", "")))
+            checked["make"] += 1
+            continue
+        if words[0] != "distmeta" and not (words[0].startswith("RAY_ADDRESS=") and words[1] == "distmeta"):
+            continue
+        argv = [w.replace("$ENCODER", str(ROOT)) for w in words[words.index("distmeta") + 1:]]
+        args = _parser().parse_args(argv)
+        if args.command in ("train", "config"):
+            load_config(args.config, args.overrides)
+        elif args.command == "tune":
+            load_search(args.config, args.overrides)
+        elif args.command == "grid":
+            load_grid(args.config, args.overrides)
+        checked[args.command] += 1
+    assert all(checked.values()), f"the README shows every kind of command: {checked}"
+
+
+def _anchors(md: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    heads = re.findall(r"^#+ (.+)$", md.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_links_in_the_readme_and_docs_resolve():
+    """Every relative link of README.md and docs/*.md names a file that exists, and a heading that exists."""
+    broken = []
+    for md in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", md.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (md.parent / path).resolve() if path else md
+            if not where.exists() or (anchor and where.suffix == ".md" and anchor not in _anchors(where)):
+                broken.append(f"{md.relative_to(ROOT)}: {target}")
+    assert not broken, f"broken links: {broken}"
