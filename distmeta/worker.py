@@ -8,6 +8,7 @@ and a GPU box without Ray all run exactly this code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -98,10 +99,11 @@ class Worker:
 
         path = Path(spec["path"])
         layers = int(spec["layers"])
-        if (path / "meta.json").is_file():
-            cache = open_cache(path)
-        else:
-            cache = open_or_build(self.module, layers, corpus, np.asarray(spec["rows"]), path.parent, progress=False)
+        try:
+            cache = open_cache(path)  # checked against its manifest and checksums first
+        except OSError:  # not on this node, or not what it claims to be: built (or rebuilt) here as the driver does
+            builder = copy.deepcopy(self.module).to(torch.float32)
+            cache = open_or_build(builder, layers, corpus, np.asarray(spec["rows"]), path.parent, progress=False)
         self.module.prefix_layers = layers
         return cache
 

@@ -9,13 +9,16 @@ page cache holds one copy per node whatever the number of actors; training and
 evaluation then run only the trainable suffix.
 
 Files live in ``model.cache_dir`` (default ``$DISTMETA_CACHE_DIR/prefix`` or
-``~/.cache/distmeta/prefix``) under a key made from the prefix's parameters, the token ids
-and the row set, so a second run (or another actor on the node) reuses it; concurrent
-builders on a node serialise on a lock file and the loser just opens the result.
+``~/.cache/distmeta/prefix``), a private root (:mod:`distmeta.caches`: 0600 files in 0700
+folders), under a key made from the prefix's parameters, the model's config, the parameters'
+dtype, the torch and transformers versions, the token ids and the row set, so a second run
+(or another actor on the node) reuses it; concurrent builders on a node serialise on a lock
+file (never followed through a symlink) and the loser just opens the result. Each entry's
+``meta.json`` records what it was built from and its files' checksums; an entry that does not
+match is rebuilt, never used.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -29,13 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distmeta import caches
 from distmeta.config import Config
 from distmeta.models.hf import HFEncoder
 
 if TYPE_CHECKING:
     from distmeta.text.corpus import TokenCorpus
 
-STATES, OFFSETS, META = "states.npy", "offsets.npy", "meta.json"
+STATES, OFFSETS, META = "states.npy", "offsets.npy", caches.MANIFEST
+FORMAT = "prefix-v2"
 
 
 def default_cache_dir(cfg: Config) -> Path:
@@ -99,11 +104,27 @@ def _as_corpus(token_ids: "TokenCorpus | np.ndarray") -> "TokenCorpus":
     return token_ids if isinstance(token_ids, TokenCorpus) else TokenCorpus.from_padded(np.asarray(token_ids))
 
 
+def model_identity(module: HFEncoder) -> dict[str, str]:
+    """What besides the weights decides the prefix's outputs: the model's config, the dtype, library versions.
+
+    The config is transformers' own ``to_dict()`` without where it was loaded from (a copied model
+    keeps its cache); a changed ``hidden_act`` or ``layer_norm_eps`` gives another key.
+    """
+    config = getattr(module, "config", None)
+    raw = config.to_dict() if hasattr(config, "to_dict") else {}
+    raw = {k: v for k, v in raw.items() if k not in ("_name_or_path", "transformers_version")}
+    dtypes = sorted({str(t.dtype) for t in module.state_dict().values() if t.is_floating_point()})
+    return {"config_sha256": hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest(),
+            "dtype": ",".join(dtypes), **caches.library_versions("torch", "transformers")}
+
+
 def cache_key(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.ndarray", rows: np.ndarray) -> str:
-    """Identity of a cache: the prefix's parameters and buffers, the padded token ids of ``rows``, the layer count."""
+    """Identity of a cache: the prefix's parameters and buffers, :func:`model_identity`, the padded token ids of
+    ``rows``, the layer count."""
     corpus = _as_corpus(token_ids)
     h = hashlib.sha256()
-    h.update(f"v1:{layers}:{module.pooling}".encode())
+    h.update(f"{FORMAT}:{layers}:{module.pooling}".encode())
+    h.update(json.dumps(model_identity(module), sort_keys=True).encode())
     prefix = ("embeddings.",) + tuple(f"layers.{i}." for i in range(layers))
     for name, t in sorted(module.state_dict().items()):
         if name.startswith(prefix):
@@ -115,11 +136,38 @@ def cache_key(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.ndarr
     return h.hexdigest()[:24]
 
 
+def cache_problem(path: Path, built_from: dict[str, object] | None = None) -> str | None:
+    """Why the cache entry ``path`` cannot be used (None when it can): its manifest, checksums and shapes.
+
+    Args:
+        path: the entry (``<cache_dir>/<key>``); its name is the key it must record.
+        built_from: what the caller expects it was built from (None: whatever the entry records).
+    """
+    problem = caches.manifest_problem(path, path.name, built_from)
+    if problem is not None:
+        return problem
+    record = caches.read_manifest(path) or {}
+    states = np.load(path / STATES, mmap_mode="r")
+    offsets = np.load(path / OFFSETS, mmap_mode="r")
+    if states.dtype != np.float32 or states.ndim != 2 or offsets.ndim != 1 or int(offsets[-1]) != len(states) \
+            or list(states.shape) != record.get("states_shape"):
+        return "its arrays do not have the recorded shapes"
+    return None
+
+
 def open_cache(path: Path) -> PrefixCache:
-    """Map a finished cache directory read-only."""
-    meta = json.loads((path / META).read_text())
+    """Map a finished cache directory read-only, after checking it (:func:`cache_problem`).
+
+    Raises:
+        OSError: the entry does not verify (a caller rebuilds it with :func:`open_or_build`).
+    """
+    problem = cache_problem(path)
+    if problem is not None:
+        raise OSError(f"prefix cache {path}: {problem}")
+    meta = caches.read_manifest(path) or {}
     states = np.load(path / STATES, mmap_mode="r")
     offsets = np.load(path / OFFSETS)
+    caches.mark_used(path)
     return PrefixCache(path, int(meta["layers"]), states, offsets)
 
 
@@ -160,32 +208,39 @@ def open_or_build(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.n
         layers: prefix length (>= 1).
         token_ids: the whole corpus: a :class:`~distmeta.text.corpus.TokenCorpus`, or ``[rows, L]`` padded ids (0 = pad).
         rows: the rows to cache (those of the run's classes).
-        cache_dir: directory of caches; created if missing.
+        cache_dir: directory of caches; created if missing, and refused when another user could write there.
     Returns:
         The mapped cache; its ``nbytes`` is what the node holds for it.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    root = caches.prepare_root(cache_dir, "prefix cache (model.cache_dir)")
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     corpus = _as_corpus(token_ids)
-    path = cache_dir / cache_key(module, layers, corpus, rows)
-    if (path / META).is_file():
-        return open_cache(path)
-    with open(cache_dir / f"{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this node may be building it
-        if (path / META).is_file():
-            return open_cache(path)
-        tmp = cache_dir / f".{path.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    key = cache_key(module, layers, corpus, rows)
+    path = root / key
+    built_from = {"format": FORMAT, "layers": layers, "rows": int(len(rows)), "corpus_rows": len(corpus),
+                  "pooling": module.pooling, **model_identity(module)}
+    with caches.locked(root / f"{key}.lock"):  # another process on this node may be building it
+        if path.exists():
+            problem = cache_problem(path, built_from)
+            if problem is None:
+                return open_cache(path)
+            caches.discard(path, problem, "prefix cache")
+        tmp = caches.tmp_dir(root, key)
         t0 = time.perf_counter()
         try:
             _compute(module, layers, corpus, rows, tmp, batch, progress)
-            (tmp / META).write_text(json.dumps({"layers": layers, "rows": int(len(rows)),
-                                                "build_s": round(time.perf_counter() - t0, 3)}))
-            os.replace(tmp, path)  # published whole or not at all
+            shape = list(np.load(tmp / STATES, mmap_mode="r").shape)
+            caches.write_manifest(tmp, key, built_from, [STATES, OFFSETS], layers=layers, states_shape=shape,
+                                  build_s=round(time.perf_counter() - t0, 3))
+            caches.seal(tmp)
+            try:
+                os.replace(tmp, path)  # published whole or not at all
+            except OSError:  # published by a builder that held a pruned lock file's inode: keep theirs
+                if not path.is_dir():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return open_cache(path)
 
 
-__all__ = ["PrefixCache", "cache_key", "default_cache_dir", "frozen_prefix_layers", "open_cache", "open_or_build"]
+__all__ = ["PrefixCache", "cache_key", "cache_problem", "model_identity", "default_cache_dir", "frozen_prefix_layers", "open_cache", "open_or_build"]

@@ -9,7 +9,10 @@ tokenizer and ``max_length``, so a second run (or another run on the same corpus
 memory-maps it instead of tokenising again. Neither the texts nor the ids are ever held as
 Python objects or padded arrays for the whole corpus.
 
-Files live in ``$DISTMETA_CACHE_DIR/tokens`` (default ``~/.cache/distmeta/tokens``).
+Files live in ``$DISTMETA_CACHE_DIR/tokens`` (default ``~/.cache/distmeta/tokens``), a private
+root (:mod:`distmeta.caches`); each entry's ``meta.json`` records what it was built from (corpus
+fingerprint, rows, tokenizer hash, ``max_length``, dtype, library versions) and its files'
+checksums, checked on open: an entry that does not match is rebuilt, never used.
 """
 from __future__ import annotations
 
@@ -18,16 +21,16 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from distmeta import caches
 from distmeta.text.corpus import TokenCorpus, id_dtype, offset_dtype
 
-FORMAT = "tokens-v1"
-IDS, OFFSETS, META = "ids.npy", "offsets.npy", "meta.json"
+FORMAT = "tokens-v2"
+IDS, OFFSETS, META, TOKENIZER = "ids.npy", "offsets.npy", caches.MANIFEST, "tokenizer.json"
 ROWS_PER_PROCESS = 250_000  # corpora below this are tokenised in one process (a pool costs seconds to start)
 MAP_BATCH = 10_000
 
@@ -54,23 +57,40 @@ def as_text_column(texts: Sequence[str]) -> Any:
 
 
 def cached_tokenizer(key: str, train: Callable[[], Any], cache_dir: Path | None = None) -> Any:
-    """The tokenizer cached under ``key`` (``tokenizers/<key>.json``), else ``train()``'s, saved there for next time.
+    """The tokenizer cached under ``key`` (``tokenizers/<key>/tokenizer.json``), else ``train()``'s, saved there.
+
+    The entry records a hash of the tokenizer and the ``tokenizers`` version; one that does not
+    match (edited, truncated, another version) is retrained, never used.
 
     Args:
         key: identity of the training inputs (texts' fingerprints, rows, tokenizer settings).
         train: trains the tokenizer when the cache has none.
         cache_dir: where tokenizers live (default beside the token caches).
+    Returns:
+        The tokenizer.
     """
-    from distmeta.text.tokenizer import load_tokenizer, save_tokenizer
+    from distmeta.text.tokenizer import load_tokenizer
 
-    path = (Path(cache_dir) if cache_dir is not None else tokens_cache_dir().parent / "tokenizers") / f"{key}.json"
-    if path.is_file():
-        return load_tokenizer(path)
+    root = caches.prepare_root(Path(cache_dir) if cache_dir is not None else tokens_cache_dir().parent / "tokenizers",
+                               "tokenizer cache")
+    entry, built_from = root / key, caches.library_versions("tokenizers")
+    if entry.exists():
+        problem = caches.manifest_problem(entry, key, built_from)
+        if problem is None:
+            caches.mark_used(entry)
+            return load_tokenizer(entry / TOKENIZER)
+        caches.discard(entry, problem, "tokenizer cache")
     tok = train()
+    tmp = caches.tmp_dir(root, key)
     try:
-        save_tokenizer(tok, path)
-    except OSError:  # an unwritable cache only costs the training next time
+        tok.save(str(tmp / TOKENIZER))
+        caches.write_manifest(tmp, key, built_from, [TOKENIZER])
+        caches.seal(tmp)
+        os.replace(tmp, entry)
+    except OSError:  # an unwritable cache, or another process published it first: only costs the training
         pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 
@@ -123,8 +143,25 @@ def _pack(mapped: Any, out: Path, rows: int, dtype: np.dtype) -> None:
 
 
 def open_tokens(path: Path, max_length: int) -> TokenCorpus:
-    """Map a finished token cache read-only."""
+    """Map a finished token cache read-only (see :func:`tokenize_corpus` for the checks done first)."""
     return TokenCorpus(np.load(path / IDS, mmap_mode="r"), np.load(path / OFFSETS, mmap_mode="r"), max_length)
+
+
+def _verified(path: Path, key: str, built_from: dict[str, Any], max_length: int) -> TokenCorpus | None:
+    """The cache entry ``path`` opened, when its manifest, checksums and shapes match; else it is discarded."""
+    problem = caches.manifest_problem(path, key, built_from)
+    corpus = None
+    if problem is None:
+        corpus = open_tokens(path, max_length)
+        rows = int(built_from["rows"])
+        if corpus.offsets.shape != (rows + 1,) or corpus.ids.shape != (int(corpus.offsets[-1]),) \
+                or corpus.ids.dtype.str != built_from["dtype"]:
+            problem, corpus = f"its arrays do not have the shapes of {rows} rows", None
+    if problem is not None:
+        caches.discard(path, problem, "token cache")
+        return None
+    caches.mark_used(path)
+    return corpus
 
 
 def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache_dir: Path | None = None) -> TokenCorpus:
@@ -134,9 +171,11 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
         tokenizer: an HF ``tokenizers.Tokenizer`` (``[PAD]`` = 0; its post-processor adds ``[CLS]``/``[SEP]``).
         texts: the corpus's texts: a :class:`~distmeta.data.labelled.TextColumn`, or any list of strings.
         max_length: tokens kept per row (the rest truncated); rows are padded to it when materialised.
-        cache_dir: where token caches live (default :func:`tokens_cache_dir`).
+        cache_dir: where token caches live (default :func:`tokens_cache_dir`); it must be private.
     Returns:
         The memory-mapped :class:`~distmeta.text.corpus.TokenCorpus`.
+    Raises:
+        DistmetaError: the cache directory belongs to another user or others can write to it.
     """
     column = as_text_column(texts)
     ds = column.dataset
@@ -144,26 +183,35 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
     dtype = id_dtype(tokenizer.get_vocab_size())
     key = hashlib.sha256(json.dumps([FORMAT, column.fingerprint(), max_length, dtype.str]).encode()
                          + tokenizer_json.encode()).hexdigest()[:24]
-    root = Path(cache_dir) if cache_dir is not None else tokens_cache_dir()
+    built_from = {"format": FORMAT, "corpus_sha256": column.fingerprint(), "rows": len(ds), "max_length": max_length,
+                  "dtype": dtype.str, "tokenizer_sha256": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
+                  **caches.library_versions("tokenizers", "datasets", "numpy")}
+    root = caches.prepare_root(Path(cache_dir) if cache_dir is not None else tokens_cache_dir(), "token cache")
     path = root / key
-    if (path / META).is_file():
-        return open_tokens(path, max_length)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    if path.exists():
+        found = _verified(path, key, built_from, max_length)
+        if found is not None:
+            return found
+    tmp = caches.tmp_dir(root, key)
     try:
-        _build(ds, column.column, tokenizer_json, key, max_length, dtype, tmp)
+        procs = _build(ds, column.column, tokenizer_json, key, max_length, dtype, tmp)
+        caches.write_manifest(tmp, key, built_from, [IDS, OFFSETS], procs=procs)
+        caches.seal(tmp)
         try:
             os.replace(tmp, path)  # published whole or not at all
-        except OSError:  # another process published it first: keep theirs
+        except OSError:  # another process published it first: keep theirs (checked below)
             if not (path / META).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return open_tokens(path, max_length)
+    found = _verified(path, key, built_from, max_length)
+    if found is None:
+        raise OSError(f"token cache {path}: the entry just published does not verify")
+    return found
 
 
-def _build(ds: Any, column: str, tokenizer_json: str, key: str, max_length: int, dtype: np.dtype, out: Path) -> None:
-    """Tokenise ``ds[column]`` with ``datasets.map`` into ``out`` (ids, offsets, meta)."""
+def _build(ds: Any, column: str, tokenizer_json: str, key: str, max_length: int, dtype: np.dtype, out: Path) -> int:
+    """Tokenise ``ds[column]`` with ``datasets.map`` into ``out`` (ids, offsets); returns the processes used."""
     import datasets
 
     procs = _procs(len(ds))
@@ -188,8 +236,7 @@ def _build(ds: Any, column: str, tokenizer_json: str, key: str, max_length: int,
     del mapped
     for f in out.glob("map*.arrow"):
         f.unlink()
-    (out / META).write_text(json.dumps({"format": FORMAT, "rows": len(ds), "max_length": max_length,
-                                        "dtype": dtype.name, "procs": procs}))
+    return procs
 
 
 __all__ = ["as_text_column", "cached_tokenizer", "open_tokens", "tokenize_corpus", "tokens_cache_dir"]
