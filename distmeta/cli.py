@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("overrides", nargs="*", metavar="key=value",
                     help="tune keys (num_samples=8, scheduler.max_t=4) or base-config keys (train.steps=500)")
 
+    ca = sub.add_parser("cache", help="list or prune distmeta's on-disk caches (token ids, tokenizers, prefix states)")
+    ca.add_argument("action", choices=["list", "prune"], help="list: entries, sizes, last use; prune: remove them")
+    ca.add_argument("--older-than", metavar="AGE", help="prune only entries unused for longer than AGE (30d, 12h, "
+                    "90m; a bare number is days); without it, prune removes every entry")
+    ca.add_argument("--root", help="the cache root (default $DISTMETA_CACHE_DIR, else ~/.cache/distmeta)")
+    ca.add_argument("--prefix-dir", help="a model.cache_dir to treat as the prefix cache (default ROOT/prefix)")
+
     g = sub.add_parser("grid", help="meta-train and meta-test every cell of a task-distribution grid (configs/grid_*.yaml)")
     g.add_argument("--config", required=True, help="grid YAML: base config and axes, e.g. data.ways x data.shots")
     g.add_argument("overrides", nargs="*", metavar="key=value", help="grid keys (name=..., episodes=...) or base-config keys")
@@ -153,6 +160,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from distmeta.cache_admin import run
+
+    print(run(args.action, args.root, args.prefix_dir, args.older_than))
+    return 0
+
+
 def _one_line_warnings() -> None:
     """Warnings as ``warning: message`` lines: a terminal user needs the message, not our source line."""
     import warnings
@@ -167,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _one_line_warnings()
-    commands = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "tune": cmd_tune, "grid": cmd_grid}
+    commands = {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "tune": cmd_tune, "grid": cmd_grid,
+                "cache": cmd_cache}
     try:
         return commands[args.command](args)
     except DistmetaError as err:
