@@ -202,15 +202,26 @@ class TrainTexts:
 
 
 def _tokenise(cfg: Config, c: int, src: Source, tokenizer: Any) -> Any:
-    """Source ``c``'s rows as a compact ragged corpus (tokenised once, then from the on-disk cache); a row that
-    encodes to no tokens is refused."""
+    """Source ``c``'s rows as a compact ragged corpus (tokenised once, then from the on-disk cache).
+
+    A row that encodes to nothing but the tokens the tokenizer adds to every text (``[CLS]``,
+    ``[SEP]``: as many as an empty text gets) is refused with its row number.
+    """
+    from distmeta.data.columns import rows_text
     from distmeta.text.tokenize import tokenize_corpus
 
     corpus = tokenize_corpus(tokenizer, src.data.texts, cfg.data.max_length)
-    if len(corpus) and corpus.lengths().min() == 0:
+    from tokenizers import Tokenizer
+
+    bare = Tokenizer.from_str(tokenizer.to_str())
+    bare.no_padding()
+    added = len(bare.encode("").ids)  # the special tokens of an empty text
+    empty = np.flatnonzero(corpus.lengths() <= added).tolist() if len(corpus) else []
+    if empty:
         where = f"data source {src.cfg.source!r}" if cfg.data.mixture is None else \
             f"data.mixture.{c} ({src.cfg.source})"
-        raise DataError(f"{where}: some texts encode to no tokens")
+        raise DataError(f"{where}: {len(empty)} texts encode to no token but the tokenizer's special tokens (rows "
+                        f"{rows_text(empty)}, counted from 0, e.g. {src.data.texts[empty[0]]!r}); remove or fix them")
     return corpus
 
 

@@ -67,6 +67,13 @@ class DataConfig(_Section):
     shots: int = Field(1, ge=1, description="K: labelled support examples per class")
     queries: int = Field(15, ge=1, description="query examples per class in meta-training and meta-validation")
     max_length: int = Field(32, ge=4, le=512, description="tokens per text at most (longer texts are cut)")
+    max_text_chars: int | None = Field(
+        100_000, ge=1, description="characters per text at most: a longer text is refused with its row "
+        "(tokenizer training time and memory grow with it); null: no cap")
+    max_word_chars: int | None = Field(
+        1_000, ge=1, description="characters per whitespace-separated word at most: a longer one is refused with "
+        "its row (WordPiece training slows faster than linearly with a word's length; WordPiece encodes a word "
+        "over 100 characters as [UNK] anyway); null: no cap")
     small_classes: Literal["error", "drop"] = Field(
         "error", description="classes with fewer than shots + queries examples: error (list them) | drop (warn "
         "with the count)")

@@ -39,8 +39,43 @@ def _hits(mask: pa.Array, start: int) -> list[int]:
     return (np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)) + start).tolist()
 
 
-def check_texts(ds: Any, column: str, where: str) -> None:
-    """Refuse a text column of non-strings, or with empty / whitespace-only / null texts."""
+#: What a text may hold and still be blank: whitespace, separators, control and format characters
+#: (``\x00``, zero-width spaces and joiners, the byte-order mark ``\ufeff``).
+INVISIBLE = r"[\s\p{Z}\p{Cc}\p{Cf}]+"
+
+
+def _long_word_rows(values: pa.Array, cap: int, start: int) -> list[int]:
+    """Rows of ``values`` holding a whitespace-separated word of more than ``cap`` characters."""
+    candidates = _hits(pc.greater(pc.utf8_length(values), cap), 0)  # only a longer text can hold a longer word
+    if not candidates:
+        return []
+    words = pc.utf8_split_whitespace(values.take(pa.array(candidates)))
+    long = pc.greater(pc.utf8_length(pc.list_flatten(words)), cap).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(words).to_numpy(zero_copy_only=False)
+    return sorted({candidates[i] + start for i in parents[long]})
+
+
+def _refuse_over(rows: list[int], ds: Any, column: str, where: str, what: str, field: str, cap: int) -> None:
+    if rows:
+        raise DataError(
+            f"{where}: {len(rows)} of {len(ds)} rows of column {column!r} have {what} than {field}={cap} characters "
+            f"(rows {rows_text(rows)}, counted from 0); shorten or split those texts, or raise {field}")
+
+
+def check_texts(ds: Any, column: str, where: str, max_chars: int | None = None,
+                max_word_chars: int | None = None) -> None:
+    """Refuse a text column of non-strings, blank or null texts, or texts over the length caps.
+
+    Args:
+        ds: the Dataset.
+        column: its text column.
+        where: the origin, for messages ("file '/x.csv'").
+        max_chars: most characters a text may have (``data.max_text_chars``); None: no cap.
+        max_word_chars: most characters of one whitespace-separated word (``data.max_word_chars``): tokenizer
+            training time grows faster than linearly with a word's length; None: no cap.
+    Raises:
+        DataError: naming the column, the rows (counted from 0) and the cap.
+    """
     kind = ds.features[column]
     dtype = getattr(kind, "dtype", None)
     if dtype not in ("string", "large_string", "null"):
@@ -52,16 +87,25 @@ def check_texts(ds: Any, column: str, where: str) -> None:
                     f"{where}: text column {column!r} holds {type(first).__name__} values, not strings "
                     f"({len(ds)} rows, e.g. row {valid[0]}: {first!r}); is data.text_column the right column?")
     empty: list[int] = []
+    long: list[int] = []
+    long_words: list[int] = []
     for start, values in _batches(ds, column):
         if pa.types.is_null(values.type):
             empty += list(range(start, start + len(values)))
             continue
-        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
+        blank = pc.equal(pc.utf8_length(pc.replace_substring_regex(values, INVISIBLE, "")), 0)
         empty += _hits(pc.or_kleene(values.is_null(), blank), start)
+        if max_chars is not None:
+            long += _hits(pc.greater(pc.utf8_length(values), max_chars), start)
+        if max_word_chars is not None:
+            long_words += _long_word_rows(values, max_word_chars, start)
     if empty:
         raise DataError(
-            f"{where}: {len(empty)} of {len(ds)} rows have an empty or null text in column {column!r} "
-            f"(rows {rows_text(empty)}, counted from 0)")
+            f"{where}: {len(empty)} of {len(ds)} rows have an empty or null text in column {column!r}, or one of "
+            f"only whitespace, control or invisible characters (rows {rows_text(empty)}, counted from 0)")
+    _refuse_over(long, ds, column, where, "more characters", "data.max_text_chars", max_chars or 0)
+    _refuse_over(long_words, ds, column, where, "a word (no whitespace) longer", "data.max_word_chars",
+                 max_word_chars or 0)
 
 
 def encode_labels(ds: Any, column: str, where: str) -> tuple[np.ndarray, list[str]]:

@@ -14,9 +14,11 @@ Sources:
 
 Texts come from ``data.text_column`` and labels from ``data.label_column``. Labels may
 be strings or integers; class names are ``str(label)`` and class ids follow the sorted
-names, so the same file always gives the same ids. Anything that could not make valid
-few-shot tasks (missing file or column, no rows, empty texts, null labels) is refused
-with a :class:`DataError` naming the file, column and rows.
+names, so the same file always gives the same ids. CSV columns are read as strings, never
+type-inferred (``007`` and ``7`` stay two classes); JSON and Parquet keep the types the file
+states. Anything that could not make valid few-shot tasks (missing file or column, no rows,
+blank texts, texts over ``data.max_text_chars`` or with a word over ``data.max_word_chars``,
+null labels) is refused with a :class:`DataError` naming the file, column and rows.
 """
 from __future__ import annotations
 
@@ -41,17 +43,18 @@ def load_source(cfg: DataConfig) -> LabelledText:
     datasets.disable_progress_bars()
     source = cfg.source
     kind, _, rest = source.partition(":")
+    caps = (cfg.max_text_chars, cfg.max_word_chars)
     if source == "icd10cm":
         from distmeta.data.icd10cm import load_icd10cm
 
-        return to_labelled(load_icd10cm(), "text", "label", source, where="the ICD-10-CM corpus")
+        return to_labelled(load_icd10cm(), "text", "label", source, where="the ICD-10-CM corpus", caps=caps)
     if kind == "hf" and rest:
         ds = _load_hf(rest, cfg.hf_config, cfg.hf_split)
-        return to_labelled(ds, cfg.text_column, cfg.label_column, source, where=f"HF dataset {rest!r}")
+        return to_labelled(ds, cfg.text_column, cfg.label_column, source, where=f"HF dataset {rest!r}", caps=caps)
     if kind in FILE_BUILDERS and rest:
         path = _check_file(rest)
         ds = _load_file(FILE_BUILDERS[kind], path)
-        return to_labelled(ds, cfg.text_column, cfg.label_column, source, where=f"file {str(path)!r}")
+        return to_labelled(ds, cfg.text_column, cfg.label_column, source, where=f"file {str(path)!r}", caps=caps)
     raise DataError(
         f"data.source={source!r} is not a text source; use icd10cm, hf:NAME, csv:PATH, json:PATH, "
         "jsonl:PATH or parquet:PATH (sinusoid is a regression family with no texts)"
@@ -73,12 +76,41 @@ def _check_file(raw: str) -> Path:
     return path
 
 
-def _load_file(builder: str, path: Path) -> Any:
-    """``datasets.load_dataset(builder, data_files=path, split="train")``, failures as DataError."""
+def _csv_features(path: Path) -> Any:
+    """Every column of a CSV file's header as a string feature, so no value is type-inferred.
+
+    Inference would read labels ``007`` and ``7`` (or ``1.0`` and ``1``) as one number, merging
+    two classes silently. None when the header cannot be read or repeats a name (then
+    ``datasets`` reads the file as it would without this, and reports what is wrong).
+    """
+    import csv
+
     import datasets
 
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not header or len(set(header)) != len(header):
+        return None
+    return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def _load_file(builder: str, path: Path) -> Any:
+    """``datasets.load_dataset(builder, data_files=path, split="train")``, failures as DataError.
+
+    CSV columns are read as strings (:func:`_csv_features`); JSON and Parquet keep the types the file states.
+    """
+    import datasets
+
+    kwargs = {}
+    if builder == "csv":
+        features = _csv_features(path)
+        if features is not None:
+            kwargs["features"] = features
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for malformed files; all mean "unreadable"
         if _means_no_rows(err):
             raise DataError(f"data file {str(path)!r} has no rows") from None
@@ -115,10 +147,12 @@ def _describe(err: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-def to_labelled(ds: Any, text_column: str, label_column: str, source: str, where: str) -> LabelledText:
+def to_labelled(ds: Any, text_column: str, label_column: str, source: str, where: str,
+                caps: tuple[int | None, int | None] = (None, None)) -> LabelledText:
     """Check a loaded Dataset and turn it into a :class:`LabelledText`.
 
-    ``where`` names the origin in messages ("file '/x.csv'"). Row numbers in messages
+    ``where`` names the origin in messages ("file '/x.csv'"); ``caps`` are the most characters
+    per text and per word (``data.max_text_chars``, ``data.max_word_chars``; None: no cap). Row numbers in messages
     count data rows from 0 (a CSV header line is not a row). The texts stay in the
     Dataset's Arrow table (a :class:`~distmeta.data.labelled.TextColumn`); checks and label
     encoding run in Arrow, a batch at a time.
@@ -131,6 +165,6 @@ def to_labelled(ds: Any, text_column: str, label_column: str, source: str, where
             raise DataError(
                 f"{where} has no {role} column {col!r} (set data.{role}_column); available columns: {available}"
             )
-    check_texts(ds, text_column, where)
+    check_texts(ds, text_column, where, *caps)
     labels, class_names = encode_labels(ds, label_column, where)
     return LabelledText(texts=TextColumn(ds, text_column), labels=labels, class_names=class_names, source=source)
