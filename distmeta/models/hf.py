@@ -47,12 +47,21 @@ def load_auto_model(path: str) -> nn.Module:
     hf_logging.disable_progress_bar()  # a per-load weights bar, in every actor too: noise in logs
     try:
         model = AutoModel.from_pretrained(path, attn_implementation="eager")
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.path {path!r}: cannot load a pretrained encoder ({err})") from None
+    except Exception as err:  # OSError, ValueError, pickle.UnpicklingError, RuntimeError, SafetensorError, ...
+        raise ConfigError(
+            f"model.path {path!r}: cannot load a pretrained encoder ({type(err).__name__}: {_first_line(err)}). "
+            "Point model.path at a directory holding config.json and model.safetensors (or pytorch_model.bin) "
+            "saved by transformers' save_pretrained, or re-download the model into it") from None
     finally:
         if shown:
             hf_logging.enable_progress_bar()
     return model.eval()
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class HFEncoder(nn.Module):

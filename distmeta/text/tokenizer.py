@@ -125,7 +125,11 @@ def load_pretrained_tokenizer(model_dir: str | Path) -> Tokenizer:
     """The tokenizer of a pretrained encoder, from ``model_dir/tokenizer.json`` (its [PAD] must be id 0)."""
     path = Path(model_dir) / "tokenizer.json"
     if path.is_file():
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+            raise ConfigError(f"pretrained tokenizer {str(path)!r} cannot be read ({err}); replace it with the "
+                              "model's own tokenizer.json (saved by transformers' save_pretrained)") from None
     else:  # a directory with only a slow tokenizer's files: transformers converts it to a fast one
         try:
             from transformers import AutoTokenizer
