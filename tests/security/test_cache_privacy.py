@@ -5,6 +5,7 @@ entry, a symlinked lock, a killed builder's leftovers.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -208,3 +209,26 @@ def test_a_tampered_prefix_cache_is_refused_on_open_and_rebuilt(bert, tmp_path):
     with pytest.warns(CacheMismatchWarning):
         rebuilt = open_or_build(enc, 1, ids, rows, tmp_path, progress=False)
     torch.testing.assert_close(rebuilt.batch(rows), want)
+
+
+def test_a_worker_rebuilds_a_tampered_cache_as_the_driver_built_it(bert, tmp_path):
+    """The worker opens the driver's entry by path; a tampered one is rebuilt in float32 (the driver's key)
+    even when the worker's replica runs in float64."""
+    from types import SimpleNamespace
+
+    from distmeta.models.prefix import STATES, open_or_build
+    from distmeta.text.corpus import TokenCorpus
+    from distmeta.worker import Worker
+
+    _, enc, ids = bert
+    rows = np.arange(len(ids))
+    driver = open_or_build(enc, 1, ids, rows, tmp_path, progress=False)
+    want, entry = driver.batch(rows).clone(), driver.path
+    del driver
+    np.save(entry / STATES, np.zeros_like(np.load(entry / STATES)))
+    replica = SimpleNamespace(module=copy.deepcopy(enc).double())
+    with pytest.warns(CacheMismatchWarning):
+        cache = Worker._open_prefix(replica, {"path": str(entry), "layers": 1, "rows": rows},
+                                    TokenCorpus.from_padded(ids))
+    assert cache.path == entry and replica.module.prefix_layers == 1
+    torch.testing.assert_close(cache.batch(rows), want)
