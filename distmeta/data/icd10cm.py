@@ -137,10 +137,14 @@ def load_icd10cm() -> datasets.Dataset:
 
     Served from the in-process cache, else the on-disk cache, else built from the
     ``simple_icd_10_cm`` package and cached. An unwritable cache directory only costs
-    the rebuild next time.
+    the rebuild next time; one another user could write to is refused
+    (:func:`distmeta.security.check_private_dir`), as every distmeta cache is.
     """
+    from distmeta.security import check_private_dir
+
     datasets.disable_progress_bars()
     target = cache_path()
+    check_private_dir(target, "ICD-10-CM corpus cache")  # a planted corpus would change every run's tasks
     ds = _load_cached(target)
     if ds is not None:
         return ds

@@ -84,3 +84,16 @@ def test_load_source_ignores_column_config(icd) -> None:
     i = data.texts.index("Cholera due to Vibrio cholerae 01, biovar cholerae")
     assert data.class_names[data.labels[i]] == "A00-A09 Intestinal infectious diseases"
     assert data.source == "icd10cm"
+
+
+def test_a_cache_root_another_user_can_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: a corpus planted under a shared cache root would change every run's tasks."""
+    from distmeta.errors import DistmetaError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("DISTMETA_CACHE_DIR", str(shared))
+    with pytest.raises(DistmetaError, match="ICD-10-CM corpus cache .*writable by other users"):
+        load_icd10cm.__wrapped__()
+    assert list(shared.iterdir()) == []
