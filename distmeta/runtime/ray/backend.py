@@ -107,6 +107,9 @@ class RayBackend:
     def grow(self, wait_s: float = 0.0) -> int:
         """Look for room to grow the pool now (``ray.elastic``), waiting up to ``wait_s`` for new actors.
 
+        New actors that fail to join (set-up raised, other versions, node lost) are dropped and
+        logged, and the pool tries again after a backoff (:mod:`.elastic`); the run is not affected.
+
         Returns:
             How many actors joined; they take blocks from the next step on.
         """
