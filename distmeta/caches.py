@@ -63,8 +63,9 @@ def prepare_root(root: str | Path, what: str) -> Path:
     check_private_dir(path, what)  # before creating anything inside a directory someone else controls
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private_dir(path, what)
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        path.chmod(0o700)  # ours (checked): a cache of private text is not for other users to read
+    st = path.stat()
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(0o700)  # a cache of private text is not for other users to read (root's own dirs are left)
     sweep_leftovers(path)
     return path
 

@@ -56,11 +56,12 @@ def _long_word_rows(values: pa.Array, cap: int, start: int) -> list[int]:
     return sorted({candidates[i] + start for i in parents[long]})
 
 
-def _refuse_over(rows: list[int], ds: Any, column: str, where: str, what: str, field: str, cap: int) -> None:
-    if rows:
-        raise DataError(
-            f"{where}: {len(rows)} of {len(ds)} rows of column {column!r} have {what} than {field}={cap} characters "
-            f"(rows {rows_text(rows)}, counted from 0); shorten or split those texts, or raise {field}")
+def _over(rows: list[int], total: int, what: str, field: str, cap: int | None) -> list[str]:
+    """The sentence naming ``rows`` over cap ``field`` (none when there are no such rows)."""
+    if not rows:
+        return []
+    return [f"{len(rows)} of {total} rows have {what} than {field}={cap} characters (rows {rows_text(rows)}, "
+            f"counted from 0); shorten or split those texts, or raise {field}"]
 
 
 def check_texts(ds: Any, column: str, where: str, max_chars: int | None = None,
@@ -104,9 +105,10 @@ def check_texts(ds: Any, column: str, where: str, max_chars: int | None = None,
         raise DataError(
             f"{where}: {len(empty)} of {len(ds)} rows have an empty or null text in column {column!r}, or one of "
             f"only whitespace, control or invisible characters (rows {rows_text(empty)}, counted from 0)")
-    _refuse_over(long, ds, column, where, "more characters", "data.max_text_chars", max_chars or 0)
-    _refuse_over(long_words, ds, column, where, "a word (no whitespace) longer", "data.max_word_chars",
-                 max_word_chars or 0)
+    over = _over(long, len(ds), "more characters", "data.max_text_chars", max_chars) + \
+        _over(long_words, len(ds), "a word (no whitespace) longer", "data.max_word_chars", max_word_chars)
+    if over:
+        raise DataError(f"{where}: text column {column!r}: " + "; and ".join(over))
 
 
 def encode_labels(ds: Any, column: str, where: str) -> tuple[np.ndarray, list[str]]:

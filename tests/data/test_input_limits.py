@@ -59,6 +59,12 @@ def test_a_word_over_the_word_cap_is_refused_naming_the_row_and_the_cap(tmp_path
     assert len(load_source(DataConfig(source=f"csv:{path}", max_word_chars=None))) == 4
 
 
+def test_both_caps_are_named_in_one_error(tmp_path):
+    path = _csv(tmp_path / "d.csv", [("short text", "a"), ("w" * 300, "b"), ("fine", "a")])
+    with pytest.raises(DataError, match=r"max_text_chars=100 .*rows 1,.*; and .*max_word_chars=200 .*rows 1,"):
+        load_source(DataConfig(source=f"csv:{path}", max_text_chars=100, max_word_chars=200))
+
+
 def test_caps_are_config_keys_with_defaults():
     cfg = load_config(None, ["data.max_text_chars=10", "data.max_word_chars=5"])
     assert (cfg.data.max_text_chars, cfg.data.max_word_chars) == (10, 5)
