@@ -8,8 +8,9 @@ corpora and remote runs' local copies have their own owners.
 
 Each entry's last use is its modification time (opening a cache marks it). ``prune`` removes
 entries unused for longer than ``--older-than`` (all of them without it) and builders'
-leftovers (``.<key>.tmp<pid>``) whose process is dead; an entry whose build lock is held is
-kept. A process that has an entry mapped keeps reading it after it is removed.
+leftovers (``.<key>.tmp<pid>``) whose process is dead (and other hidden build folders, such as
+an older version's, after a day); an entry whose build lock is held is kept. A process that
+has an entry mapped keeps reading it after it is removed.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from distmeta.errors import DistmetaError
 
 KINDS = ("tokens", "tokenizers", "prefix")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+OLD_BUILD = 86400.0  # seconds after which a hidden build folder without a pid is a leftover
 
 
 @dataclass
@@ -76,11 +78,13 @@ def entries(root: Path, prefix_dir: Path | None = None) -> list[Entry]:
             if path.name.endswith(".lock") or path.is_symlink():
                 continue
             m = re.fullmatch(r"\..+\.tmp(\d+)", path.name)
-            if path.name.startswith(".") and m is None:
-                continue
+            hidden = path.name.startswith(".")
             with contextlib.suppress(OSError):
-                out.append(Entry(kind, path, _size(path), path.lstat().st_mtime, leftover=m is not None,
-                                 live=m is not None and caches.pid_alive(int(m.group(1)))))
+                used = path.lstat().st_mtime
+                # .<key>.tmp<pid>: live while its builder runs; another hidden folder is an older version's
+                # build folder (no pid in its name), taken for live while younger than OLD_BUILD
+                live = caches.pid_alive(int(m.group(1))) if m else hidden and time.time() - used < OLD_BUILD
+                out.append(Entry(kind, path, _size(path), used, leftover=hidden, live=live))
     return out
 
 
@@ -89,7 +93,7 @@ def format_table(found: list[Entry], now: float | None = None) -> str:
     now = time.time() if now is None else now
     lines = [f"{'kind':<11}{'MiB':>10}{'unused':>10}  path"]
     for e in found:
-        note = "  (builder running)" if e.live else "  (a killed builder's leftover)" if e.leftover else ""
+        note = "  (a build in progress)" if e.live else "  (a killed builder's leftover)" if e.leftover else ""
         lines.append(f"{e.kind:<11}{e.nbytes / 2**20:>10.1f}{(now - e.last_used) / 86400:>9.1f}d  {e.path}{note}")
     for kind in KINDS:
         mine = [e for e in found if e.kind == kind]

@@ -66,6 +66,17 @@ def test_prune_without_an_age_frees_everything_and_a_reopened_cache_rebuilds(fil
     assert len(tokenize_corpus(tok, TEXTS, 8)) == 3
 
 
+def test_an_older_versions_build_folder_is_pruned_after_a_day(filled, capsys):
+    root = filled[0]
+    stale, fresh = root / "tokens" / ".abc.k2j4h1", root / "tokens" / ".def.x8f3k9"  # mkdtemp names: no pid
+    for d in (stale, fresh):
+        d.mkdir()
+    past = time.time() - 2 * 86400
+    os.utime(stale, (past, past))
+    assert main(["cache", "prune", "--older-than", "30d"]) == 0
+    assert not stale.exists() and fresh.exists()
+
+
 def test_ages():
     assert parse_age("30d") == parse_age("30") == 30 * 86400
     assert parse_age("12h") == 12 * 3600 and parse_age("90m") == 5400 and parse_age("1.5w") == 1.5 * 7 * 86400
