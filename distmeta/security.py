@@ -10,7 +10,10 @@ run executes comes from the user: :data:`USER_KEYS` (``ray.*``, ``run.*``, ``fau
 schema defaults, never from the saved config, and a location the saved config names
 (a data file, a model or cache directory: :func:`locations`) must be one the user gave
 too, else :class:`UntrustedConfigError` names the field. ``--trust-checkpoint-config``
-(``trust=True``) restores the old behaviour for checkpoints whose author you trust.
+(``trust=True``) restores the old behaviour for checkpoints whose author you trust. A
+local run directory only you could have written (:func:`not_yours` finds no reason) is
+your own run: its locations are taken as saved, so ``distmeta eval`` on it needs no
+``data.source=`` again; a remote one, or one another user owns or can write, is foreign.
 
 **Directories other users can write** (:func:`check_private_dir`): Ray Tune's
 ``Tuner.restore`` unpickles what it finds under ``storage_path``, so a search refuses a
@@ -87,7 +90,8 @@ def _get(raw: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def config_from_saved(saved: dict[str, Any], overrides: list[str] | None = None, *, trust: bool = False,
-                      source: str = "the checkpoint", pins: dict[str, Any] | None = None) -> Config:
+                      source: str = "the checkpoint", pins: dict[str, Any] | None = None,
+                      trust_locations: bool = False) -> Config:
     """The config to evaluate or resume a saved run with: its definition, the user's environment.
 
     ``saved`` is the saved config (a plain dict), ``overrides`` the user's ``key=value``
@@ -97,6 +101,8 @@ def config_from_saved(saved: dict[str, Any], overrides: list[str] | None = None,
     :class:`UntrustedConfigWarning`), and every location left in the result must have
     come from an override or a pin, else :class:`UntrustedConfigError`. With ``trust``:
     the saved config as it is, then pins and overrides (the pre-hardening behaviour).
+    With ``trust_locations`` (a run directory of the user's own, :func:`not_yours`): the
+    saved locations are taken, while :data:`USER_KEYS` still come from the command line.
     """
     overrides = list(overrides or [])
     if not isinstance(saved, dict):
@@ -119,7 +125,7 @@ def config_from_saved(saved: dict[str, Any], overrides: list[str] | None = None,
             node = node.setdefault(part, {})
         node[last] = value
     raw = apply_overrides(raw, overrides)
-    if not trust:
+    if not (trust or trust_locations):
         pinned = [tuple(k.split(".")) for k in (pins or {})]
         for path, value in locations(raw):
             if path in pinned or _given_by_user(path, overrides) or _get(Config().model_dump(mode="json"), path) == value:
@@ -130,6 +136,52 @@ def config_from_saved(saved: dict[str, Any], overrides: list[str] | None = None,
                 f"config, and its checksums do not vouch for intent: pass {field}=... yourself (the same value to "
                 f"use it), or --trust-checkpoint-config if you trust whoever wrote it")
     return config_from_dict(raw)
+
+
+def _not_private(path: Path, uid: int) -> str | None:
+    """Why ``path`` (followed through links) is not this user's alone: another owner, or writable by others."""
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != uid:
+        return f"{path} belongs to uid {st.st_uid}, not to you (uid {uid})"
+    if mode & 0o022:
+        return f"{path} is writable by other users (mode {mode:04o})"
+    return None
+
+
+def not_yours(run_dir: str | Path, step_dir: str | Path) -> str | None:
+    """Why a local run directory is not one only you could have written, or None when it is.
+
+    Yours: ``run_dir``, the directories down to ``step_dir`` (its checkpoint) and the files
+    in both belong to you and are not writable by group or others, and the directories
+    above ``run_dir`` pass :func:`check_private_dir` (as ``run.dir`` and the caches do).
+    Then nobody else can have chosen the saved config, so ``distmeta eval`` takes its
+    data and model locations without their being repeated.
+
+    Args:
+        run_dir: the run directory.
+        step_dir: the checkpoint's ``step_*`` directory read (inside ``run_dir``).
+    Returns:
+        The first reason it is not yours, naming the path, or None.
+    """
+    uid = os.getuid()
+    run_dir, step_dir = Path(run_dir).absolute(), Path(step_dir).absolute()
+    dirs = [d for d in [step_dir, *step_dir.parents] if d == run_dir or run_dir in d.parents]
+    if run_dir not in dirs:
+        return f"the checkpoint {step_dir} is outside the run directory {run_dir}"
+    try:
+        check_private_dir(run_dir, "run directory")
+        for d in dirs:
+            files = [f for f in d.iterdir() if not f.is_dir()] if d in (run_dir, step_dir) else []
+            for p in (d, *files):
+                reason = _not_private(p, uid)
+                if reason is not None:
+                    return reason
+    except DistmetaError as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot check who owns {run_dir}: {err}"
+    return None
 
 
 def check_private_dir(path: str | Path, what: str) -> None:

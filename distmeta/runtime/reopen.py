@@ -3,7 +3,9 @@
 A checkpoint may come from anywhere (a colleague's run, an object store), so its config
 supplies the model and its tasks only; Ray, run, fault and worker settings come from the
 caller's overrides over the schema defaults, and a data or model path it names must be given
-again by the caller (:func:`distmeta.security.config_from_saved`) unless the caller trusts it.
+again by the caller (:func:`distmeta.security.config_from_saved`) unless the caller trusts it
+or the run is the caller's own: a local run directory that belongs to the caller and nobody
+else can write (:func:`distmeta.security.not_yours`), whose locations only the caller chose.
 """
 from __future__ import annotations
 
@@ -28,12 +30,19 @@ def open_saved_run(path: str | Path, overrides: list[str] | None = None, *,
     from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
     from distmeta.runtime.rundir import run_dir_of
     from distmeta.runtime.storage import is_remote
-    from distmeta.security import config_from_saved
+    from distmeta.security import UntrustedConfigError, config_from_saved, not_yours
 
     ckpt = load_checkpoint(path)
     run_dir = run_dir_of(ckpt.path if is_remote(path) and ckpt.path is not None else Path(path))
     if is_remote(path):
         write_run_files(ckpt, run_dir)  # the split and tokenizer, next to the cached checkpoint
-    cfg = config_from_saved(ckpt.config, list(overrides or []), trust=trust_config,
-                            source=f"the config in {ckpt.path}", pins={"run.dir": str(run_dir)})
+        why = f"{path} is remote storage"  # the local cache is ours; the bucket may be anyone's
+    else:
+        why = not_yours(run_dir, ckpt.path) if ckpt.path is not None else f"{path} has no local checkpoint"
+    try:
+        cfg = config_from_saved(ckpt.config, list(overrides or []), trust=trust_config,
+                                source=f"the config in {ckpt.path}", pins={"run.dir": str(run_dir)},
+                                trust_locations=why is None)
+    except UntrustedConfigError as err:
+        raise UntrustedConfigError(f"{err} (not your own run: {why})") from None
     return cfg, run_dir, ckpt

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,11 @@ def test_eval_refuses_a_data_path_the_user_did_not_give(tmp_path, no_ray, capsys
     run = tmp_path / "run"
     assert main(["train", *text_tiny(data), *QUIET, f"run.dir={run}"]) == 0
     recraft(ck.latest_checkpoint(run), lambda c: c["data"].update(source=f"csv:{secret}"))
+    run.chmod(0o770)  # a shared run directory: its group could have crafted the checkpoint, so it is foreign
     assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline"]) == 2
     err = capsys.readouterr().err
     assert "data.source" in err and str(secret) in err and "--trust-checkpoint-config" in err, err
+    assert "not your own run" in err and "writable by other users" in err, err
     # Given by the user (or trusted on purpose), the same path is used.
     assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", f"data.source=csv:{secret}"]) == 0
     assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", "--trust-checkpoint-config",
@@ -72,3 +75,51 @@ def test_resume_ignores_a_crafted_config_yaml_environment(tmp_path, no_ray):
     with pytest.warns(UserWarning, match="ray.address"):
         assert main(["train", "--resume", str(run), "train.steps=3"]) == 0
     assert ck.load_checkpoint(run).step == 3 and not Path("/tmp/attacker-run").exists()
+
+
+def _train_own_csv_run(tmp_path: Path) -> Path:
+    data = write_tiny_csv(tmp_path / "d.csv")
+    run = tmp_path / "run"
+    assert main(["train", *text_tiny(data), *QUIET, f"run.dir={run}"]) == 0
+    return run
+
+
+def test_eval_of_your_own_run_needs_no_data_source_again(tmp_path, no_ray):
+    """Issue 26 item 4: a run directory only you can write is yours; its saved data.source is taken."""
+    run = _train_own_csv_run(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["step"] == 3
+    # Its step directory too; and where and how to run still come from the command line, not the run.
+    assert main(["eval", "--checkpoint", str(ck.latest_checkpoint(run)), "--episodes", "4", "--no-baseline"]) == 0
+
+
+@pytest.mark.parametrize("make_foreign", ["other-writable file", "other owner"])
+def test_eval_of_a_run_someone_else_could_write_is_refused(tmp_path, no_ray, capsys, make_foreign):
+    run = _train_own_csv_run(tmp_path)
+    state = ck.latest_checkpoint(run) / ck.STATE_FILE
+    if make_foreign == "other owner":
+        if os.getuid() != 0:
+            pytest.skip("chown to another uid needs root")
+        os.chown(state, 4242, -1)
+    else:
+        state.chmod(0o646)
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "data.source" in err and "not your own run" in err and str(state) in err, err
+    assert ("uid 4242" if make_foreign == "other owner" else "writable by other users") in err, err
+
+
+def test_not_yours_names_the_reason(tmp_path):
+    from distmeta.security import not_yours
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000003"
+    step.mkdir(parents=True, mode=0o750)
+    (step / "state.json").write_text("{}")
+    (tmp_path / "run").chmod(0o750)
+    (tmp_path / "run" / "checkpoints").chmod(0o750)
+    assert not_yours(tmp_path / "run", step) is None
+    (tmp_path / "run" / "checkpoints").chmod(0o770)
+    assert "checkpoints is writable by other users" in not_yours(tmp_path / "run", step)
+    (tmp_path / "run" / "checkpoints").chmod(0o750)
+    assert "outside the run directory" in not_yours(tmp_path / "other", step)
