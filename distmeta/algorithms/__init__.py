@@ -11,6 +11,7 @@ from distmeta.algorithms.protomaml import ProtoMAML
 from distmeta.algorithms.protonet import PrototypeAlgorithm, ProtoNet, centroid_logits, prototype_logits
 from distmeta.algorithms.reptile import Reptile
 from distmeta.config import PRETRAINED_MODELS, Config
+from distmeta.errors import ConfigError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "maml": MAML,
@@ -49,6 +50,28 @@ def algorithm_options(cfg: Config, cls: type[Algorithm]) -> dict[str, object]:
     return options
 
 
+def selected_params(module: nn.Module, selector: str, key: str) -> list[str]:
+    """:func:`~distmeta.models.select_params` for the config key ``key``; a selector the model cannot meet
+    is a ConfigError naming ``key`` and the values that fit this model (``model.trainable=all|head|last:1``).
+
+    Args:
+        module: the model.
+        selector: ``all`` | ``head`` | ``last:N``.
+        key: the config key it came from, named in the error.
+    Returns:
+        The selected parameter names.
+    """
+    from distmeta.models import layer_groups, select_params
+
+    try:
+        return select_params(module, selector)
+    except ConfigError as err:
+        body = len(layer_groups(module)) - 1  # groups below the head
+        lasts = "" if body < 1 else "|last:1" if body == 1 else f"|last:1..{body}"
+        raise ConfigError(f"{key}={selector} does not fit {type(module).__name__}: {err}. "
+                          f"Set {key}=all|head{lasts}") from None
+
+
 def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> tuple[Algorithm, Params]:
     """The algorithm bound to ``module`` and the initial meta-parameters (what the outer loop trains).
 
@@ -60,11 +83,11 @@ def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> 
 
     name = cfg.algorithm.name
     cls = ALGORITHMS[name]
-    trainable = set(select_params(module, cfg.model.trainable))
+    trainable = set(selected_params(module, cfg.model.trainable, "model.trainable"))
     if cls.any_ways:  # the classifier comes from the prototypes: the model's head is unused
         head = set(select_params(module, "head"))
         trainable -= head
-    adapt = select_params(module, "head" if name == "anil" else cfg.algorithm.adapt)
+    adapt = selected_params(module, "head" if name == "anil" else cfg.algorithm.adapt, "algorithm.adapt")
     state = {n: p.detach() for n, p in module.named_parameters()}
     state.update({n: b.detach() for n, b in module.named_buffers()})
     for p in module.parameters():
@@ -85,5 +108,5 @@ def build_algorithm(cfg: Config, module: nn.Module, ways: int | None = None) -> 
 __all__ = [
     "ALGORITHMS", "Algorithm", "InnerSettings", "ModelFn", "Params", "build_algorithm",
     "MAML", "FOMAML", "ANIL", "IMAML", "MetaSGD", "Reptile", "ProtoNet", "ProtoMAML", "PrototypeAlgorithm",
-    "algorithm_options", "centroid_logits", "prototype_logits", "resolve_distance",
+    "algorithm_options", "centroid_logits", "prototype_logits", "resolve_distance", "selected_params",
 ]
