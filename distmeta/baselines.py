@@ -117,8 +117,14 @@ def baseline_metrics(support: Tensor, support_y: Tensor, query: Tensor, query_y:
 
 
 def error_reduction(accuracy: float, baseline: float) -> float:
-    """Relative error reduction ``1 - (1 - accuracy) / (1 - baseline)`` (negative: worse than the baseline)."""
-    return 1.0 - (1.0 - accuracy) / max(1e-12, 1.0 - baseline)
+    """Relative error reduction ``1 - (1 - accuracy) / (1 - baseline)`` (negative: worse than the baseline).
+
+    NaN when the baseline makes no errors (accuracy 1): there is no error to reduce, so
+    the ratio is undefined (both at 100 % is not a +100 % reduction); shown as ``n/a``.
+    """
+    if baseline >= 1.0:
+        return float("nan")
+    return 1.0 - (1.0 - accuracy) / (1.0 - baseline)
 
 
 __all__ = ["FINETUNE_STEPS", "baseline_metrics", "centroid_accuracy", "error_reduction", "finetune_accuracy",

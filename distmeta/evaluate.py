@@ -103,6 +103,11 @@ def add_error_reduction(results: dict[str, dict[str, float]], baseline: dict[str
             r["error_reduction_transductive"] = error_reduction(r["accuracy_transductive"], b["accuracy_transductive"])
 
 
+def _reduction(value: float) -> str:
+    """``+13.2%``, or ``n/a`` when undefined (the baseline made no errors)."""
+    return "n/a" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
 def _pct(r: dict[str, float], key: str) -> str:
     return f"{100 * r[key]:.2f} ± {100 * r[f'{key}_ci95']:.2f}%"
 
@@ -124,11 +129,11 @@ def format_results(results: dict[str, dict[str, float]], baseline: dict[str, dic
                 else:
                     line += f" | before meta-training {_pct(b, 'accuracy')}"
                 if "error_reduction" in r:
-                    line += f" | error reduction vs frozen {100 * r['error_reduction']:+.1f}%"
+                    line += f" | error reduction vs frozen {_reduction(r['error_reduction'])}"
                 if "error_reduction_transductive" in r:
                     line += (f" | transductive: meta-trained {_pct(r, 'accuracy_transductive')},"
                              f" frozen {_pct(b, 'accuracy_transductive')},"
-                             f" error reduction {100 * r['error_reduction_transductive']:+.1f}%")
+                             f" error reduction {_reduction(r['error_reduction_transductive'])}")
         else:
             line = f"{name:>14}: mse {r['loss']:.4f} ± {r['loss_ci95']:.4f}"
             if baseline and name in baseline:

@@ -69,6 +69,20 @@ def test_error_reduction():
     assert error_reduction(0.70, 0.80) == pytest.approx(-0.5)
 
 
+def test_error_reduction_against_a_flawless_baseline_is_not_a_number_and_prints_n_a():
+    """Both at 100 %: no error to reduce, so no +100 % (issue 26 item 4); shown as n/a."""
+    from distmeta.evaluate import format_results
+
+    assert math.isnan(error_reduction(1.0, 1.0)) and math.isnan(error_reduction(0.9, 1.0))
+    r = {"5way_1shot": {"accuracy": 1.0, "accuracy_ci95": 0.0, "episodes": 10.0}}
+    b = {"5way_1shot": {"accuracy": 1.0, "accuracy_ci95": 0.0, "episodes": 10.0}}
+    from distmeta.evaluate import add_error_reduction
+
+    add_error_reduction(r, b)
+    line = format_results(r, b)
+    assert "error reduction vs frozen n/a" in line and "+100" not in line, line
+
+
 def test_meta_test_with_a_fine_tuned_head_reports_both(tmp_path):
     csv = write_tiny_csv(tmp_path / "d.csv")
     cfg = load_config(None, [*text_tiny(csv), *QUIET, "algorithm.name=protonet", "eval.baseline=true",
