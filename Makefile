@@ -11,10 +11,9 @@ CONFIG  ?= configs/default.yaml
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup train test test-all bench clean
+.PHONY: setup train test test-all test-cluster bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +28,12 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The multi-node tests on a cluster in a box (nodes in their own network and mount namespaces):
+# root and iproute2, tens of minutes on 2 cores. Installs iproute2 when it is missing.
+test-cluster: setup
+	command -v ip >/dev/null && command -v tc >/dev/null || (apt-get update -q && apt-get install -y -q iproute2)
+	$(BIN)/python -m pytest -q -m cluster tests/clusterbox $(ARGS)
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "" $(ARGS)
