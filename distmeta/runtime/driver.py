@@ -84,6 +84,7 @@ class Trainer:
         from distmeta.runtime.checkpoint import load_checkpoint, write_run_files
         from distmeta.runtime.rundir import open_run, write_text_atomic
 
+        self._preflight()  # a plan that cannot fit is refused before the run directory is touched
         # One writer per run directory (released by close()); a remote run.dir is checked and its
         # resume files fetched into a local cache here, before any worker starts.
         self.location = open_run(self.cfg.run.dir, resume=self.resume, overwrite=self.overwrite, owner=self)
@@ -98,6 +99,13 @@ class Trainer:
         write_text_atomic(self.run_dir / CONFIG_FILE, dump_config(self.cfg))
         if ckpt is not None:
             self._restore(ckpt)
+
+    def _preflight(self) -> None:
+        """Refuse Ray actors the private Ray on this machine cannot hold, before any cache or Ray start."""
+        if self.backend_factory is make_backend and self.cfg.workers != 0:
+            from distmeta.runtime.ray.preflight import check_local_fit
+
+            check_local_fit(self.cfg)
 
     def _build(self, reuse_saved: bool) -> None:
         cfg = self.cfg
@@ -131,6 +139,7 @@ class Trainer:
         cfg, run_dir, ckpt = open_saved_run(path, overrides, trust_config=trust_config)
         trainer = cls(cfg)
         trainer.run_dir = run_dir
+        trainer._preflight()
         trainer._build(reuse_saved=True)
         trainer._restore(ckpt)
         return trainer
