@@ -23,7 +23,8 @@ from distmeta.runtime.backend import Backend, BackendFactory, make_backend
 from distmeta.runtime.evaluation import Evaluator
 from distmeta.runtime.metrics import source_row, step_row
 from distmeta.runtime.reduce import reduce_and_update
-from distmeta.runtime.selection import BestTracker, restore_best
+from distmeta.runtime.report import announce, log_results, validation_line
+from distmeta.runtime.selection import BestTracker, record_validation, restore_best
 from distmeta.tasks.materialise import chunks
 from distmeta.tasks.specs import TaskSpec
 from distmeta.models import DTYPES
@@ -173,10 +174,13 @@ class Trainer:
         cfg, exp = self.cfg, self.exp
         set_line_interval(cfg.run.progress_every)
         assert exp is not None
+        announce(cfg, exp, self.backend, self._has_val())  # what was loaded, where it runs; useless settings
         sampler = exp.sampler("train")
         logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step, sync=self.location.sync)
         if cfg.pretrain.steps and not self.pretrained and self.step == 0:
             self._pretrain(logger)
+        if self.step == 0 and cfg.run.eval_every and self._has_val():  # the curve's starting point
+            self._validate_step(logger, print)
         bar = progress_bar(total=cfg.train.steps, initial=self.step, disable=not cfg.run.progress,
                            desc="meta-train", unit="step")
         upcoming: dict[int, list] = {}  # the next step's specs, sampled while the workers compute this one
@@ -237,16 +241,18 @@ class Trainer:
         return row
 
     def _validate_step(self, logger: Any, write: Callable[[str], None]) -> None:
-        """Meta-validate now; log, tell the callbacks, keep the best parameters, and stop on ``train.patience``."""
+        """Meta-validate now; log, tell the callbacks, keep the best parameters, and stop on ``train.patience``.
+
+        Step 0 (before meta-training) is logged and printed only: a starting point, not a candidate.
+        """
         assert self.optimizer is not None
         val = self.validate()
         logger.log(self.step, val, prefix="val/")
-        write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "episodes"))
+        if self.step == 0:
+            write(validation_line(0, val, None))
+            return
         self._emit("validation", val)
-        if self.best.update(self.step, val, self.optimizer.params):
-            write(f"step {self.step}: no better meta-validation in {self.best.bad} validations "
-                  f"(train.patience); stopping, best at step {self.best.step}")
-            self.stopped_early = True
+        self.stopped_early = record_validation(self.best, self.step, val, self.optimizer.params, write)
 
     def _finish(self, logger: Any, write: Callable[[str], None]) -> dict[str, Any]:
         """After the last step: the selected parameters, a final checkpoint, the meta-test and its results file."""
@@ -254,8 +260,7 @@ class Trainer:
         self._emit("checkpoint", {"path": self.save_checkpoint()})
         results = self.evaluate()
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        for name, r in results["test"].items():
-            logger.log(self.step, {k: v for k, v in r.items()}, prefix=f"test/{name}/")
+        log_results(logger, self.step, results)
         self._emit("end", results)
         return results
 

@@ -63,6 +63,23 @@ class BestTracker:
             self.step, self.bad = int(state["step"]), int(state["bad"])
 
 
+def record_validation(best: BestTracker, step: int, val: dict[str, float], params: dict[str, torch.Tensor],
+                      write: Callable[[str], None]) -> bool:
+    """Record ``step``'s meta-validation in ``best`` and write its line with the best so far.
+
+    Returns:
+        True when ``train.patience`` ran out (the stop is written too).
+    """
+    from distmeta.runtime.report import validation_line
+
+    stop = best.update(step, val, params)
+    write(validation_line(step, val, (best.step, best.score)))
+    if stop:
+        write(f"step {step}: no better meta-validation in {best.bad} validations (train.patience); stopping, "
+              f"best at step {best.step}")
+    return stop
+
+
 def restore_best(best: BestTracker, optimizer: Any, write: Callable[[str], None]) -> bool:
     """Load ``best``'s saved parameters into ``optimizer`` (``train.select_best``) and say so through ``write``.
 
@@ -78,4 +95,4 @@ def restore_best(best: BestTracker, optimizer: Any, write: Callable[[str], None]
     return True
 
 
-__all__ = ["BEST_FILE", "BestTracker", "restore_best", "validation_score"]
+__all__ = ["BEST_FILE", "BestTracker", "record_validation", "restore_best", "validation_score"]

@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 #: Times per block and step an actor may come back without its Worker before that counts as a failure.
 MAX_REBUILDS = 3
-#: Seconds a node's reducer may take past its blocks' deadline (it waits for them, then sums).
-NODE_SUM_GRACE_S = 30.0
+#: Seconds a node's reducer may take past its blocks' deadline to sum and send (it stops waiting for its blocks
+#: at that deadline itself): this share of ``ray.step_timeout``, within the bounds below. Past it the driver reads
+#: the node's blocks directly, so a node cut off from the driver costs the step its timeout and little more.
+NODE_SUM_GRACE_SHARE, NODE_SUM_GRACE_MIN_S, NODE_SUM_GRACE_MAX_S = 0.05, 2.0, 30.0
 
 #: ``check(block, value) -> problem or None``: whether an answer is what was asked for.
 Check = Callable[[range, Any], "str | None"]
@@ -86,7 +88,13 @@ class StepDispatch:
         self._make_delivery = delivery
         self._delivery: Delivery | None = None
         self.timeout = pool.cfg.ray.step_timeout
-        self.blocks = assign_blocks(len(groups), len(pool.actors))
+        # Blocks go to the actors believed healthy now, in node order: after a loss the step is cut evenly over
+        # those that remain instead of piling the lost actor's blocks onto one of them. Groups and their
+        # summation do not depend on this, so neither do the parameters.
+        order = pool.order or list(range(len(pool.actors)))
+        healthy = set(pool.healthy()) if pool.suspect else set(order)
+        self.assignees = [k for k in order if k in healthy] or order  # none healthy: pick() waits for a restart
+        self.blocks = assign_blocks(len(groups), len(self.assignees))
         n = len(self.blocks)
         self.out: list[Any] = [None] * len(groups)
         self.filled = [False] * len(groups)
@@ -135,7 +143,7 @@ class StepDispatch:
         deadline = time.monotonic() + self.timeout
         for b, block in enumerate(self.blocks):
             if len(block):
-                self.submit(b, self.pool.pick(self.pool.order[b] if self.pool.order else b, deadline))
+                self.submit(b, self.pool.pick(self.assignees[b], deadline))
         if self.node_sums is not None:
             self._start_node_sums()
 
@@ -156,7 +164,8 @@ class StepDispatch:
             ref = self.pool.actors[reducer].sum_blocks.remote(request.dumps(), [r for r, _ in calls])
             for r, _ in calls:
                 del self.pending[r]
-            self.batches[ref] = NodeBatch(calls, max(c.deadline for _, c in calls) + NODE_SUM_GRACE_S)
+            grace = min(NODE_SUM_GRACE_MAX_S, max(NODE_SUM_GRACE_MIN_S, NODE_SUM_GRACE_SHARE * self.timeout))
+            self.batches[ref] = NodeBatch(calls, max(c.deadline for _, c in calls) + grace)
 
     def _receive_batch(self, batch: NodeBatch, ref: Any) -> None:
         """A node's sums: fill the runs that check out; the driver reads any other block of the node itself."""

@@ -48,6 +48,7 @@ class ActorPool:
         self.actors: list[Any] = []
         self.infos: list[dict[str, Any]] = []
         self.suspect: set[int] = set()  # failed a call and have not answered since
+        self._pings: dict[int, Any] = {}  # suspect -> its ping in flight (see healthy)
         self.pg: Any = None
         self.owns_pg = True  # False inside a Tune trial's placement group
         self.generation = 0
@@ -166,29 +167,39 @@ class ActorPool:
         except Exception:  # noqa: BLE001 - already gone
             pass
 
-    def healthy(self, wait_s: float = 1.0) -> list[int]:
-        """Actors believed alive. A suspect is cleared when it answers a ping within ``wait_s``.
+    def healthy(self, wait_s: float = 0.0) -> list[int]:
+        """Actors believed alive. A suspect is cleared when its ping answers (waiting up to ``wait_s``).
 
-        A restarting actor refuses calls at once (``ActorUnavailableError``), a hung one
-        does not answer: both stay suspect, and get no new work until they answer.
+        Each suspect has at most one ping in flight, kept across calls: an actor on a node
+        that cannot be reached (a partition) never answers, and a fresh ping per call would
+        both pile up calls Ray keeps trying to deliver and make every caller wait for it. A
+        restarting actor refuses a ping at once (``ActorUnavailableError``); the next call
+        pings it again.
         """
-        if self.suspect:
-            pings = {self.actors[k].ping.remote(): k for k in sorted(self.suspect)}
-            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=wait_s)
+        for k in sorted(self.suspect):
+            if k not in self._pings:
+                self._pings[k] = self.actors[k].ping.remote()
+        if self._pings:
+            owner = {ref: k for k, ref in self._pings.items()}
+            ready, _ = ray.wait(list(owner), num_returns=len(owner), timeout=wait_s)
             for ref in ready:
+                k = owner[ref]
+                del self._pings[k]
                 try:
                     ray.get(ref)
                 except RETRIABLE + (RayTaskError,):
                     continue
-                self.suspect.discard(pings[ref])
+                self.suspect.discard(k)
         return [k for k in range(len(self.actors)) if k not in self.suspect]
 
     def pick(self, preferred: int, deadline: float) -> int:
         """``preferred`` if it is healthy, else the next healthy actor after it; waits (until ``deadline``) if none is."""
         n = len(self.actors)
         order = [(preferred + j) % n for j in range(n)]
+        wait_s = 0.0  # the first look takes what has answered already; later ones wait a little
         while True:
-            healthy = set(self.healthy())
+            healthy = set(self.healthy(wait_s))
+            wait_s = 0.25
             for k in order:
                 if k in healthy:
                     return k
@@ -216,7 +227,7 @@ class ActorPool:
         """Block until every actor answers (after restarts); :class:`WorkerFailedError` past ``timeout``."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.startup_timeout)
         self.suspect.update(range(len(self.actors)))
-        while self.healthy() != list(range(len(self.actors))):
+        while self.healthy(wait_s=0.25) != list(range(len(self.actors))):
             if time.monotonic() > deadline:
                 raise WorkerFailedError(f"Ray actors {sorted(self.suspect)} did not come back within {timeout}s")
             time.sleep(0.25)
@@ -236,5 +247,6 @@ class ActorPool:
                 except Exception:  # noqa: BLE001
                     pass
         self.actors = []
+        self._pings = {}
         self.pg = None
         self._args_ref = None
