@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-PAD_ID = 0  # distmeta.text.PAD_ID; the models treat x == 0 as padding
+PAD_ID = 0  # distmeta.text.PAD_ID: trained tokenizers pad with 0; a pretrained encoder names its own
 
 
-def pad_mask(x: Tensor) -> Tensor:
-    """``True`` at real tokens of a ``[B, L]`` id tensor."""
-    return x != PAD_ID
+def pad_mask(x: Tensor, pad_id: int = PAD_ID) -> Tensor:
+    """``True`` at real tokens of a ``[B, L]`` id tensor right-padded with ``pad_id``."""
+    return x != pad_id
 
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:

@@ -5,14 +5,25 @@ the local HF cache (offline when ``HF_HUB_OFFLINE=1``), with eager attention so 
 second-order MAML terms flow through softmax attention.
 
 BERT-like stacks (an ``embeddings`` module and a list of layers, as in BERT, RoBERTa,
-ELECTRA, bge, e5, gte, MiniLM) are run layer by layer with an additive attention mask
+ELECTRA, MPNet, bge, e5, gte, MiniLM) are run layer by layer with an additive attention mask
 built here: transformers' own mask helpers branch on tensor values, which ``torch.func.vmap``
 refuses. That also lets the encoder start *after* a frozen prefix: a float input
 ``[B, L, D]`` is the cached output of the first ``prefix_layers`` layers
 (:mod:`distmeta.models.prefix`), with padding positions exactly zero. Other architectures
 run as one ``AutoModel`` call (no vmap, no prefix cache, ``model.trainable`` all or head).
+
+Padding is the model's own ``pad_token_id`` (0 for BERT-like vocabularies, 1 for RoBERTa and
+MPNet), the id the pretrained tokenizer pads with (:func:`distmeta.text.pad_id_of`, checked
+against ``config.json`` when the tokenizer loads). MPNet adds a relative position bias that its
+encoder computes once per forward from the sequence width and a table of its own
+(``encoder.relative_attention_bias``, here ``relative_bias``, grouped with the embeddings): every
+call of :meth:`HFEncoder.run_layers` recomputes it for its width, so a suffix that starts after a
+cached prefix adds the same bias as the whole forward.
 """
 from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +43,16 @@ def _layer_stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
     layers = getattr(encoder, "layer", None) if encoder is not None else None
     if isinstance(embeddings, nn.Module) and isinstance(layers, nn.ModuleList) and len(layers) > 0:
         return embeddings, layers
+    return None
+
+
+def _position_bias_of(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor]] | None:
+    """MPNet-style ``(bias table, encoder.compute_position_bias)``: a bias the encoder adds in every layer."""
+    encoder = getattr(model, "encoder", None)
+    table = getattr(encoder, "relative_attention_bias", None)
+    compute = getattr(encoder, "compute_position_bias", None)
+    if isinstance(table, nn.Module) and callable(compute):
+        return table, compute
     return None
 
 
@@ -71,7 +92,8 @@ class HFEncoder(nn.Module):
         model: a transformers encoder (``AutoModel``), in eval mode.
         out_dim: outputs of the head (ways, or 1).
         pooling: ``mean`` over real tokens (sentence-transformers) or the ``cls`` token.
-        pad_id: the tokenizer's padding id; distmeta pads with 0 and masks ``x != 0``.
+
+    Token ids are right-padded with ``pad_id`` (the model config's ``pad_token_id``, 0 when unset).
     """
 
     def __init__(self, model: nn.Module, out_dim: int, pooling: str = "mean") -> None:
@@ -84,9 +106,15 @@ class HFEncoder(nn.Module):
         self.embed_dim = int(model.config.hidden_size)
         self.prefix_layers = 0  # set by the worker when a prefix cache feeds the encoder
         self.length_buckets = 1  # model.length_buckets
+        self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
+        self._position_bias: Callable[[Tensor], Tensor] | None = None
         if stack is not None:
             self.embeddings, self.layers = stack
             self.whole = None
+            bias = _position_bias_of(model)
+            if bias is not None:  # the same module object as the encoder's: compute_position_bias reads it
+                self.relative_bias, self._position_bias = bias
+            self._embed_kwargs = self._embedding_kwargs(self.embeddings)
         else:
             self.embeddings, self.layers, self.whole = None, nn.ModuleList(), model
         self.head = nn.Linear(self.embed_dim, out_dim)
@@ -103,28 +131,45 @@ class HFEncoder(nn.Module):
         """Always eval mode: dropout would make meta-gradients depend on an RNG state the workers do not share."""
         return super().train(False)
 
+    @staticmethod
+    def _embedding_kwargs(embeddings: nn.Module) -> tuple[str, ...]:
+        """Which optional inputs the embeddings take: ``token_type_ids`` for BERT and RoBERTa, none for MPNet."""
+        params = inspect.signature(embeddings.forward).parameters
+        return ("token_type_ids",) if "token_type_ids" in params else ()
+
     def embed(self, x: Tensor) -> Tensor:
-        """Token ids ``[B, L]`` -> the input of layer 0 ``[B, L, D]``."""
+        """Token ids ``[B, L]`` (right-padded with ``pad_id``) -> the input of layer 0 ``[B, L, D]``.
+
+        RoBERTa and MPNet number positions from the ids (padding keeps the padding position), so the
+        ids reach the embeddings as the tokenizer gave them.
+        """
         assert self.embeddings is not None
-        return self.embeddings(input_ids=x, token_type_ids=torch.zeros_like(x))
+        extra: dict[str, Any] = {"token_type_ids": torch.zeros_like(x)} if self._embed_kwargs else {}
+        return self.embeddings(input_ids=x, **extra)
 
     def run_layers(self, h: Tensor, mask: Tensor, start: int, stop: int | None = None) -> Tensor:
-        """Layers ``start:stop`` on hidden states ``h`` with real-token ``mask`` ``[B, L]``."""
+        """Layers ``start:stop`` on hidden states ``h`` with real-token ``mask`` ``[B, L]``.
+
+        An MPNet position bias is computed here from ``h``'s width, once for the layers run.
+        """
         # A finite large negative on padded keys: softmax never sees -inf (no NaN in double backward).
         additive = (~mask).to(h.dtype)[:, None, None, :] * torch.finfo(h.dtype).min
+        extra: dict[str, Tensor] = {}
+        if self._position_bias is not None:
+            extra["position_bias"] = self._position_bias(h)
         for layer in self.layers[start:stop]:
-            out = layer(h, attention_mask=additive)
+            out = layer(h, attention_mask=additive, **extra)
             h = out[0] if isinstance(out, tuple) else out
         return h
 
     def forward(self, x: Tensor, head: bool = True) -> Tensor:
-        """Token ids ``[B, L]`` (0 = pad), or cached prefix outputs ``[B, L, D]``, -> logits or the pooled embedding.
+        """Token ids ``[B, L]`` (``pad_id`` = pad), or cached prefix outputs ``[B, L, D]``, -> logits or the pooled embedding.
 
         Outside ``torch.func`` transforms a batch runs as ``length_buckets`` sub-batches of
         similar lengths, each cut to its own longest row: padding costs attention and
         feed-forward time but changes no real token's result.
         """
-        mask = (x != 0).any(-1) if x.is_floating_point() else pad_mask(x)
+        mask = (x != 0).any(-1) if x.is_floating_point() else pad_mask(x, self.pad_id)
         if self.length_buckets > 1 and x.shape[0] > 1 and not transforms_active():
             pooled = self._bucketed(x, mask)
         else:
@@ -152,22 +197,21 @@ class HFEncoder(nn.Module):
         return torch.cat(outs).index_select(0, torch.argsort(order))
 
     def layer_groups(self) -> list[list[str]]:
-        """[embeddings], [layer 0], ..., [layer N-1], [head]; one body group for non-BERT-like models."""
+        """[embeddings (+ MPNet's relative bias)], [layer 0], ..., [layer N-1], [head]; one body group otherwise.
+
+        MPNet's bias table feeds every layer, so it sits with the embeddings: ``last:N`` leaves it frozen
+        and the frozen prefix (and its cache key) covers it.
+        """
         if self.whole is not None:
             return [names_under(self, "whole"), names_under(self, "head")]
-        groups = [names_under(self, "embeddings")]
+        groups = [names_under(self, "embeddings") + names_under(self, "relative_bias")]
         groups += [names_under(self, f"layers.{i}") for i in range(len(self.layers))]
         return groups + [names_under(self, "head")]
 
 
 def build_hf_encoder(path: str, out_dim: int, pooling: str = "mean", length_buckets: int = 1) -> HFEncoder:
-    """Load ``path`` (directory or local-cache name) and wrap it; padding must be token id 0."""
+    """Load ``path`` (directory or local-cache name) and wrap it; padding is its config's ``pad_token_id``."""
     model = load_auto_model(path)
-    pad = getattr(model.config, "pad_token_id", 0)
-    if pad not in (0, None):
-        raise ConfigError(
-            f"model.path {path!r}: the tokenizer pads with id {pad}; distmeta's text pipeline pads with 0 "
-            "(BERT-style vocabularies: BERT, MiniLM, bge, e5, gte)")
     make_transform_safe(model)  # right second-order gradients under vmap (distmeta.models.norm)
     encoder = HFEncoder(model, out_dim, pooling)
     encoder.length_buckets = length_buckets

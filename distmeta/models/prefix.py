@@ -97,11 +97,13 @@ class PrefixCache:
         return torch.from_numpy(out).to(device, dtype)
 
 
-def _as_corpus(token_ids: "TokenCorpus | np.ndarray") -> "TokenCorpus":
-    """A :class:`~distmeta.text.corpus.TokenCorpus`, from ``[rows, L]`` padded ids if given those."""
+def _as_corpus(token_ids: "TokenCorpus | np.ndarray", pad_id: int = 0) -> "TokenCorpus":
+    """A :class:`~distmeta.text.corpus.TokenCorpus`, from ``[rows, L]`` ids padded with ``pad_id`` if given those."""
     from distmeta.text.corpus import TokenCorpus
 
-    return token_ids if isinstance(token_ids, TokenCorpus) else TokenCorpus.from_padded(np.asarray(token_ids))
+    if isinstance(token_ids, TokenCorpus):
+        return token_ids
+    return TokenCorpus.from_padded(np.asarray(token_ids), pad_id=pad_id)
 
 
 def model_identity(module: HFEncoder) -> dict[str, str]:
@@ -119,13 +121,13 @@ def model_identity(module: HFEncoder) -> dict[str, str]:
 
 
 def cache_key(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.ndarray", rows: np.ndarray) -> str:
-    """Identity of a cache: the prefix's parameters and buffers, :func:`model_identity`, the padded token ids of
-    ``rows``, the layer count."""
-    corpus = _as_corpus(token_ids)
+    """Identity of a cache: the prefix's parameters and buffers (MPNet's position bias table with the
+    embeddings), :func:`model_identity`, the padded token ids of ``rows``, the layer count."""
+    corpus = _as_corpus(token_ids, module.pad_id)
     h = hashlib.sha256()
     h.update(f"{FORMAT}:{layers}:{module.pooling}".encode())
     h.update(json.dumps(model_identity(module), sort_keys=True).encode())
-    prefix = ("embeddings.",) + tuple(f"layers.{i}." for i in range(layers))
+    prefix = ("embeddings.", "relative_bias.") + tuple(f"layers.{i}." for i in range(layers))
     for name, t in sorted(module.state_dict().items()):
         if name.startswith(prefix):
             h.update(name.encode())
@@ -178,8 +180,7 @@ def _compute(module: HFEncoder, layers: int, corpus: "TokenCorpus", rows: np.nda
     from distmeta.progress import progress_bar
 
     lengths = np.zeros(len(corpus), dtype=np.int64)
-    for s in range(0, len(rows), 65536):
-        lengths[rows[s : s + 65536]] = (corpus.padded(rows[s : s + 65536]) != 0).sum(1)
+    lengths[rows] = np.minimum(corpus.lengths()[rows], corpus.max_length)  # real tokens, whatever the pad id
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     states = np.lib.format.open_memmap(out / STATES, mode="w+", dtype=np.float32,
                                        shape=(int(offsets[-1]), module.embed_dim))
@@ -189,7 +190,8 @@ def _compute(module: HFEncoder, layers: int, corpus: "TokenCorpus", rows: np.nda
         chunk = order[s : s + batch]
         width = int(lengths[chunk].max())
         x = torch.from_numpy(corpus.padded(chunk, width))
-        h = module.run_layers(module.embed(x), x != 0, 0, layers).to(torch.float32).numpy()
+        mask = torch.from_numpy(np.arange(width)[None, :] < lengths[chunk][:, None])
+        h = module.run_layers(module.embed(x), mask, 0, layers).to(torch.float32).numpy()
         for i, r in enumerate(chunk):
             states[offsets[r] : offsets[r + 1]] = h[i, : lengths[r]]
         bar.update(len(chunk))
@@ -206,7 +208,8 @@ def open_or_build(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.n
     Args:
         module: the encoder whose first ``layers`` layers are frozen.
         layers: prefix length (>= 1).
-        token_ids: the whole corpus: a :class:`~distmeta.text.corpus.TokenCorpus`, or ``[rows, L]`` padded ids (0 = pad).
+        token_ids: the whole corpus: a :class:`~distmeta.text.corpus.TokenCorpus`, or ``[rows, L]`` ids padded with
+            the model's ``pad_id``.
         rows: the rows to cache (those of the run's classes).
         cache_dir: directory of caches; created if missing, and refused when another user could write there.
     Returns:
@@ -214,7 +217,10 @@ def open_or_build(module: HFEncoder, layers: int, token_ids: "TokenCorpus | np.n
     """
     root = caches.prepare_root(cache_dir, "prefix cache (model.cache_dir)")
     rows = np.unique(np.asarray(rows, dtype=np.int64))
-    corpus = _as_corpus(token_ids)
+    corpus = _as_corpus(token_ids, module.pad_id)
+    if corpus.pad_id != module.pad_id:
+        raise ValueError(f"the corpus pads with id {corpus.pad_id} but the encoder's pad_token_id is {module.pad_id}: "
+                         "tokenise with the model's own tokenizer (tokenizer.kind=pretrained)")
     key = cache_key(module, layers, corpus, rows)
     path = root / key
     built_from = {"format": FORMAT, "layers": layers, "rows": int(len(rows)), "corpus_rows": len(corpus),

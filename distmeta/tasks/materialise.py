@@ -116,27 +116,29 @@ def by_source(specs: Sequence[TaskSpec]) -> list[tuple[list[int], list[TaskSpec]
 TaskBuilder = TextTaskBuilder | SinusoidTaskBuilder
 
 
-def split_task(batch: Task, index: int) -> Task:
+def split_task(batch: Task, index: int, pad_id: int = 0) -> Task:
     """One task of a stacked batch (for the loop path), its texts cut to the task's own longest.
 
     A group is padded to its longest text; one task of it usually needs fewer positions.
     Trailing padding changes no real token's result, so each task is computed at its own width.
+    ``pad_id`` is the id token rows are padded with (the corpus's; 0 unless a pretrained
+    tokenizer pads with another id, where a 0 default only trims less: id 0 is then ``<s>``).
     """
     task = {k: v[index] for k, v in batch.items()}
     for key in ("support_x", "query_x"):
         if key in task:
-            task[key] = trim_padding(task[key])
+            task[key] = trim_padding(task[key], pad_id)
     return task
 
 
-def trim_padding(x: torch.Tensor) -> torch.Tensor:
+def trim_padding(x: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     """Text inputs without the trailing positions that are padding in every row.
 
-    Token ids ``[n, L]`` (0 = pad) or cached prefix states ``[n, L, D]`` (zero at padding);
-    anything else (sinusoid ``[n, 1]`` floats) is returned as it is.
+    Token ids ``[n, L]`` (right-padded with ``pad_id``) or cached prefix states ``[n, L, D]`` (zero at
+    padding); anything else (sinusoid ``[n, 1]`` floats) is returned as it is.
     """
     if x.dim() == 2 and not x.is_floating_point():
-        real = x != 0
+        real = x != pad_id
     elif x.dim() == 3 and x.is_floating_point():
         real = (x != 0).any(-1)
     else:

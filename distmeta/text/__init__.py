@@ -1,4 +1,4 @@
-"""Tokenisation: tokenizers, and corpora as compact ragged token ids cached on disk (``[PAD]`` = 0)."""
+"""Tokenisation: tokenizers, and corpora as compact ragged token ids cached on disk (padded with the tokenizer's own pad id)."""
 from distmeta.text.corpus import TokenCorpus
 from distmeta.text.tokenizer import (
     PAD_ID,
@@ -6,11 +6,12 @@ from distmeta.text.tokenizer import (
     encode,
     load_pretrained_tokenizer,
     load_tokenizer,
+    pad_id_of,
     save_tokenizer,
     train_tokenizer,
 )
 from distmeta.text.tokenize import tokenize_corpus
 
 __all__ = [
-    "PAD_ID", "TokenCorpus", "tokenize_corpus", "SPECIAL_TOKENS", "encode", "load_pretrained_tokenizer", "load_tokenizer", "save_tokenizer", "train_tokenizer",
+    "PAD_ID", "TokenCorpus", "tokenize_corpus", "SPECIAL_TOKENS", "encode", "load_pretrained_tokenizer", "load_tokenizer", "pad_id_of", "save_tokenizer", "train_tokenizer",
 ]

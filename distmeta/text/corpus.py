@@ -7,6 +7,9 @@ vocabulary allows. A worker pads only the rows of the episodes it builds
 arrays are memory-mapped from the on-disk tokenisation cache, or zero-copy views into
 Ray's object store, and are never converted as a whole.
 
+Rows are padded with ``pad_id``, the tokenizer's own padding id (0 for trained and BERT-like
+vocabularies, 1 for RoBERTa / MPNet), which the models mask out.
+
 Several sources (``data.mixture``) share one corpus, each a contiguous block of rows
 starting at ``starts[source]``; task specs name rows within their source.
 """
@@ -42,12 +45,14 @@ class TokenCorpus:
         offsets: ``[rows + 1]`` start of each row in ``ids``; the last entry is ``len(ids)``.
         max_length: the width rows are padded to when materialised.
         starts: the first row of each source (``[0]`` for one source).
+        pad_id: the id rows are right-padded with (the tokenizer's :func:`~distmeta.text.tokenizer.pad_id_of`).
     """
 
     ids: np.ndarray
     offsets: np.ndarray
     max_length: int
     starts: list[int] = field(default_factory=lambda: [0])
+    pad_id: int = PAD_ID
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -77,28 +82,28 @@ class TokenCorpus:
         return np.asarray(rows, dtype=np.int64) + self.starts[source]
 
     def padded(self, rows: Sequence[int] | np.ndarray, width: int | None = None) -> np.ndarray:
-        """``[len(rows), width]`` int64 ids of ``rows``, right-padded with ``PAD_ID`` (default width ``max_length``)."""
+        """``[len(rows), width]`` int64 ids of ``rows``, right-padded with ``pad_id`` (default width ``max_length``)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         width = self.max_length if width is None else width
         start = self.offsets[rows].astype(np.int64)
         length = np.minimum(self.offsets[rows + 1].astype(np.int64) - start, width)
         pos = np.arange(width)
         valid = pos[None, :] < length[:, None]
-        out = np.zeros((len(rows), width), dtype=np.int64)
+        out = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         out[valid] = self.ids[(start[:, None] + pos[None, :])[valid]]
         return out
 
     @classmethod
-    def from_padded(cls, token_ids: np.ndarray, vocab_size: int | None = None) -> "TokenCorpus":
-        """The ragged form of ``[rows, L]`` padded ids (each row kept up to its last non-pad token)."""
+    def from_padded(cls, token_ids: np.ndarray, vocab_size: int | None = None, pad_id: int = PAD_ID) -> "TokenCorpus":
+        """The ragged form of ``[rows, L]`` ids right-padded with ``pad_id`` (each row kept up to its last non-pad token)."""
         arr = np.asarray(token_ids)
-        nonzero = arr != PAD_ID
+        nonzero = arr != pad_id
         lengths = np.where(nonzero.any(1), arr.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
         keep = np.arange(arr.shape[1])[None, :] < lengths[:, None]
         vocab = vocab_size if vocab_size is not None else (int(arr.max()) + 1 if arr.size else 1)
         ids = arr[keep].astype(id_dtype(vocab))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(offset_dtype(len(ids)))
-        return cls(ids, offsets, int(arr.shape[1]))
+        return cls(ids, offsets, int(arr.shape[1]), pad_id=int(pad_id))
 
     @classmethod
     def concat(cls, parts: Sequence["TokenCorpus"]) -> "TokenCorpus":
@@ -107,13 +112,16 @@ class TokenCorpus:
             return parts[0]
         if len({p.max_length for p in parts}) != 1:
             raise ValueError("sources of one corpus need one max_length")
+        if len({p.pad_id for p in parts}) != 1:
+            raise ValueError("sources of one corpus need one pad_id (one tokenizer)")
         dtype = max((p.ids.dtype for p in parts), key=lambda d: d.itemsize)
         ids = np.concatenate([p.ids.astype(dtype, copy=False) for p in parts])
         shifts = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
         offsets = np.concatenate([parts[0].offsets[:1].astype(np.int64)]
                                  + [p.offsets[1:].astype(np.int64) + s for p, s in zip(parts, shifts)])
         starts = np.cumsum([0] + [len(p) for p in parts[:-1]]).tolist()
-        return cls(ids, offsets.astype(offset_dtype(len(ids))), parts[0].max_length, [int(s) for s in starts])
+        return cls(ids, offsets.astype(offset_dtype(len(ids))), parts[0].max_length, [int(s) for s in starts],
+                   parts[0].pad_id)
 
 
 __all__ = ["TokenCorpus", "id_dtype", "offset_dtype"]

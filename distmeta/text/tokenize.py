@@ -142,17 +142,21 @@ def _pack(mapped: Any, out: Path, rows: int, dtype: np.dtype) -> None:
     del ids, offsets
 
 
-def open_tokens(path: Path, max_length: int) -> TokenCorpus:
-    """Map a finished token cache read-only (see :func:`tokenize_corpus` for the checks done first)."""
-    return TokenCorpus(np.load(path / IDS, mmap_mode="r"), np.load(path / OFFSETS, mmap_mode="r"), max_length)
+def open_tokens(path: Path, max_length: int, pad_id: int = 0) -> TokenCorpus:
+    """Map a finished token cache read-only (see :func:`tokenize_corpus` for the checks done first).
+
+    ``pad_id`` is the tokenizer's padding id (the cache key covers the tokenizer, so it is that entry's).
+    """
+    return TokenCorpus(np.load(path / IDS, mmap_mode="r"), np.load(path / OFFSETS, mmap_mode="r"), max_length,
+                       pad_id=pad_id)
 
 
-def _verified(path: Path, key: str, built_from: dict[str, Any], max_length: int) -> TokenCorpus | None:
+def _verified(path: Path, key: str, built_from: dict[str, Any], max_length: int, pad_id: int) -> TokenCorpus | None:
     """The cache entry ``path`` opened, when its manifest, checksums and shapes match; else it is discarded."""
     problem = caches.manifest_problem(path, key, built_from)
     corpus = None
     if problem is None:
-        corpus = open_tokens(path, max_length)
+        corpus = open_tokens(path, max_length, pad_id)
         rows = int(built_from["rows"])
         if corpus.offsets.shape != (rows + 1,) or corpus.ids.shape != (int(corpus.offsets[-1]),) \
                 or corpus.ids.dtype.str != built_from["dtype"]:
@@ -168,7 +172,8 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
     """The corpus of ``texts`` as compact ragged token ids, from the on-disk cache when this corpus was tokenised before.
 
     Args:
-        tokenizer: an HF ``tokenizers.Tokenizer`` (``[PAD]`` = 0; its post-processor adds ``[CLS]``/``[SEP]``).
+        tokenizer: an HF ``tokenizers.Tokenizer`` (its post-processor adds ``[CLS]``/``[SEP]``); rows are
+            padded with its :func:`~distmeta.text.tokenizer.pad_id_of` when materialised.
         texts: the corpus's texts: a :class:`~distmeta.data.labelled.TextColumn`, or any list of strings.
         max_length: tokens kept per row (the rest truncated); rows are padded to it when materialised.
         cache_dir: where token caches live (default :func:`tokens_cache_dir`); it must be private.
@@ -177,8 +182,11 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
     Raises:
         DistmetaError: the cache directory belongs to another user or others can write to it.
     """
+    from distmeta.text.tokenizer import pad_id_of
+
     column = as_text_column(texts)
     ds = column.dataset
+    pad = pad_id_of(tokenizer)
     tokenizer_json = tokenizer.to_str()
     dtype = id_dtype(tokenizer.get_vocab_size())
     key = hashlib.sha256(json.dumps([FORMAT, column.fingerprint(), max_length, dtype.str]).encode()
@@ -189,7 +197,7 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
     root = caches.prepare_root(Path(cache_dir) if cache_dir is not None else tokens_cache_dir(), "token cache")
     path = root / key
     if path.exists():
-        found = _verified(path, key, built_from, max_length)
+        found = _verified(path, key, built_from, max_length, pad)
         if found is not None:
             return found
     tmp = caches.tmp_dir(root, key)
@@ -204,7 +212,7 @@ def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_length: int, cache
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    found = _verified(path, key, built_from, max_length)
+    found = _verified(path, key, built_from, max_length, pad)
     if found is None:
         raise OSError(f"token cache {path}: the entry just published does not verify")
     return found

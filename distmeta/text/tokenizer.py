@@ -1,8 +1,11 @@
 """Text to fixed-length token-id tensors with HF ``tokenizers``.
 
 A tokenizer is either trained on the meta-train split (so no test-class text leaks
-into the vocabulary) or the pretrained encoder's own. Either way ``[PAD]`` is id 0:
-the models find padding as ``x != 0``, so this is checked, not assumed.
+into the vocabulary; its ``[PAD]`` is id 0, checked) or the pretrained encoder's own, whose
+padding id is the model's (0 for BERT-like vocabularies, 1 for RoBERTa, MPNet, XLM-R). A
+pretrained tokenizer whose padding id is not 0 keeps a padding setting at that id, so the
+``tokenizer.json`` a run saves says which id pads (:func:`pad_id_of`); corpora and models
+mask padding with that id, never with a hard-coded 0.
 """
 from __future__ import annotations
 
@@ -116,13 +119,67 @@ def _train_wordpiece(texts: Sequence[str], vocab_size: int, min_frequency: int, 
 
 
 def _check_pad(tok: Tokenizer, what: str) -> None:
+    """A trained (or saved trained) tokenizer pads with ``[PAD]`` = 0; a saved pretrained one names its own pad id."""
+    if tok.padding is not None:  # a pretrained vocabulary's own padding id, recorded by load_pretrained_tokenizer
+        return
     pad = tok.token_to_id("[PAD]")
     if pad != PAD_ID:
-        raise ConfigError(f"{what}: [PAD] must be token id {PAD_ID} (the models mask x != 0), got {pad}")
+        raise ConfigError(f"{what}: [PAD] must be token id {PAD_ID} (a tokenizer without a padding setting pads "
+                          f"with id {PAD_ID}), got {pad}")
+
+
+def pad_id_of(tok: Tokenizer) -> int:
+    """The id ``tok`` pads with: its padding setting's ``pad_id``, else ``PAD_ID`` (0, trained tokenizers).
+
+    Args:
+        tok: a tokenizer from :func:`train_tokenizer`, :func:`load_pretrained_tokenizer` or :func:`load_tokenizer`.
+    Returns:
+        The padding token id the corpus pads rows with and the models mask out.
+    """
+    padding = tok.padding
+    return int(padding["pad_id"]) if padding is not None else PAD_ID
+
+
+def _config_pad_id(model_dir: Path) -> int | None:
+    """``pad_token_id`` of ``model_dir/config.json`` (None when the file or the key is absent or unreadable)."""
+    try:
+        value = json.loads((Path(model_dir) / "config.json").read_text()).get("pad_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def _pretrained_pad(tok: Tokenizer, model_dir: Path, path: Path) -> tuple[int, str]:
+    """The pretrained tokenizer's padding id and token, checked against the model's ``config.json``.
+
+    The tokenizer's own padding setting wins, then ``[PAD]`` / ``<pad>`` in its vocabulary. The model
+    masks and positions padding by ``config.json``'s ``pad_token_id`` (0 when absent): the two must agree.
+    """
+    padding = tok.padding
+    if padding is not None:
+        pad, token = int(padding["pad_id"]), str(padding["pad_token"])
+    else:
+        found = [(tok.token_to_id(t), t) for t in ("[PAD]", "<pad>") if tok.token_to_id(t) is not None]
+        if not found:
+            raise ConfigError(f"pretrained tokenizer {str(path)!r} has no padding setting and no [PAD] or <pad> "
+                              "token: save the model's tokenizer with transformers' save_pretrained")
+        pad, token = found[0]
+    model_pad = _config_pad_id(model_dir)
+    if pad != (PAD_ID if model_pad is None else model_pad):
+        raise ConfigError(
+            f"pretrained tokenizer {str(path)!r} pads with id {pad} ({token!r}) but the model's config.json "
+            f"{'has no pad_token_id (the model masks id 0)' if model_pad is None else f'has pad_token_id {model_pad}'}"
+            f": set pad_token_id to {pad} in {str(Path(model_dir) / 'config.json')!r} or use the model's own tokenizer")
+    return pad, token
 
 
 def load_pretrained_tokenizer(model_dir: str | Path) -> Tokenizer:
-    """The tokenizer of a pretrained encoder, from ``model_dir/tokenizer.json`` (its [PAD] must be id 0)."""
+    """The tokenizer of a pretrained encoder, from ``model_dir/tokenizer.json`` (else its slow tokenizer's files).
+
+    Its padding id is the model's (``config.json``'s ``pad_token_id``, checked); when it is not 0
+    the returned tokenizer keeps a padding setting at that id (no fixed length) so that a saved
+    copy still says which id pads (:func:`pad_id_of`).
+    """
     path = Path(model_dir) / "tokenizer.json"
     if path.is_file():
         try:
@@ -138,20 +195,25 @@ def load_pretrained_tokenizer(model_dir: str | Path) -> Tokenizer:
         except Exception as err:  # transformers raises OSError, ValueError or its own types here
             raise ConfigError(f"pretrained tokenizer: {str(path)!r} does not exist and {str(model_dir)!r} has no "
                               f"tokenizer transformers can load ({err})") from None
+    pad, token = _pretrained_pad(tok, Path(model_dir), path)
     tok.no_truncation()  # encode() sets its own length
     tok.no_padding()
-    _check_pad(tok, f"pretrained tokenizer {str(path)!r}")
+    if pad != PAD_ID:
+        tok.enable_padding(direction="right", pad_id=pad, pad_token=token)
     return tok
 
 
 def encode(tok: Tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
-    """``[n, max_length]`` LongTensor of ``[CLS] ... [SEP]`` ids, truncated and right-padded with ``PAD_ID``.
+    """``[n, max_length]`` LongTensor of ``[CLS] ... [SEP]`` ids, truncated and right-padded with the pad id.
+
+    The pad id is :func:`pad_id_of` ``tok``: 0 for trained tokenizers, the model's own for pretrained ones.
 
     Works on a copy, so the caller's tokenizer keeps its own padding/truncation settings.
     """
     work = Tokenizer.from_str(tok.to_str())
     work.enable_truncation(max_length=max_length)
-    work.enable_padding(direction="right", pad_id=PAD_ID, pad_token="[PAD]", length=max_length)
+    pad = pad_id_of(tok)
+    work.enable_padding(direction="right", pad_id=pad, pad_token=tok.id_to_token(pad) or "[PAD]", length=max_length)
     encodings = work.encode_batch(list(texts))
     if not encodings:
         return torch.zeros(0, max_length, dtype=torch.long)

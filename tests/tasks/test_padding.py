@@ -31,6 +31,9 @@ def test_trim_padding_cuts_only_columns_that_are_padding_in_every_row():
     sinusoid = torch.randn(5, 1)
     assert trim_padding(sinusoid) is sinusoid, "regression inputs are not text"
     assert trim_padding(torch.zeros(3, 4, dtype=torch.long)).shape == (3, 1), "at least one position"
+    mpnet = torch.tensor([[0, 6, 2, 1, 1], [0, 2, 1, 1, 1]])  # <s> = 0 starts each row, <pad> = 1
+    assert trim_padding(mpnet, pad_id=1).tolist() == [[0, 6, 2], [0, 2, 1]]
+    assert trim_padding(mpnet).shape == mpnet.shape, "with pad 0 assumed nothing is cut (0 is only <s>)"
 
 
 @pytest.fixture

@@ -41,6 +41,21 @@ def test_a_literal_pad_inside_a_row_is_kept():
     assert corpus.lengths().tolist() == [4, 2]
 
 
+def test_a_pretrained_pad_id_pads_rows_and_round_trips():
+    """RoBERTa / MPNet pad with id 1 and start every row with <s> = 0, a real token."""
+    rows = [[0, 7, 2], [0, 2], [0, 9, 9, 1, 2]]  # a literal <pad> inside a row is still a token
+    ref = padded_reference(rows, 6)
+    ids = np.where(ref == 0, 1, ref)
+    ids[:, 0] = 0
+    corpus = TokenCorpus.from_padded(ids, pad_id=1)
+    assert corpus.pad_id == 1 and corpus.lengths().tolist() == [3, 2, 5]
+    assert corpus.padded([2, 0], 4).tolist() == [[0, 9, 9, 1], [0, 7, 2, 1]]
+    np.testing.assert_array_equal(corpus.padded([0, 1, 2]), ids)
+    assert TokenCorpus.concat([corpus, corpus]).pad_id == 1
+    with pytest.raises(ValueError, match="one pad_id"):
+        TokenCorpus.concat([corpus, TokenCorpus.from_padded(padded_reference(rows, 6))])
+
+
 def test_sources_concatenate_as_row_blocks():
     a = TokenCorpus.from_padded(np.array([[2, 7, 3, 0], [2, 3, 0, 0]]), 300)
     b = TokenCorpus.from_padded(np.array([[2, 9, 9, 3], [2, 4, 3, 0], [2, 3, 0, 0]]), 300)

@@ -10,7 +10,8 @@ import torch
 from tokenizers import Tokenizer, models
 
 from distmeta.errors import CheckpointError, ConfigError
-from distmeta.text import PAD_ID, encode, load_pretrained_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from distmeta.text import (PAD_ID, encode, load_pretrained_tokenizer, load_tokenizer, pad_id_of, save_tokenizer,
+                           train_tokenizer)
 
 CORPUS = [
     f"{adj} {noun} of the {part}, {kind} {n}"
@@ -89,10 +90,21 @@ def test_unknown_kind():
         train_tokenizer(CORPUS, "unigram")
 
 
-def test_pretrained_pad_must_be_zero(tmp_path):
+def test_pretrained_pad_id_must_agree_with_the_model_config(tmp_path):
+    """A pretrained tokenizer pads with its own id (here 1, as RoBERTa/MPNet) when the model's config says so."""
     Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(ConfigError, match=r"\[PAD\] must be token id 0"):
+    with pytest.raises(ConfigError, match=r"pads with id 1 .*config.json has no pad_token_id"):
         load_pretrained_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text('{"pad_token_id": 2}')
+    with pytest.raises(ConfigError, match="has pad_token_id 2: set pad_token_id to 1"):
+        load_pretrained_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text('{"pad_token_id": 1}')
+    tok = load_pretrained_tokenizer(tmp_path)
+    assert pad_id_of(tok) == 1
+    saved = tmp_path / "run" / "tokenizer.json"
+    save_tokenizer(tok, saved)
+    assert pad_id_of(load_tokenizer(saved)) == 1, "a run's saved copy still says which id pads"
+    assert encode(tok, ["[UNK]"], 3).tolist() == [[0, 1, 1]]
     with pytest.raises(ConfigError, match="does not exist"):
         load_pretrained_tokenizer(tmp_path / "nowhere")
 
