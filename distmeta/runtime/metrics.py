@@ -58,8 +58,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     from distmeta.runtime.storage import is_remote, open_store
 
     if is_remote(run_dir):
+        from distmeta.runtime.lease import current_generation
+
         store = open_store(str(run_dir))
         name = "" if str(run_dir).partition("?")[0].endswith(".jsonl") else METRICS_FILE
+        store = store if not name else current_generation(store)  # the generation readers honour
         if not store.exists(name):
             return []
         return _parse_lines(store.read_bytes(name).decode("utf-8").split("\n"), store.uri_of(name))

@@ -4,17 +4,24 @@ The trainer writes where it always does, into a local directory: the run's priva
 (:func:`~distmeta.runtime.storage.cache_dir`). This class keeps the remote run in step with it:
 
 * opening checks the bucket before anything else (an error naming the URI, before Ray starts),
-  takes the run's writer lease (:mod:`distmeta.runtime.lease`) and the cache's flock, then
-  applies the same rules as a local run directory (``--resume`` needs a valid checkpoint,
-  an existing run needs ``--resume`` or ``--overwrite``; ``--overwrite`` copies the old run to
-  ``<uri>.replaced-<UTC time>`` before removing it);
-* ``--resume`` finishes a publication a killed writer left half done, then pulls the run's
-  top-level files (config, split, tokenizer, ``metrics.jsonl``, best parameters) and its newest
-  valid checkpoint (reused when the cache has the same one);
-* checkpoints are saved locally as today, then published (:mod:`distmeta.runtime.checkpoint.remote`);
+  takes the cache's flock and claims the run's next generation (:mod:`distmeta.runtime.lease`):
+  from then on this writer writes only under ``RUN/gen-<epoch>-<token>/``, and a writer whose
+  claim another one beats can add nothing readers would see;
+* it then applies the same rules as a local run directory to the run as readers see it (its
+  current generation, or the files directly under ``RUN/`` of a run written before
+  generations): ``--resume`` needs a valid checkpoint, an existing run needs ``--resume`` or
+  ``--overwrite``; ``--overwrite`` copies the old run to ``<uri>.replaced-<UTC time>`` before
+  removing it;
+* ``--resume`` pulls the previous generation's top-level and TensorBoard files and its newest
+  valid checkpoint (or a complete publication its writer left unfinished; reused when the cache
+  has the same one), read only, then makes its own generation complete at once (those files and
+  that checkpoint) and sweeps the generations its claim beats;
+* checkpoints are saved locally as today, then published into the generation
+  (:mod:`distmeta.runtime.checkpoint.remote`), the lease checked before every request;
 * :meth:`sync` uploads the top-level files and TensorBoard event files that changed - at most
   every ``DISTMETA_SYNC_EVERY`` seconds (default 30) from the metrics logger, and always before
-  a checkpoint is published and on close.
+  a checkpoint is published and on close - and raises :class:`~distmeta.errors.RunDirError`
+  once the lease is lost, which stops the run.
 """
 from __future__ import annotations
 
@@ -28,10 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from distmeta.errors import RunDirError
-from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE
-from distmeta.runtime.lease import Lease
-from distmeta.files import TENSORBOARD_DIR
+from distmeta.errors import CheckpointError, RunDirError
+from distmeta.files import CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, TENSORBOARD_DIR
+from distmeta.runtime.lease import GEN_PREFIX, LEASE_DIR, Lease, current_generation
 from distmeta.runtime.storage import StorageError, Store, cache_dir, open_store
 
 DEFAULT_SYNC_EVERY = 30.0
@@ -43,19 +49,25 @@ class RunSyncWarning(UserWarning):
 
 
 def holds_remote_run(store: Store) -> bool:
-    """True when the remote run directory has a ``config.yaml`` or anything under ``checkpoints/``."""
+    """True when ``store`` (a generation, or a run written before them) has a ``config.yaml`` or ``checkpoints/``."""
     return store.exists(CONFIG_FILE) or bool(store.listdir(CHECKPOINTS_DIR))
 
 
-def move_aside_remote(store: Store) -> str:
-    """Copy the run to ``<uri>.replaced-<UTC time>`` (server-side), then remove it; returns the new URI."""
+def move_aside_remote(store: Store, lease: Lease) -> str:
+    """Copy the run to ``<uri>.replaced-<UTC time>`` (server-side), then remove it, all but ``lease``'s own claim.
+
+    Returns:
+        The URI the run was copied to.
+    """
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     parent, name = store.root.rsplit("/", 1)
     aside = Store._at(store.fs, f"{parent}/{name}.replaced-{stamp}", f"{store.uri}.replaced-{stamp}")
-    files = [f for f in store.walk() if f != LOCK_FILE]
+    mine = f"{LEASE_DIR}/{lease.claim.name}." if lease.claim else None
+    files = [f for f in store.walk() if f != LOCK_FILE and not (mine and f.startswith(mine))]
     for rel in files:
         store.fs.copy_file(store.path(rel), aside.path(rel))
     for rel in files:
+        lease.check()
         store.delete_file(rel)
     log.warning("--overwrite: moved the existing run %s aside to %s (nothing was deleted)", store.uri, aside.uri)
     return aside.uri
@@ -94,6 +106,7 @@ class RemoteRun:
         self.sync_every = float(os.environ.get("DISTMETA_SYNC_EVERY", DEFAULT_SYNC_EVERY))
         self._sent: dict[str, tuple[int, int]] = {}
         self._last_sync = 0.0
+        self._swept = False
         self.lease = Lease(self.store)
         try:
             lock_run_dir(self.local)  # one process per cache on this host, before the cache is touched
@@ -101,6 +114,7 @@ class RemoteRun:
             raise RunDirError(f"run directory {uri} is in use on this host (its local cache): {e}") from None
         try:
             self.lease.acquire()  # before anything is read or changed: refuses a live writer, naming it
+            self.gen = self.lease.generation  # where this writer writes, and only there
             self._prepare(resume, overwrite)
         except BaseException:
             self.lease.release()
@@ -110,37 +124,54 @@ class RemoteRun:
             weakref.finalize(owner, _release, self.lease, str(self.local))
 
     def _prepare(self, resume: bool, overwrite: bool) -> None:
-        from distmeta.runtime.checkpoint.remote import fetch_checkpoint, finish_leftovers, latest_remote
-
-        has_run = holds_remote_run(self.store)
+        # This writer's generation is still empty, so readers (and this) see the run as the previous writer left it.
+        source = current_generation(self.store)
+        has_run = holds_remote_run(source)
         if resume:
-            finish_leftovers(self.store.child(CHECKPOINTS_DIR))  # a publication a killed writer left half done
             if not has_run:
                 raise RunDirError(f"nothing to resume in {self.uri}: it has no {CONFIG_FILE} and no checkpoints")
-            if latest_remote(self.store) is None:
-                raise RunDirError(f"cannot resume {self.uri}: it has no valid checkpoint; pass --overwrite to move "
-                                  f"it aside and start over")
-            _clear(self.local, {LOCK_FILE, CHECKPOINTS_DIR})
-            self._pull_top_level()
-            fetched = fetch_checkpoint(self.uri, self.local / CHECKPOINTS_DIR)
-            # Only the remote's newest valid checkpoint may be resumed from: a step the cache holds from
-            # an earlier attempt (never published, or since replaced by --overwrite elsewhere) is not the run's.
-            _clear(fetched.parent, {fetched.name})
+            self._resume_from(source)
             return
         if has_run:
             if not overwrite:
                 raise RunDirError(f"run directory {self.uri} already holds a run ({CONFIG_FILE} or checkpoints/); "
                                   f"pass --resume to continue it or --overwrite to move it aside and start fresh")
-            move_aside_remote(self.store)
+            move_aside_remote(self.store, self.lease)
         _clear(self.local, {LOCK_FILE})
 
-    def _pull_top_level(self) -> None:
-        """Download the run's top-level files (not the lease) into the cache, and remember them as sent."""
-        for name, (kind, _) in self.store.listdir().items():
-            if kind == "file" and name != LOCK_FILE and not name.startswith("."):
-                self.store.download(name, self.local / name)
-                st = (self.local / name).stat()
-                self._sent[name] = (st.st_size, st.st_mtime_ns)
+    def _resume_from(self, source: Store) -> None:
+        """Fetch ``source``'s files and newest usable checkpoint (read only), then publish them as this generation's."""
+        from distmeta.runtime.checkpoint.remote import (
+            fetch_newest,
+            publish_checkpoint,
+            resume_candidates,
+        )
+
+        ck = source.child(CHECKPOINTS_DIR)
+        _clear(self.local, {LOCK_FILE, CHECKPOINTS_DIR})
+        self._pull(source)
+        try:
+            # Only the newest valid checkpoint may be resumed from: a step the cache holds from an earlier
+            # attempt (never published, or since replaced by --overwrite elsewhere) is not the run's.
+            fetched = fetch_newest(ck, resume_candidates(ck), self.local / CHECKPOINTS_DIR)
+        except CheckpointError as e:
+            raise RunDirError(f"cannot resume {self.uri}: it has no valid checkpoint ({e}); pass --overwrite to move "
+                              f"it aside and start over") from None
+        _clear(fetched.parent, {fetched.name})
+        self.sync(force=True)  # this generation holds the run from now on: its files first, then the checkpoint
+        publish_checkpoint(self.gen, fetched, keep=1, check_lease=self.lease.check)
+        self.lease.sweep()
+        self._swept = True
+
+    def _pull(self, source: Store) -> None:
+        """Download ``source``'s top-level and TensorBoard files into the cache (uploaded into this generation by sync)."""
+        for rel in source.walk():
+            top = rel.split("/", 1)[0]
+            wanted = "/" not in rel or top == TENSORBOARD_DIR
+            if not wanted or top.startswith((".", GEN_PREFIX)):
+                continue
+            (self.local / rel).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            source.download(rel, self.local / rel)
 
     # ------------------------------------------------------------------ writing
     def _changed(self) -> list[str]:
@@ -158,15 +189,24 @@ class RemoteRun:
         return sorted(out)
 
     def sync(self, force: bool = False) -> None:
-        """Upload what changed; without ``force`` at most every ``sync_every`` seconds. Failures warn, not raise."""
-        if self.lease.lost is not None or (not force and time.monotonic() - self._last_sync < self.sync_every):
-            return  # a writer whose lease was taken over must not overwrite the new writer's logs
+        """Upload what changed into this generation; without ``force`` at most every ``sync_every`` seconds.
+
+        Storage failures warn and are retried at the next sync.
+
+        Raises:
+            RunDirError: this writer's lease was taken over (checked before every upload).
+        """
+        if self.lease.lost is not None:
+            self.lease.check()  # raises: a writer whose lease was taken over stops
+        if not force and time.monotonic() - self._last_sync < self.sync_every:
+            return
         self._last_sync = time.monotonic()
         for rel in self._changed():
             path = self.local / rel
             st = path.stat()
+            self.lease.check()
             try:
-                self.store.upload(path, rel)
+                self.gen.upload(path, rel)
             except StorageError as e:
                 warnings.warn(f"{e}; kept in {self.local}, retried at the next sync", RunSyncWarning, stacklevel=2)
                 return
@@ -183,14 +223,22 @@ class RemoteRun:
 
         local = save_checkpoint(self.local, ckpt, keep=keep)
         self.sync(force=True)
-        publish_checkpoint(self.store, local, keep, check_lease=self.lease.check)
+        publish_checkpoint(self.gen, local, keep, check_lease=self.lease.check)
+        if not self._swept:  # this generation now holds a checkpoint: older ones are not needed
+            self.lease.sweep()
+            self._swept = True
         return local
 
     def close(self) -> None:
-        """Upload what is left, release the lease and the cache's lock; safe to call twice."""
+        """Upload what is left, release the lease and the cache's lock; safe to call twice.
+
+        A writer whose lease was taken over uploads nothing (the error was raised where it was found).
+        """
         try:
-            if self.lease.held:
+            if self.lease.held and self.lease.lost is None:
                 self.sync(force=True)
+        except RunDirError as e:
+            log.error("%s", e)
         finally:
             _release(self.lease, str(self.local))
 
@@ -212,7 +260,7 @@ def read_remote_config(uri: str) -> dict[str, Any]:
 
     from distmeta.errors import ConfigError
 
-    store = open_store(uri)
+    store = current_generation(open_store(uri))
     if not store.exists(CONFIG_FILE):
         raise RunDirError(f"--resume {uri}: no {CONFIG_FILE} there; is it a distmeta run directory?")
     try:

@@ -7,11 +7,13 @@ parameters bit for bit.
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
 import distmeta
 from distmeta.cli import main
+from distmeta.runtime.lease import current_generation
 from distmeta.runtime.metrics import read_metrics
 from distmeta.runtime.rundir import open_run
 from distmeta.runtime.storage import open_store
@@ -35,10 +37,14 @@ def straight(tmp_path_factory) -> dict[str, torch.Tensor]:
 def test_stop_and_resume_from_s3_matches_the_local_run_bit_for_bit(run_uri, straight, tmp_path, monkeypatch) -> None:
     assert main(["train", *ARGS, "train.steps=4", f"run.dir={run_uri}"]) == 0
     store = open_store(run_uri)
-    assert sorted(store.listdir("checkpoints")) == ["step_00000002", "step_00000004"]
-    assert {"config.yaml", "metrics.jsonl", "results.json"} <= set(store.listdir())
-    assert any(f.startswith("tensorboard/events.out.tfevents") for f in store.walk())
-    assert not store.exists(".distmeta.lock"), "the lease is released on close"
+    gen = current_generation(store)
+    assert gen.uri.startswith(f"{run_uri}/gen-00000001-")
+    assert sorted(gen.listdir("checkpoints")) == ["step_00000002", "step_00000004"]
+    assert {"config.yaml", "metrics.jsonl", "results.json"} <= set(gen.listdir())
+    assert any(f.startswith("tensorboard/events.out.tfevents") for f in gen.walk())
+    beats = [f for f in store.walk(".distmeta-lease") if f.endswith(".beat")]
+    assert len(beats) == 1 and json.loads(store.read_bytes(f".distmeta-lease/{beats[0]}"))["released"], \
+        "the lease is released on close"
 
     monkeypatch.setenv("DISTMETA_CACHE_DIR", str(tmp_path / "another-host"))  # nothing cached: all from S3
     assert main(["train", "--resume", run_uri, *ARGS, "train.steps=6"]) == 0
@@ -47,11 +53,14 @@ def test_stop_and_resume_from_s3_matches_the_local_run_bit_for_bit(run_uri, stra
     for n, t in straight.items():
         assert final.meta_params[n].dtype == t.dtype and torch.equal(final.meta_params[n], t), n
 
-    rows = [json.loads(line) for line in store.read_bytes("metrics.jsonl").decode().splitlines()]
+    gen = current_generation(store)
+    assert gen.uri.startswith(f"{run_uri}/gen-00000002-")
+    assert [n for n in store.listdir() if n.startswith("gen-")] == [gen.uri.rsplit("/", 1)[1]], "the first swept"
+    rows = [json.loads(line) for line in gen.read_bytes("metrics.jsonl").decode().splitlines()]
     train_steps = [r["step"] for r in rows if "train/loss" in r]
     assert train_steps == [1, 2, 3, 4, 5, 6], "resumed past step 4 once, no duplicated rows"
     assert read_metrics(run_uri) == rows
-    assert len([f for f in store.walk("tensorboard") if "tfevents" in f]) == 2  # first run's and the resumed one's
+    assert len([f for f in gen.walk("tensorboard") if "tfevents" in f]) == 2  # first run's and the resumed one's
 
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", run_uri, "--episodes", "4", "--no-baseline", "--output", str(out)]) == 0
@@ -65,7 +74,7 @@ def test_existing_run_needs_a_flag_and_overwrite_moves_it_aside(run_uri, capsys)
     assert main(["train", "--overwrite", *ARGS, "train.steps=2", f"run.dir={run_uri}"]) == 0
     bucket = open_store(run_uri.rsplit("/", 1)[0])
     aside = [n for n in bucket.listdir() if n.startswith("a.replaced-")]
-    assert len(aside) == 1 and bucket.exists(f"{aside[0]}/checkpoints/step_00000002/manifest.json")
+    assert len(aside) == 1 and current_generation(bucket.child(aside[0])).exists("checkpoints/step_00000002/manifest.json")
 
 
 def test_second_writer_is_refused_while_the_first_holds_the_lease(run_uri, tmp_path, monkeypatch, capsys) -> None:
@@ -76,7 +85,7 @@ def test_second_writer_is_refused_while_the_first_holds_the_lease(run_uri, tmp_p
         assert "in use by another distmeta writer: pid" in capsys.readouterr().err
     finally:
         first.close()
-    assert not open_store(run_uri).exists("checkpoints/step_00000002/manifest.json")
+    assert not [f for f in open_store(run_uri).walk() if f.endswith("step_00000002/manifest.json")]
 
 
 def test_missing_bucket_fails_before_training_naming_the_uri(endpoint, capsys) -> None:
@@ -100,8 +109,9 @@ def test_writer_killed_mid_publication_resumes_bit_for_bit(run_uri, straight, tm
     assert "could not publish checkpoint step_00000004" in capsys.readouterr().err
     monkeypatch.setattr(storage.Store, "copy", real_copy)
     store = open_store(run_uri)
-    assert store.exists("checkpoints/step_00000004/meta_params.safetensors")
-    assert not store.exists("checkpoints/step_00000004/manifest.json")  # not a checkpoint: readers skip it
+    gen = current_generation(store)
+    assert gen.exists("checkpoints/step_00000004/meta_params.safetensors")
+    assert not gen.exists("checkpoints/step_00000004/manifest.json")  # not a checkpoint: readers skip it
     with pytest.warns(UserWarning, match="step_00000004 has no manifest"):
         assert distmeta.load_checkpoint(run_uri).step == 2
 
@@ -113,6 +123,7 @@ def test_writer_killed_mid_publication_resumes_bit_for_bit(run_uri, straight, tm
         resumed.close()
     assert main(["train", "--resume", run_uri, *ARGS]) == 0
     final = distmeta.load_checkpoint(run_uri)
-    assert final.step == 6 and not [f for f in store.walk("checkpoints") if ".tmp-" in f]
+    assert final.step == 6 and not [f for f in store.walk() if ".tmp-" in f]
+    assert len([n for n in store.listdir() if n.startswith("gen-")]) == 1, "older generations swept"
     for n, t in straight.items():
         assert torch.equal(final.meta_params[n], t), n

@@ -20,11 +20,14 @@ from distmeta.runtime.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from distmeta.runtime.checkpoint.remote import fetch_checkpoint, finish_leftovers, publish_checkpoint, remote_steps
+from distmeta.runtime.checkpoint.remote import (
+    fetch_checkpoint,
+    publish_checkpoint,
+    remote_steps,
+    resume_candidates,
+)
 from distmeta.runtime.lease import Lease
 from distmeta.runtime.storage import StorageError, is_remote, local_path, open_store
-
-
 
 
 def ckpt(step: int) -> Checkpoint:
@@ -97,18 +100,18 @@ def test_step_without_manifest_is_skipped_and_damaged_one_falls_back(endpoint, b
         load_checkpoint(f"s3://{bucket}/run/checkpoints/step_00000006")
 
 
-def test_publication_interrupted_after_clearing_is_finished_by_the_next_writer(endpoint, bucket, tmp_path) -> None:
+def test_a_complete_unfinished_publication_is_a_resume_candidate_read_only(endpoint, bucket, tmp_path) -> None:
     run = open_store(f"s3://{bucket}/run")
     ck = run.child("checkpoints")
     local = save_checkpoint(tmp_path / "run", ckpt(3))
     # What a writer left when it died between steps 2 and 3: a complete temporary prefix, a cleared step.
     for p in local.iterdir():
-        ck.upload(p, f".tmp-step_00000003-dead/{p.name}")
-    ck.write_bytes(".tmp-step_00000005-torn/meta_params.safetensors", b"x")  # torn before its manifest
-    finish_leftovers(ck)
-    assert remote_steps(ck) == ["step_00000003"]
-    assert not [k for k in keys(endpoint, bucket) if ".tmp-" in k]
-    assert load_checkpoint(f"s3://{bucket}/run").step == 3
+        ck.upload(p, f".tmp-step_00000003-00000000dead/{p.name}")
+    ck.write_bytes(".tmp-step_00000005-0000000000ff/meta_params.safetensors", b"x")  # torn before its manifest
+    before = keys(endpoint, bucket)
+    assert resume_candidates(ck) == [(".tmp-step_00000005-0000000000ff", "step_00000005"),
+                                     (".tmp-step_00000003-00000000dead", "step_00000003")]
+    assert keys(endpoint, bucket) == before, "looking for what to resume from changes nothing"
 
 
 def test_resaving_a_step_replaces_it_and_prune_keeps_the_newest(endpoint, bucket, tmp_path) -> None:
@@ -133,6 +136,8 @@ def test_fetch_reuses_the_cached_copy(endpoint, bucket, tmp_path) -> None:
 
 
 def test_lease_refuses_a_second_writer_and_a_stalled_one_stops(endpoint, bucket) -> None:
+    import json
+
     run = open_store(f"s3://{bucket}/run")
     first = Lease(run, ttl=60, settle=0.05)
     first.acquire()
@@ -142,13 +147,15 @@ def test_lease_refuses_a_second_writer_and_a_stalled_one_stops(endpoint, bucket)
         first.check()
     finally:
         first.release()
-    assert not run.exists(".distmeta.lock")
-    stalled = Lease(run, ttl=0.5, settle=0.05)
-    stalled.acquire()
+    beat = json.loads(run.read_bytes(f".distmeta-lease/{first.claim.name}.beat"))
+    assert beat["released"] and beat["pid"] > 0
+    stalled = Lease(run, ttl=1, settle=0.05)
+    stalled.acquire()  # a released lease is taken at once
     stalled._stop.set()  # it stops renewing (a stalled process)...
-    time.sleep(0.7)
+    time.sleep(3.2)  # ...past its ttl and the store's one-second clock
     taker = Lease(run, ttl=60, settle=0.05)
-    taker.acquire()  # ...so its lease expires and a new writer takes the run
+    taker.acquire()  # ...so its heartbeat is stale and a new writer takes the run
+    assert taker.claim.epoch == stalled.claim.epoch + 1 == 3
     with pytest.raises(RunDirError, match="lease was taken over"):
         stalled.check()
     taker.release()
@@ -156,16 +163,20 @@ def test_lease_refuses_a_second_writer_and_a_stalled_one_stops(endpoint, bucket)
 
 def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(endpoint, bucket) -> None:
     import json
-    import socket
     import subprocess
     import sys
 
+    from distmeta.runtime.lease import identity
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     run = open_store(f"s3://{bucket}/run")
-    run.write_bytes(".distmeta.lock", json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
-                                                  "token": "old", "expires": time.time() + 3600}).encode())
+    me = identity()
+    holder = {**me, "pid": int(dead.stdout), "token": "0000000000aa", "ttl": 3600}
+    run.write_bytes(".distmeta-lease/00000001-0000000000aa.beat", json.dumps(holder).encode())
+    run.write_bytes(".distmeta-lease/00000001-0000000000aa.json", json.dumps(holder).encode())
     lease = Lease(run, ttl=60, settle=0.05)
     lease.acquire()
+    assert lease.claim.epoch == 2
     lease.release()
 
 
@@ -187,3 +198,45 @@ def test_objects_past_the_server_copy_limit_are_streamed(endpoint, bucket, monke
     monkeypatch.setattr(storage, "_SERVER_COPY_MAX", 1)
     store.copy("a.bin", "b.bin")
     assert store.read_bytes("b.bin") == data
+
+
+def test_stray_temporary_names_are_ignored_and_never_become_paths(endpoint, bucket, tmp_path) -> None:
+    from distmeta.runtime.rundir import open_run
+
+    uri = f"s3://{bucket}/run"
+    run = open_store(uri)
+    for step in (1, 2, 3):
+        publish_checkpoint(run, save_checkpoint(tmp_path / "run", ckpt(step), keep=5), keep=5)
+    ck = run.child("checkpoints")
+    for stray in (".tmp--abc", ".tmp-..-abc", ".tmp-step_00000009-../x"):  # each holds a valid checkpoint
+        for name in ck.listdir("step_00000003"):
+            ck.copy(f"step_00000003/{name}", f"{stray}/{name}")
+    before = keys(endpoint, bucket)
+    with pytest.warns(UserWarning) as caught:
+        resumed = open_run(uri, resume=True)
+    try:
+        assert [p.name for p in (resumed.local / "checkpoints").iterdir()] == ["step_00000003"]
+    finally:
+        resumed.close()
+    said = " ".join(str(w.message) for w in caught)
+    assert all(f"'{stray}'" in said for stray in (".tmp--abc", ".tmp-..-abc", ".tmp-step_00000009-..")), said
+    after = keys(endpoint, bucket)
+    assert set(before) <= set(after), "nothing was deleted"
+    added = [k for k in after if k not in before]
+    assert added and all(k.startswith(("run/.distmeta-lease/", "run/gen-")) for k in added), added
+
+
+@pytest.mark.parametrize("name, final", [
+    (".tmp-step_00000003-0123456789ab", "step_00000003"), (".tmp-step_123456789012-0123456789ab", "step_123456789012"),
+    (".tmp--abc", None), (".tmp-..-abc", None), (".tmp-step_00000003-..", None), (".tmp-step_3-0123456789ab", None),
+    (".tmp-step_00000003-0123456789AB", None), (".tmp-step_00000003-0123456789ab/..", None), ("step_00000003", None),
+])
+def test_temporary_names_are_parsed_strictly(name: str, final: str | None) -> None:
+    import warnings
+
+    from distmeta.runtime.checkpoint.remote import StrayTempWarning, tmp_final
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tmp_final(name) == final
+    assert [w.category for w in caught] == ([StrayTempWarning] if final is None and name.startswith(".tmp-") else [])

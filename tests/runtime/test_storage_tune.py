@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from distmeta.runtime.lease import current_generation
 from distmeta.runtime.storage import open_store
 from tests.runtime.s3server import make_bucket, s3_env, s3_server
 
@@ -46,6 +47,7 @@ def test_tune_search_stores_runs_and_checkpoints_in_s3(tmp_path: Path) -> None:
         runs = {f.split("/")[1] for f in files if f.startswith("runs/")}
         assert len(runs) == 2, files[:20]
         for run in runs:
-            assert store.exists(f"runs/{run}/metrics.jsonl") and store.exists(f"runs/{run}/results.json")
-            assert store.exists(f"runs/{run}/checkpoints/step_00000004/manifest.json")
+            gen = current_generation(store.child(f"runs/{run}"))  # each trial's run, as its readers see it
+            assert gen.exists("metrics.jsonl") and gen.exists("results.json")
+            assert gen.exists("checkpoints/step_00000004/manifest.json")
         assert any(f.endswith("manifest.json") and not f.startswith("runs/") for f in files), "Tune's checkpoints"
