@@ -52,6 +52,9 @@ class Algorithm:
         #: The token-embedding table whose rows the inner loop adapts only where a task reads
         #: them (distmeta.algorithms.rows), or None.
         self.row_table = token_table(model.module)
+        #: The id token inputs are padded with (a pretrained encoder's own; 0 otherwise): the loop
+        #: path cuts each task to its own width by it.
+        self.pad_id = int(getattr(model.module, "pad_id", 0))
 
     # ---------------------------------------------------------------- meta-parameters
     def extra_meta_params(self, model_params: Params) -> Params:
@@ -148,7 +151,7 @@ class Algorithm:
         total: Params = {}
         rows: list[dict[str, Tensor]] = []
         for t in range(num_tasks(batch)):
-            g, m = self.task_grad(meta, split_task(batch, t))
+            g, m = self.task_grad(meta, split_task(batch, t, self.pad_id))
             total = g if not total else {n: total[n] + g[n] for n in total}
             rows.append(m)
         return total, {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
@@ -163,7 +166,7 @@ class Algorithm:
         rows: list[dict[str, Tensor]] = []
         with torch.enable_grad():
             for t in range(num_tasks(batch)):
-                loss, metrics = self.objective(leaves, split_task(batch, t))
+                loss, metrics = self.objective(leaves, split_task(batch, t, self.pad_id))
                 loss.backward()
                 rows.append(metrics)
         total = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in leaves.items()}
@@ -174,5 +177,5 @@ class Algorithm:
         fn = lambda m, t: self.task_eval(m, t, inner_steps)  # noqa: E731
         if use_vmap:
             return vmap(fn, in_dims=(None, 0))(meta, batch)
-        rows = [fn(meta, split_task(batch, t)) for t in range(num_tasks(batch))]
+        rows = [fn(meta, split_task(batch, t, self.pad_id)) for t in range(num_tasks(batch))]
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

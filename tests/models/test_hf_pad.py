@@ -172,7 +172,7 @@ def test_mpnet_second_order_gradients_under_vmap_match_the_loop(tiny_dirs):
     assert batched["relative_bias.weight"].abs().max() > 0
 
 
-def _mpnet_run(tiny_dirs, tmp_path, cached: bool):
+def _mpnet_run(tiny_dirs, tmp_path, cached: bool, *extra: str):
     """The user's path (config -> experiment -> worker): `model.name=hf` on MPNet, last:1, ProtoNet."""
     csv = tmp_path / "d.csv"
     if not csv.exists():
@@ -180,26 +180,31 @@ def _mpnet_run(tiny_dirs, tmp_path, cached: bool):
     cfg = load_config(None, [*text_tiny(csv), "model.name=hf", f"model.path={tiny_dirs['mpnet']}",
                              "tokenizer.kind=pretrained", "model.trainable=last:1", "algorithm.name=protonet",
                              f"model.cache_dir={tmp_path / 'prefix'}", "data.max_length=16",
-                             f"model.prefix_cache={str(cached).lower()}"])
+                             f"model.prefix_cache={str(cached).lower()}", *extra])
     exp = prepare_experiment(cfg)
     return exp, Worker(cfg, **exp.worker_args())
 
 
 def test_worker_on_mpnet_with_and_without_the_prefix_cache(tiny_dirs, tmp_path):
     results = {}
-    for cached in (True, False):
-        exp, worker = _mpnet_run(tiny_dirs, tmp_path, cached)
+    for name, cached, extra in (("cached", True, ()), ("uncached", False, ()), ("loop", False, ("algorithm.vmap=false",))):
+        exp, worker = _mpnet_run(tiny_dirs, tmp_path, cached, *extra)
         assert exp.corpus.pad_id == 1 and (exp.prefix is not None) == cached
         assert worker.module.whole is None and worker.module.prefix_layers == (2 if cached else 0)
+        assert worker.algorithm.pad_id == 1, "the loop path trims each task's padding by the model's pad id"
+        assert worker.use_vmap == (name != "loop")
         meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
         step = worker.meta_grad(meta, exp.sampler("train").batch(0, 4))
         scores = worker.evaluate(meta, exp.sampler("test").batch(0, 4), inner_steps=0)
-        results[cached] = (step.grad, scores["loss"])
-    (grad_c, loss_c), (grad_u, loss_u) = results[True], results[False]
-    np.testing.assert_allclose(loss_c, loss_u, rtol=1e-5, atol=1e-5)
-    assert set(grad_c) == set(grad_u) and any(np.abs(g).max() > 0 for g in grad_c.values())
-    for n in grad_c:
-        np.testing.assert_allclose(grad_c[n], grad_u[n], rtol=1e-4, atol=1e-5, err_msg=n)
+        results[name] = (step.grad, scores["loss"])
+    grad_c, loss_c = results["cached"]
+    assert any(np.abs(g).max() > 0 for g in grad_c.values())
+    for name in ("uncached", "loop"):
+        grad_u, loss_u = results[name]
+        np.testing.assert_allclose(loss_c, loss_u, rtol=1e-5, atol=1e-5, err_msg=name)
+        assert set(grad_c) == set(grad_u)
+        for n in grad_c:
+            np.testing.assert_allclose(grad_c[n], grad_u[n], rtol=1e-4, atol=1e-5, err_msg=f"{name}: {n}")
 
 
 def test_frozen_baseline_is_the_runs_encoder(tiny_dirs, tmp_path):
