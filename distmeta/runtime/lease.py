@@ -159,7 +159,7 @@ def current_generation(run: Store) -> Store:
     """
     for claim in list_claims(run):
         gen = run.child(claim.generation)
-        if gen.walk():
+        if gen.listdir():  # one listing, not recursive
             return gen
     return run
 
