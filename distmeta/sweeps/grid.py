@@ -44,6 +44,7 @@ from distmeta.files import CONFIG_FILE, RESULTS_FILE
 from distmeta.sweeps.common import join_location, load_sweep, one_line, sweep_error
 
 WHAT = "grid config"
+RAY_LOG_FILE = "grid.log"
 
 
 class GridSpec(BaseModel):
@@ -271,12 +272,19 @@ def _run_trials(grid: Grid, cells: list[Cell]) -> dict[str, dict[str, Any]]:
     """The cells as concurrent Ray Tune trials on the connected (or a private) Ray."""
     from distmeta.runtime.ray import session as ray_session
     from distmeta.sweeps.grid_tune import run_cell_trials
+    from distmeta.sweeps.output import RayLog
 
     session = ray_session.connect(cells[0].cfg)
     try:
         check_cells_fit(Grid(grid.spec, cells, grid.where))
-        return run_cell_trials({c.name: c.cfg for c in cells}, resources(grid.spec), grid.spec.max_concurrent,
-                               grid.experiment)
+        log = grid.experiment_path / RAY_LOG_FILE  # the trials' own output and Ray's, out of the terminal
+        print(f"[grid] {len(cells)} cells as Ray Tune trials; their output and Ray's: {log}", flush=True)
+        with RayLog(log):
+            try:
+                return run_cell_trials({c.name: c.cfg for c in cells}, resources(grid.spec),
+                                       grid.spec.max_concurrent, grid.experiment)
+            finally:
+                session.close()  # Ray's last (deduplicated) lines come out at shutdown: into the log too
     finally:
         session.close()
 

@@ -4,7 +4,10 @@
 and ``grid.json``; ``plot`` draws the metric against the grid's last axis (ticks at its values,
 evenly spaced, whatever they are), one line per combination of the other axes, with the CI as
 error bars and, dashed in the same colour, that line's value before meta-training (the
-frozen encoder's nearest-centroid accuracy, ``before_meta_training`` in a cell's results)::
+frozen encoder's nearest-centroid accuracy, ``before_meta_training`` in a cell's results). MSE is
+on a log axis (one diverged cell would flatten every other line on a linear one); error bars stop
+at zero (and 100 % for accuracy). Diverged cells (:func:`mark_diverged`) are marked in the table
+and labelled in the plot::
 
     files = write_table(grid, rows, grid.experiment_path)
     plot(grid, rows, grid.experiment_path / PLOT_FILE)
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,27 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def mark_diverged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each row's ``diverged``: why its cell diverged (a non-finite value, an MSE far above the other
+    cells', :func:`~distmeta.sweeps.output.outliers`), or ``""``. Returns ``rows``."""
+    from distmeta.sweeps.output import outliers
+
+    for metric in {r["metric"] for r in rows}:
+        values = {r["cell"]: float(r["value"]) for r in rows if r["metric"] == metric}
+        found = outliers(values, error=metric == "mse")
+        for r in rows:
+            if r["metric"] == metric:
+                r["diverged"] = f"{metric} {found[r['cell']]}" if r["cell"] in found else ""
+    return rows
+
+
 def write_table(grid: Grid, rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """``grid.csv``, ``grid.md`` and ``grid.json`` in ``out``."""
+    """``grid.csv``, ``grid.md`` and ``grid.json`` in ``out``; diverged cells marked (:func:`mark_diverged`)."""
     out.mkdir(parents=True, exist_ok=True)
+    mark_diverged(rows)
     axes = list(grid.spec.axes)
-    cols = [*axes, "setting", "metric", "value", "ci95", "before", "episodes", "steps", "seconds", "cached",
-            "started", "ended", "node"]
+    cols = [*axes, "setting", "metric", "value", "ci95", "before", "diverged", "episodes", "steps", "seconds",
+            "cached", "started", "ended", "node"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -40,14 +59,16 @@ def write_table(grid: Grid, rows: list[dict[str, Any]], out: Path) -> dict[str, 
     (out / CSV_FILE).write_text(buf.getvalue())
 
     pct = rows and rows[0]["metric"] == "accuracy"
-    head = [*axes, "setting", "meta-test accuracy (%)" if pct else "meta-test MSE", "before meta-training", "episodes"]
+    head = [*axes, "setting", "meta-test accuracy (%)" if pct else "meta-test MSE", "before meta-training", "episodes",
+            "note"]
     lines = [f"# {grid.spec.name}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         scale = 100.0 if r["metric"] == "accuracy" else 1.0
         value = f"{scale * r['value']:.2f} ± {scale * r['ci95']:.2f}"
         before = f"{scale * r['before']:.2f}" if r.get("before") is not None else ""
+        note = f"DIVERGED: {r['diverged']}" if r.get("diverged") else ""
         lines.append("| " + " | ".join([*(_fmt(r[a]) for a in axes), r["setting"], value, before,
-                                         str(r["episodes"])]) + " |")
+                                         str(r["episodes"]), note]) + " |")
     lines += ["", f"± is the 95% confidence half-width (1.96 · std / √episodes). Base: {grid.where}."]
     (out / MD_FILE).write_text("\n".join(lines) + "\n")
     (out / JSON_FILE).write_text(json.dumps({"axes": grid.spec.axes, "rows": rows}, indent=2, default=str))
@@ -113,12 +134,18 @@ def figure(grid: Grid, rows: list[dict[str, Any]]) -> Any:
     groups = _series(grid, rows)
     for label, group in groups.items():
         xs = [positions[json.dumps(r[x_key], sort_keys=True, default=str)] for r in group]
-        line = ax.errorbar(xs, [scale * r["value"] for r in group], yerr=[scale * r["ci95"] for r in group],
+        ys = [scale * r["value"] for r in group]
+        line = ax.errorbar(xs, ys, yerr=_clipped_bars(ys, [scale * r["ci95"] for r in group], scale),
                            marker="o", capsize=4, label=label or "meta-trained")
         before = [(x, scale * r["before"]) for x, r in zip(xs, group) if r.get("before") is not None]
         if before:
             ax.plot([x for x, _ in before], [y for _, y in before], linestyle="--", marker="x",
                     color=line[0].get_color(), alpha=0.8, label=f"{label + ': ' if label else ''}{baseline}")
+        for x, y, r in zip(xs, ys, group):
+            if r.get("diverged") and math.isfinite(y):
+                ax.annotate("diverged", (x, y), color="red", fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if scale != 100.0:  # MSE spans decades (and a diverged cell more): a log axis keeps every line readable
+        ax.set_yscale("log", nonpositive="clip")
     ax.set_xticks(range(len(x_values)), [_tick(v) for v in x_values])
     ax.set_xlim(-0.5, len(x_values) - 0.5)
     ax.set_xlabel(x_key)
@@ -130,6 +157,14 @@ def figure(grid: Grid, rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
+def _clipped_bars(ys: list[float], cis: list[float], scale: float) -> list[list[float]]:
+    """``[lows, highs]`` of asymmetric error bars: never below zero, nor above 100 % for accuracy."""
+    top = 100.0 if scale == 100.0 else math.inf
+    lows = [min(ci, y) if math.isfinite(y) else 0.0 for y, ci in zip(ys, cis)]
+    highs = [min(ci, top - y) if math.isfinite(y) else 0.0 for y, ci in zip(ys, cis)]
+    return [[max(v, 0.0) for v in lows], [max(v, 0.0) for v in highs]]
+
+
 def _tick(value: Any) -> str:
     """An axis value as a tick label: ``5``, ``0.1-1.0`` for a range, cut to 24 characters."""
     if isinstance(value, (list, tuple)):
@@ -137,4 +172,4 @@ def _tick(value: Any) -> str:
     return _fmt(value)[:24]
 
 
-__all__ = ["CSV_FILE", "JSON_FILE", "MD_FILE", "PLOT_FILE", "figure", "plot", "write_table"]
+__all__ = ["CSV_FILE", "JSON_FILE", "MD_FILE", "PLOT_FILE", "figure", "mark_diverged", "plot", "write_table"]

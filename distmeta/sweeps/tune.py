@@ -35,6 +35,7 @@ from typing import Any
 from distmeta.config import config_from_dict, dump_config, set_key
 from distmeta.errors import DistmetaError
 from distmeta.runtime.storage import join_uri, redact_uri
+from distmeta.sweeps.output import RayLog, TrialLines, diverged_runs
 from distmeta.sweeps.search import BASE_KEY, Search, load_search
 from distmeta.sweeps.trial import (
     meta_test_metrics,
@@ -44,6 +45,8 @@ from distmeta.sweeps.trial import (
 )
 
 BEST_FILE = "best.json"
+#: Tune's tables and the trials' own output, kept out of the terminal: in the experiment directory.
+RAY_LOG_FILE = "tune.log"
 BEST_CONFIG_FILE = "best_config.yaml"
 FIT_HINT = ("lower driver_cpus, workers or cpus_per_worker / gpus_per_worker in the search (fractions are fine, "
             "e.g. cpus_per_worker=0.5), or run it on a bigger cluster (ray.address)")
@@ -177,6 +180,10 @@ def summarise(search: Search, grid: Any, out_dir: Path | None = None) -> dict[st
     """
     errors = [r for r in grid if r.error is not None]
     diverged = [r for r in grid if r.error is None and (r.metrics or {}).get("diverged")]
+    gone = {id(r) for r in diverged}
+    finished = {r.metrics.get("trial_id"): r for r in grid if r.error is None and r.metrics and id(r) not in gone}
+    flagged = diverged_runs({trial: r.metrics for trial, r in finished.items()})  # finite, yet far off the others
+    diverged += [finished[trial] for trial in flagged]
     try:
         best = grid.get_best_result(metric=search.metric, mode=search.spec.mode, scope="last")
     except RuntimeError as err:
@@ -195,7 +202,8 @@ def summarise(search: Search, grid: Any, out_dir: Path | None = None) -> dict[st
         "test": test, "test_source": test_source, "trials": len(grid), "errored_trials": len(errors),
         "diverged_trials": len(diverged),
         "diverged": [{"trial": r.metrics.get("trial_id"), "params": {k: v for k, v in r.config.items() if k != BASE_KEY},
-                      "because": r.metrics.get("diverged_because", "")} for r in diverged],
+                      "because": flagged.get(r.metrics.get("trial_id")) or r.metrics.get("diverged_because", "")}
+                     for r in diverged],
     }
     out_dir = out_dir or (search.experiment_path if search.local_storage else Path("runs") / search.spec.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +226,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         name = key[len("test_"):-len("_mse")]
         lines.append(f"  meta-test {name}: mse {test[key]:.4f} ± {test[f'test_{name}_mse_ci95']:.4f}")
     for d in summary.get("diverged", []):
-        lines.append(f"  trial {d['trial']} diverged with " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+        lines.append(f"  trial {d['trial']} DIVERGED ({d['because'][:160]}) with "
+                     + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
     lines.append(f"  {summary['trials']} trials ({summary['errored_trials']} failed, {summary['diverged_trials']} "
                  f"diverged); wrote {BEST_FILE} and {BEST_CONFIG_FILE} to {summary['experiment']}")
     return "\n".join(lines)
@@ -255,7 +264,15 @@ def run_search(path: str | Path | dict[str, Any], overrides: list[str] | None = 
         check_fits(pgf.bundles, spec.placement_strategy, search.base_cfg, "one trial", FIT_HINT)
         if search.local_storage:
             search.experiment_path.mkdir(parents=True, exist_ok=True)
-        grid = build_tuner(search, callbacks=callbacks, resume=resume).fit()
+        log_path = (search.experiment_path if search.local_storage else Path("runs") / spec.name) / RAY_LOG_FILE
+        print(f"[tune] {spec.num_samples} trials of {search.metric} ({spec.mode}); Ray's own output: {log_path}",
+              flush=True)
+        with RayLog(log_path) as log:
+            try:
+                lines = TrialLines(log.say, search.metric)
+                grid = build_tuner(search, callbacks=[*(callbacks or []), lines], resume=resume).fit()
+            finally:
+                ray_session.close()  # Ray's last (deduplicated) lines come out at shutdown: into the log too
         summary = summarise(search, grid)
         summary["result_grid"] = grid
         return summary
