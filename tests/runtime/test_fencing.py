@@ -21,6 +21,7 @@ import torch
 import distmeta
 from distmeta.cli import main
 from distmeta.errors import RunDirError
+from distmeta.runtime import identity as identity_mod
 from distmeta.runtime import lease as lease_mod
 from distmeta.runtime.lease import Lease, current_generation, list_claims
 from distmeta.runtime.metrics import read_metrics
@@ -162,7 +163,7 @@ def test_a_live_holder_on_another_machine_with_the_same_hostname_is_not_taken_fo
     holder = _holder(uri, ttl=30)
     try:
         # Seen from another machine that has the same hostname: the holder's pid does not exist there.
-        real_kill, real_read = os.kill, lease_mod.__dict__.get("_read")
+        real_kill, real_read = os.kill, identity_mod._read
 
         def kill(pid: int, sig: int) -> None:
             if pid == holder.pid:
@@ -170,10 +171,8 @@ def test_a_live_holder_on_another_machine_with_the_same_hostname_is_not_taken_fo
             real_kill(pid, sig)
 
         with monkeypatch.context() as m:  # undone before the holder is killed below
-            m.setattr(lease_mod.os, "kill", kill)
-            m.setattr(lease_mod, "_start_ticks", lambda pid: None, raising=False)
-            if real_read is not None:
-                m.setattr(lease_mod, "_read", lambda p: "another-boot" if "boot_id" in p else real_read(p))
+            m.setattr(os, "kill", kill)
+            m.setattr(identity_mod, "_read", lambda p: "another-boot" if "boot_id" in p else real_read(p))
             with pytest.raises(RunDirError, match="in use by another distmeta writer"):
                 Lease(open_store(uri), ttl=60, settle=0.05).acquire()
     finally:
@@ -183,7 +182,7 @@ def test_a_live_holder_on_another_machine_with_the_same_hostname_is_not_taken_fo
 
 def test_a_pid_reused_on_this_boot_frees_the_lease_at_once(endpoint, bucket) -> None:
     run = open_store(f"s3://{bucket}/run")
-    me = lease_mod.identity()
+    me = identity_mod.identity()
     holder = {**me, "start": "1", "token": "0000000000bb", "ttl": 3600}  # this pid, but a process started long ago
     run.write_bytes(".distmeta-lease/00000001-0000000000bb.beat", json.dumps(holder).encode())
     run.write_bytes(".distmeta-lease/00000001-0000000000bb.json", json.dumps(holder).encode())

@@ -166,7 +166,7 @@ def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(endpoint, 
     import subprocess
     import sys
 
-    from distmeta.runtime.lease import identity
+    from distmeta.runtime.identity import identity
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     run = open_store(f"s3://{bucket}/run")
