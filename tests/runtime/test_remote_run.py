@@ -50,6 +50,9 @@ def test_stop_and_resume_from_s3_matches_the_local_run_bit_for_bit(run_uri, stra
     assert main(["train", "--resume", run_uri, *ARGS, "train.steps=6"]) == 0
     final = distmeta.load_checkpoint(run_uri)
     assert final.step == 6
+    # The URIs a run had before generations still name its checkpoints (in the current generation).
+    assert distmeta.load_checkpoint(f"{run_uri}/checkpoints").step == 6
+    assert distmeta.load_checkpoint(f"{run_uri}/checkpoints/step_00000004").step == 4
     for n, t in straight.items():
         assert final.meta_params[n].dtype == t.dtype and torch.equal(final.meta_params[n], t), n
 
