@@ -91,7 +91,8 @@ def restore_best(best: BestTracker, optimizer: Any, write: Callable[[str], None]
         write("train.select_best: no meta-validation ran; keeping the last parameters")
         return False
     optimizer.load_params(params)
-    write(f"train.select_best: meta-testing the parameters of step {best.step} (meta-validation {best.score:.4f})")
+    shown = f"accuracy {100 * best.score:.2f}%" if best.score >= 0 else f"mse {-best.score:.4f}"  # validation_score
+    write(f"train.select_best: meta-testing the parameters of step {best.step} (meta-validation {shown})")
     return True
 
 

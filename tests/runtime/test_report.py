@@ -51,6 +51,8 @@ def test_startup_summary_validation_lines_and_logs(tmp_path, capsys):
     want = (f"step 3: val accuracy {100 * logged[3]['val/accuracy']:.2f} ± {100 * logged[3]['val/accuracy_ci95']:.2f}% "
             f"(best {100 * best[0]:.2f}% at step {-best[1]}), loss {logged[3]['val/loss']:.4f}")
     assert lines[-1] == want and "ci95" not in out, (lines, want)
+    assert (f"train.select_best: meta-testing the parameters of step {-best[1]} (meta-validation accuracy "
+            f"{100 * best[0]:.2f}%)") in out, out
     # The baselines, in metrics.jsonl and TensorBoard, equal to results.json's.
     last = [r for r in read_metrics(tmp_path / "run") if "baseline/2way_1shot/accuracy" in r]
     base = results["before_meta_training"]["2way_1shot"]
