@@ -251,6 +251,8 @@ def prepare_experiment(cfg: Config, run_dir: Path | None = None, reuse_saved: bo
         for c, src in enumerate(sources):
             save_split(src.split, src.data, run_dir / split_file(cfg, c))
         save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
+        tok_file = run_dir / TOKENIZER_FILE  # nobody else writes what a run reads back (security.not_yours)
+        tok_file.chmod(tok_file.stat().st_mode & 0o755)
     exp = Experiment(cfg, sources, corpus, tokenizer.get_vocab_size(), tokenizer)
     exp.prefix = prepare_prefix_cache(exp)
     return exp

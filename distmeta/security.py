@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 from distmeta.config import Config, apply_overrides, config_from_dict, parse_override
 from distmeta.errors import ConfigError, DistmetaError
+from distmeta.files import RUN_FILE_PATTERN
 
 #: Top-level config keys that say where and how a run executes: always the user's, never a saved config's.
 USER_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "device", "threads", "run", "ray", "faults")
@@ -149,12 +150,18 @@ def _not_private(path: Path, uid: int) -> str | None:
     return None
 
 
+def _read_back(name: str) -> bool:
+    """A run directory's file that evaluating its checkpoint reads: the split(s) and the tokenizer."""
+    return RUN_FILE_PATTERN.fullmatch(name) is not None
+
+
 def not_yours(run_dir: str | Path, step_dir: str | Path) -> str | None:
     """Why a local run directory is not one only you could have written, or None when it is.
 
-    Yours: ``run_dir``, the directories down to ``step_dir`` (its checkpoint) and the files
-    in both belong to you and are not writable by group or others, and the directories
-    above ``run_dir`` pass :func:`check_private_dir` (as ``run.dir`` and the caches do).
+    Yours: ``run_dir``, the directories down to ``step_dir`` (its checkpoint), the files of
+    ``step_dir`` and the run files evaluation reads (split and tokenizer) belong to you and are
+    not writable by group or others, and the directories above ``run_dir`` pass
+    :func:`check_private_dir` (as the caches do).
     Then nobody else can have chosen the saved config, so ``distmeta eval`` takes its
     data and model locations without their being repeated.
 
@@ -172,7 +179,7 @@ def not_yours(run_dir: str | Path, step_dir: str | Path) -> str | None:
     try:
         check_private_dir(run_dir, "run directory")
         for d in dirs:
-            files = [f for f in d.iterdir() if not f.is_dir()] if d in (run_dir, step_dir) else []
+            files = [f for f in d.iterdir() if not f.is_dir() and (d == step_dir or _read_back(f.name))]
             for p in (d, *files):
                 reason = _not_private(p, uid)
                 if reason is not None:

@@ -104,7 +104,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool =
                 f"pass --resume to continue it or --overwrite to move it aside and start fresh"
             )
         move_aside(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o750, parents=True, exist_ok=True)  # like checkpoints: your group reads, nobody else writes
     return path
 
 
@@ -116,7 +116,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # as checkpoint files (umask tightens)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -123,3 +123,15 @@ def test_not_yours_names_the_reason(tmp_path):
     assert "checkpoints is writable by other users" in not_yours(tmp_path / "run", step)
     (tmp_path / "run" / "checkpoints").chmod(0o750)
     assert "outside the run directory" in not_yours(tmp_path / "other", step)
+
+
+def test_a_run_made_under_umask_002_is_still_yours(tmp_path, no_ray):
+    """A group-writable umask (user private groups) must not turn your own run foreign: distmeta writes its run
+    directory 0750 and the files it reads back without group write, as it writes checkpoints."""
+    old = os.umask(0o002)
+    try:
+        run = _train_own_csv_run(tmp_path)
+    finally:
+        os.umask(old)
+    assert (run.stat().st_mode & 0o777) == 0o750
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline"]) == 0
