@@ -233,3 +233,15 @@ def test_frozen_baseline_is_the_runs_encoder(tiny_dirs, tmp_path):
     for key in ("accuracy", "accuracy_euclidean"):
         np.testing.assert_allclose(got[key], want[key].numpy(), atol=1e-6, err_msg=key)
     np.testing.assert_allclose(got["accuracy_finetune"], want["accuracy_finetune"].numpy(), atol=0.1)
+
+
+def test_a_runs_saved_tokenizer_keeps_the_pad_id(tiny_dirs, tmp_path):
+    """Resume and eval read the run's saved tokenizer.json: it still pads with 1, so the corpus does too."""
+    csv = write_tiny_csv(tmp_path / "d.csv")
+    cfg = load_config(None, [*text_tiny(csv), "model.name=hf", f"model.path={tiny_dirs['roberta']}",
+                             "tokenizer.kind=pretrained", "model.prefix_cache=false"])
+    first = prepare_experiment(cfg, tmp_path / "run")
+    again = prepare_experiment(cfg, tmp_path / "run", reuse_saved=True)
+    assert first.corpus.pad_id == again.corpus.pad_id == 1
+    assert pad_id_of(again.tokenizer) == 1
+    np.testing.assert_array_equal(again.corpus.padded(np.arange(5)), first.corpus.padded(np.arange(5)))
