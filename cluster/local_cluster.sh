@@ -13,7 +13,10 @@
 # Why not one `ray start` per node: on Linux `ray start` swaps 127.0.0.1 for the machine's
 # address, so a worker node cannot join a head bound to 127.0.0.1. The nodes are started by one
 # keeper process with Ray's local multi-node launcher (ray.cluster_utils.Cluster) and
-# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every node on 127.0.0.1. The keeper runs in
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's one-machine mode, which keeps every node (and the
+# clients `env` sets up) on 127.0.0.1. That variable is for this one-machine cluster only: set
+# anywhere else it stops `ray start --address` on Linux; nodes on separate machines, or in their
+# own namespaces (cluster/box.sh), never get it. The keeper runs in
 # its own session (setsid); its PID, in DIR/keeper.pid, is the process group `stop` signals.
 # This script never runs `ray stop` (that stops every Ray of the user on the machine).
 # State: `start` makes its directory with `mktemp -d` (0700; never a predictable path another
@@ -61,7 +64,10 @@ if [ -z "$DIR" ] && [ "$CMD" != start ] && [ -f "$POINTER" ]; then DIR="$(cat "$
 write_keeper() {  # the process that owns the nodes: up until SIGTERM, then shuts every node down
   cat > "$DIR/keeper.py" <<'PY'
 import os, signal, sys, time
+from ray._common.utils import get_default_ray_temp_dir
 from ray.cluster_utils import Cluster
+
+os.makedirs(get_default_ray_temp_dir(), exist_ok=True)  # cluster_utils writes its address file there
 
 d, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cpus, gpus, head_cpus = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])

@@ -41,8 +41,7 @@ def test_a_local_user_without_the_token_is_refused(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # As `make train` used to run: RAY_AUTH_MODE=disabled in the environment.
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-               HOME=str(home), PYTHONPATH=str(ROOT))
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HOME=str(home), PYTHONPATH=str(ROOT))
     owner = subprocess.Popen([sys.executable, "-c", OWNER], env=env, cwd=ROOT, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -50,7 +49,9 @@ def test_a_local_user_without_the_token_is_refused(tmp_path):
         assert info["works"] == 1 and info["gcs"].startswith("127.0.0.1:")
         assert info["dir_mode"] == 0o700 and info["tok_mode"] == 0o600 and Path(info["token"]).parent == Path(info["dir"])
         assert not info["home_token"], "no ~/.ray/auth_token left behind"
-        stranger_env = {**env, "RAY_gcs_server_port_wait_time_s": "2"}
+        # Clients on this machine of a loopback-only Ray run in Ray's one-machine mode too (else they look for a
+        # raylet on the machine's address): refused or admitted by the token alone.
+        stranger_env = {**env, "RAY_gcs_server_port_wait_time_s": "2", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         for extra in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
             said = subprocess.run([sys.executable, "-c", STRANGER, info["gcs"]], env={**stranger_env, **extra},
                                   capture_output=True, text=True, timeout=120).stdout
@@ -62,3 +63,44 @@ def test_a_local_user_without_the_token_is_refused(tmp_path):
     finally:
         owner.communicate(input="", timeout=120)
     assert not Path(info["dir"]).exists(), "the token directory is removed on close"
+
+
+LISTENERS = """
+import json, os, subprocess
+from distmeta.config import Config
+from distmeta.runtime.ray.session import connect
+
+def descendants(pid):
+    try:
+        kids = [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return set()
+    return set(kids).union(*(descendants(k) for k in kids))
+
+s = connect(Config())
+import ray
+ray.get(ray.remote(lambda: 1).remote())
+mine = descendants(os.getpid())
+ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+addrs = sorted({line.split()[3].rsplit(":", 1)[0] for line in ss if any(f"pid={p}," in line for p in mine)})
+s.close()
+from ray._private import ray_constants
+print(json.dumps({"addrs": addrs, "env_after": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"),
+                  "cluster_mode_after": ray_constants.ENABLE_RAY_CLUSTER}), flush=True)
+"""
+
+
+@pytest.mark.ray
+def test_every_process_of_the_private_ray_listens_on_loopback_only(tmp_path):
+    """Without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER in the environment (it must not be set globally: it stops
+    `ray start --address` on Linux), the private Ray still binds nothing but 127.0.0.1, and the setting is
+    gone again once it closes."""
+    if not __import__("shutil").which("ss"):
+        pytest.skip("needs ss (iproute2) to list listening sockets")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", LISTENERS], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["addrs"] and all(a in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in info["addrs"]), info
+    assert info["env_after"] is None and info["cluster_mode_after"] is True, info

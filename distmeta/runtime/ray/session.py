@@ -6,7 +6,8 @@ Three cases, in order:
   use it as it is and never shut it down.
 * ``ray.address`` in the config, or ``RAY_ADDRESS`` in the environment: connect to
   that existing cluster (shut down the connection on close, not the cluster).
-* Otherwise start a private single-node instance bound to 127.0.0.1, with no
+* Otherwise start a private single-node instance bound to 127.0.0.1 (every process it
+  starts: :data:`LOOPBACK_ENV` is set for it alone, never for a cluster you join), with no
   dashboard, usage stats off and a modest object store, closed to other local users:
   token authentication with a fresh token in a 0600 file inside a 0700 directory made
   for this session (:func:`private_auth_dir`), which also holds Ray's temp dir (its
@@ -27,7 +28,6 @@ from distmeta.config import Config
 # Set before Ray is imported anywhere in this process (setdefault: the user's choice wins).
 RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
 MIN_OBJECT_STORE = 256 * 1024**2
@@ -51,6 +51,18 @@ def default_object_store_memory() -> int:
 
 #: Ray's auth environment while a private cluster runs; restored on close.
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+#: Set to "0" only while a private single-node Ray starts and runs: Ray then binds every process it starts
+#: (GCS, raylet, agents) to 127.0.0.1 instead of all interfaces. Never set for a cluster you join: there it
+#: would make ``ray start --address`` refuse to start and a driver name itself 127.0.0.1.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _set_cluster_mode(enabled: bool) -> bool:
+    """Ray's multi-node mode in this process (its constant was read at import); returns what it was."""
+    from ray._private import ray_constants
+
+    previous, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, enabled
+    return previous
 
 
 def private_auth_dir() -> tuple[str, str]:
@@ -83,6 +95,7 @@ class RaySession:
     address: str | None
     auth_dir: str | None = None  # the private cluster's token and temp directory, removed on close
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    cluster_mode: bool = True  # Ray's multi-node mode before a private instance turned it off
 
     def close(self) -> None:
         import ray
@@ -91,6 +104,7 @@ class RaySession:
             ray.shutdown()
         self.started = False
         if self.auth_dir is not None:
+            _set_cluster_mode(self.cluster_mode)
             for key, value in self.saved_env.items():
                 if value is None:
                     os.environ.pop(key, None)
@@ -115,10 +129,11 @@ def connect(cfg: Config) -> RaySession:
         return RaySession(started=True, address=address)
     auth_dir, token_path = private_auth_dir()
     session = RaySession(started=True, address="local", auth_dir=auth_dir,
-                         saved_env={k: os.environ.get(k) for k in AUTH_ENV})
+                         saved_env={k: os.environ.get(k) for k in (*AUTH_ENV, LOOPBACK_ENV)})
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the private token file
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path, LOOPBACK_ENV: "0"})
     try:
+        session.cluster_mode = _set_cluster_mode(False)  # children read LOOPBACK_ENV, this process the constant
         _refresh_ray_auth()
         ray.init(
             address="local",
