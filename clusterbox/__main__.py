@@ -35,7 +35,7 @@ def _up(args: argparse.Namespace) -> int:
         fd = os.open(STATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"tag": box.tag, "owner": os.getpid(), "nodes": {
-                n.name: {"keeper": n.keeper.pid, "address": n.address, "env": n.env} for n in box.nodes.values()}}, f)
+                n.name: {"keeper": n.init, "address": n.address, "env": n.env} for n in box.nodes.values()}}, f)
         print(f"box {box.tag} up: Ray at {box.address}, S3 at {box.s3_endpoint}, links {args.rate or 'unshaped'}")
         for n in box.nodes.values():
             print(f"  {n.name:6s} {n.address}   cluster/box.sh exec {n.name} -- bash")
@@ -61,7 +61,7 @@ def _exec(args: argparse.Namespace) -> int:
         raise SystemExit(f"clusterbox: no node {args.node!r}; nodes: {', '.join(state['nodes'])}")
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     env = [f"{k}={v}" for k, v in node["env"].items()]
-    cmd = ["nsenter", "-t", str(node["keeper"]), "-n", "-m", "--", "env", "-i", "-C", os.getcwd(), *env,
+    cmd = ["nsenter", "-t", str(node["keeper"]), "-n", "-m", "-u", "-p", "--", "env", "-i", "-C", os.getcwd(), *env,
            *(argv or ["bash"])]
     return subprocess.call(cmd)
 

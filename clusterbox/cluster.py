@@ -28,15 +28,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterbox import net, reaper
+from clusterbox import net, reaper, storage
 from clusterbox.node import HOME, Node, command, kill_processes, start_keeper
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_PORT = 6379
-S3_PORT = 9000
-BUCKET = "distmeta"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def unavailable_reason() -> str | None:
@@ -102,7 +98,7 @@ class NetCluster:
 
     def start(self) -> "NetCluster":
         """Make the network, the nodes, the S3 server and the Ray cluster; every node alive on return."""
-        sweep_orphans()
+        reaper.sweep_orphans()
         self._start_reaper()
         atexit.register(self.close)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
@@ -136,8 +132,7 @@ class NetCluster:
             self._reaper.wait()
         for sig, handler in getattr(self, "_previous_signals", {}).items():
             signal.signal(sig, handler)
-        with_suppressed = atexit.unregister
-        with_suppressed(self.close)
+        atexit.unregister(self.close)
 
     def _start_reaper(self) -> None:
         me = os.getpid()
@@ -160,7 +155,7 @@ class NetCluster:
     @property
     def s3_endpoint(self) -> str:
         """The S3 server's endpoint URL, reachable from the box's nodes only."""
-        return f"http://{self.head.address}:{S3_PORT}"
+        return f"http://{self.head.address}:{storage.PORT}"
 
     def _make_node(self, name: str, index: int) -> Node:
         address = net.make_node(self.tag, name, index, self.spec.rate)
@@ -185,7 +180,7 @@ class NetCluster:
             **dict(self.spec.ray_env),
         }
         if self.spec.s3:
-            env.update(S3_ENV, AWS_ENDPOINT_URL=f"http://{SUBNET_HEAD}:{S3_PORT}")
+            env.update(storage.ENV, AWS_ENDPOINT_URL=f"http://{net.SUBNET}.1:{storage.PORT}")  # the head's address
         return env
 
     def add_node(self, name: str | None = None, wait: bool = True) -> Node:
@@ -258,19 +253,21 @@ class NetCluster:
         return len(self.alive_nodes())
 
     # -- running things -----------------------------------------------------------------
-    def command(self, node: str, argv: list[str], env: dict[str, str] | None = None) -> list[str]:
-        """The command line that runs ``argv`` on ``node`` (see :func:`clusterbox.node.command`)."""
-        return command(self.nodes[node], argv, env, cwd=str(REPO))
+    def command(self, node: str, argv: list[str], env: dict[str, str] | None = None,
+                cwd: str | None = None) -> list[str]:
+        """The command line that runs ``argv`` on ``node`` in ``cwd`` (default: the read-only repository)."""
+        return command(self.nodes[node], argv, env, cwd=cwd or str(REPO))
 
-    def run(self, node: str, argv: list[str], env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, node: str, argv: list[str], env: dict[str, str] | None = None, timeout: float = 600,
+            cwd: str | None = None) -> subprocess.CompletedProcess:
         """Run ``argv`` on ``node`` to completion (killed after ``timeout`` seconds); output captured."""
-        return subprocess.run(self.command(node, argv, env), capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(self.command(node, argv, env, cwd), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
-    def popen(self, node: str, argv: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    def popen(self, node: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
+              **kwargs) -> subprocess.Popen:
         """Start ``argv`` on ``node`` (``subprocess.Popen`` keyword arguments pass through)."""
-        return subprocess.Popen(self.command(node, argv, env), **kwargs)
+        return subprocess.Popen(self.command(node, argv, env, cwd), **kwargs)
 
     # -- faults -----------------------------------------------------------------------
     def partition(self, node: str) -> None:
@@ -305,19 +302,7 @@ class NetCluster:
 
     # -- storage ----------------------------------------------------------------------
     def _start_s3(self) -> None:
-        self.s3 = self.popen("head", [sys.executable, "-m", "moto.server", "-H", self.head.address, "-p", str(S3_PORT)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        code = ("import boto3, time\n"
-                "for _ in range(300):\n"
-                "    try:\n"
-                f"        boto3.client('s3').create_bucket(Bucket={BUCKET!r}); break\n"
-                "    except Exception:\n"
-                "        time.sleep(0.1)\n"
-                "else:\n"
-                "    raise SystemExit('S3 server did not answer')\n")
-        proc = self.run("head", [sys.executable, "-c", code], timeout=120)
-        if proc.returncode != 0:
-            raise net.NetError(f"S3 server on the head did not start: {proc.stderr[-2000:]}")
+        self.s3 = storage.start(self.popen, self.run, self.head.address)
 
     def pause_storage(self) -> None:
         """Stop the S3 server (SIGSTOP): requests hang until :meth:`resume_storage`."""
@@ -328,35 +313,3 @@ class NetCluster:
         """Restart a stopped S3 server (SIGCONT), its objects intact."""
         assert self.s3 is not None, "the box has no S3 server (Spec.s3=False)"
         os.kill(self.s3.pid, signal.SIGCONT)
-
-
-#: The head is always the box's first address.
-SUBNET_HEAD = f"{net.SUBNET}.1"
-OWNERS = Path("/run/clusterbox")
-
-
-def sweep_orphans() -> list[str]:
-    """Remove boxes whose reaper is gone too (a machine-wide crash); returns the namespaces removed.
-
-    A box is an orphan when none of the processes in its namespaces has a live parent outside
-    them and no reaper watches it: in practice, boxes older than any live ``clusterbox.reaper``.
-    """
-    live_tags = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"clusterbox.reaper" in args and len(args) > args.index(b"clusterbox.reaper") + 1:
-            live_tags.add(args[args.index(b"clusterbox.reaper") + 1].decode())
-    removed: list[str] = []
-    tags = {ns[2:].split("-")[0] for ns in net.namespaces() if ns.startswith("cb") and "-" in ns}
-    for tag in sorted(tags - live_tags):
-        try:
-            removed += net.remove_box(tag)
-        except (ValueError, net.NetError):
-            continue
-    return removed

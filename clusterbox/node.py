@@ -11,8 +11,10 @@ mounts what makes the node a machine of its own:
 * the repository, its virtual environment and the interpreter's home: read-only, as an
   installed image would be, so a node can write nothing that another node would see.
 
-Every later command on the node enters the keeper's namespaces with ``nsenter``, so its
-processes are found (and killed) by namespace.
+The keeper also makes the node's own pid namespace (with its own ``/proc``) and hostname: on a
+shared pid namespace, Ray's driver finds every node's raylet by listing processes and attaches
+to the head's. Every later command on the node enters those namespaces with ``nsenter``, so
+its processes are found (and killed) by network namespace.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Node:
     address: str
     folder: Path  # on the host: <box>/<name>/tmp (home inside it)
     keeper: subprocess.Popen | None = None
+    init: int = 0  # the keeper's child: pid 1 of the node's pid namespace, which every command enters
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,18 +80,23 @@ def start_keeper(node: Node, shm_bytes: int, readonly: list[str], timeout: float
         *(f"mount --bind {shlex.quote(p)} {shlex.quote(p)} && mount -o remount,bind,ro {shlex.quote(p)}"
           for p in readonly),
         f"mount --bind {shlex.quote(str(node.tmp))} /tmp",
-        "echo ready",
+        f"hostname {shlex.quote(node.name)}",
+        "echo ready $$",
         "exec sleep infinity",
     ]
+    # Its own pid namespace (with its own /proc) and hostname too: Ray finds "the raylet on this machine" by
+    # listing processes, and distmeta's lease tells machines apart by host and pid namespace.
     node.keeper = subprocess.Popen(
-        ["ip", "netns", "exec", node.ns, "unshare", "--mount", "--propagation", "private", "--",
-         "sh", "-c", "\n".join(steps)],
+        ["ip", "netns", "exec", node.ns, "unshare", "--mount", "--propagation", "private", "--uts",
+         "--pid", "--fork", "--mount-proc", "--", "sh", "-c", "\n".join(steps)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + timeout
-    line = node.keeper.stdout.readline()  # "ready", or "" when the keeper died
-    if line.strip() != "ready" or time.monotonic() > deadline:
+    line = node.keeper.stdout.readline()  # "ready 1", or "" when the keeper died
+    if not line.startswith("ready") or time.monotonic() > deadline:
         err = node.keeper.stderr.read() if node.keeper.poll() is not None else ""
         raise net.NetError(f"node {node.name}: keeper did not come up: {err.strip() or line!r}")
+    children = Path(f"/proc/{node.keeper.pid}/task/{node.keeper.pid}/children").read_text().split()
+    node.init = int(children[0])
 
 
 def command(node: Node, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> list[str]:
@@ -110,7 +118,7 @@ def command(node: Node, argv: list[str], env: dict[str, str] | None = None, cwd:
     # `env -C`, not `nsenter --wd`: nsenter opens the directory before it enters the mount namespace, so the
     # command would work in the host's (writable) view of it.
     wd = ["-C", cwd] if cwd else []
-    return ["nsenter", "-t", str(node.keeper.pid), "-n", "-m", "--", "env", "-i", *wd, *assignments, *argv]
+    return ["nsenter", "-t", str(node.init), "-n", "-m", "-u", "-p", "--", "env", "-i", *wd, *assignments, *argv]
 
 
 def kill_processes(node: Node, keep_keeper: bool) -> None:
@@ -119,9 +127,9 @@ def kill_processes(node: Node, keep_keeper: bool) -> None:
         net.kill_namespace_processes(node.ns)
         node.keeper = None
         return
-    keeper = node.keeper.pid if node.keeper else None
+    keep = {node.keeper.pid, node.init} if node.keeper else set()
     for _ in range(100):
-        pids = [p for p in net.pids_in(node.ns) if p != keeper]
+        pids = [p for p in net.pids_in(node.ns) if p not in keep]
         if not pids:
             return
         for pid in pids:

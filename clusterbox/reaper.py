@@ -9,6 +9,7 @@ them) and its folder; when the box is gone already (closed normally) it just exi
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -23,6 +24,33 @@ def start_time(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def sweep_orphans() -> list[str]:
+    """Remove boxes whose reaper is gone too (a machine-wide crash); returns the namespaces removed.
+
+    A box is an orphan when none of the processes in its namespaces has a live parent outside
+    them and no reaper watches it: in practice, boxes older than any live ``clusterbox.reaper``.
+    """
+    live_tags = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"clusterbox.reaper" in args and len(args) > args.index(b"clusterbox.reaper") + 1:
+            live_tags.add(args[args.index(b"clusterbox.reaper") + 1].decode())
+    removed: list[str] = []
+    tags = {ns[2:].split("-")[0] for ns in net.namespaces() if ns.startswith("cb") and "-" in ns}
+    for tag in sorted(tags - live_tags):
+        try:
+            removed += net.remove_box(tag)
+        except (ValueError, net.NetError):
+            continue
+    return removed
 
 
 def main(tag: str, owner: int, owner_start: str, folder: str) -> None:

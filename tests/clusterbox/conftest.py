@@ -132,3 +132,18 @@ def steps_each_task_once(run: Drive, meta_batch: int) -> None:
     for rec in run.steps:
         assert sorted(tuple(k) for k in rec["tasks"]) == [(rec["step"], i) for i in range(meta_batch)], rec
 
+
+
+def s3_keys(box: NetCluster, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix`` in the box's bucket, read from the head (small objects only)."""
+    code = ("import boto3, json, sys, base64\n"
+            "s3 = boto3.client('s3'); out = {}\n"
+            "for page in s3.get_paginator('list_objects_v2').paginate(Bucket='distmeta', Prefix=sys.argv[1]):\n"
+            "    for o in page.get('Contents', []):\n"
+            "        body = s3.get_object(Bucket='distmeta', Key=o['Key'])['Body'].read() if o['Size'] < 2**20 else b''\n"
+            "        out[o['Key']] = base64.b64encode(body).decode()\n"
+            "print(json.dumps(out))\n")
+    proc = box.run("head", ["python", "-c", code, prefix], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import base64
+    return {k: base64.b64decode(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
