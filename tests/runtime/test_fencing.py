@@ -7,7 +7,6 @@ through in a local directory, and boto3's listing of the bucket.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.runtime.s3server import plant_holder
 import torch
 
 import distmeta
@@ -184,8 +185,7 @@ def test_a_pid_reused_on_this_boot_frees_the_lease_at_once(endpoint, bucket) -> 
     run = open_store(f"s3://{bucket}/run")
     me = identity_mod.identity()
     holder = {**me, "start": "1", "token": "0000000000bb", "ttl": 3600}  # this pid, but a process started long ago
-    run.write_bytes(".distmeta-lease/00000001-0000000000bb.beat", json.dumps(holder).encode())
-    run.write_bytes(".distmeta-lease/00000001-0000000000bb.json", json.dumps(holder).encode())
+    plant_holder(run, holder)
     lease = Lease(run, ttl=60, settle=0.05)
     lease.acquire()
     assert lease.claim.epoch == 2

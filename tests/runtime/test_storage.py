@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.runtime.s3server import plant_holder
 import torch
 
 from distmeta.errors import CheckpointError, RunDirError
@@ -162,7 +164,6 @@ def test_lease_refuses_a_second_writer_and_a_stalled_one_stops(endpoint, bucket)
 
 
 def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(endpoint, bucket) -> None:
-    import json
     import subprocess
     import sys
 
@@ -172,8 +173,7 @@ def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(endpoint, 
     run = open_store(f"s3://{bucket}/run")
     me = identity()
     holder = {**me, "pid": int(dead.stdout), "token": "0000000000aa", "ttl": 3600}
-    run.write_bytes(".distmeta-lease/00000001-0000000000aa.beat", json.dumps(holder).encode())
-    run.write_bytes(".distmeta-lease/00000001-0000000000aa.json", json.dumps(holder).encode())
+    plant_holder(run, holder)
     lease = Lease(run, ttl=60, settle=0.05)
     lease.acquire()
     assert lease.claim.epoch == 2
