@@ -34,7 +34,7 @@ from typing import Any
 
 from distmeta.config import config_from_dict, dump_config, set_key
 from distmeta.errors import DistmetaError
-from distmeta.runtime.storage import join_uri, redact_uri
+from distmeta.runtime.storage import join_uri, open_store, redact_uri
 from distmeta.sweeps.output import RayLog, TrialLines, diverged_runs
 from distmeta.sweeps.search import BASE_KEY, Search, load_search
 from distmeta.sweeps.trial import (
@@ -210,6 +210,11 @@ def summarise(search: Search, grid: Any, out_dir: Path | None = None) -> dict[st
     (out_dir / BEST_FILE).write_text(json.dumps(summary, indent=2, default=str))
     (out_dir / BEST_CONFIG_FILE).write_text(dump_config(cfg))
     summary["files"] = [str(out_dir / BEST_FILE), str(out_dir / BEST_CONFIG_FILE)]
+    if not search.local_storage:  # beside the trials in the bucket too: the driver's disk may be gone tomorrow
+        store = open_store(join_uri(search.spec.storage_path, search.spec.name))
+        for name in (BEST_FILE, BEST_CONFIG_FILE):
+            store.write_bytes(name, (out_dir / name).read_bytes())
+            summary["files"].append(redact_uri(store.uri_of(name)))
     print(format_summary(summary), flush=True)
     return summary
 

@@ -51,3 +51,5 @@ def test_tune_search_stores_runs_and_checkpoints_in_s3(tmp_path: Path) -> None:
             assert gen.exists("metrics.jsonl") and gen.exists("results.json")
             assert gen.exists("checkpoints/step_00000004/manifest.json")
         assert any(f.endswith("manifest.json") and not f.startswith("runs/") for f in files), "Tune's checkpoints"
+        best = json.loads(store.read_bytes("best.json"))  # the result beside the trials, not only on the driver's disk
+        assert best["trials"] == 2 and "best_config.yaml" in files
