@@ -200,7 +200,9 @@ def _cached(cell: Cell) -> dict[str, Any] | None:
     run = cell.cfg.run.dir
     try:
         if is_remote(run):
-            store = open_store(run, check=False)
+            from distmeta.runtime.lease import current_generation
+
+            store = current_generation(open_store(run, check=False))  # the cell's run as its readers see it
             read = lambda name: store.read_bytes(name).decode("utf-8")  # noqa: E731
         else:
             read = lambda name: (Path(run) / name).read_text()  # noqa: E731

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 from distmeta.config import apply_overrides
+from distmeta.runtime.lease import current_generation
+from distmeta.runtime.storage import open_store
 from distmeta.sweeps.grid import load_grid, run_grid
 from tests.helpers import QUIET, SINUSOID_TINY
 from tests.runtime.conftest import bucket, endpoint  # noqa: F401 - the S3 server fixtures
@@ -34,8 +36,9 @@ def test_a_grid_on_s3_writes_its_cells_and_table_there_and_reuses_them(endpoint,
     first = run_grid(grid_spec(f"s3://{bucket}/grids"))
     s3 = boto3.client("s3", endpoint_url=endpoint)
     objects = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
-    for cell in ("shots=1", "shots=2"):
-        assert f"grids/ws/cells/{cell}/results.json" in objects and f"grids/ws/cells/{cell}/config.yaml" in objects
+    for cell in ("shots=1", "shots=2"):  # each cell a run directory (written in its writer's generation)
+        gen = current_generation(open_store(f"s3://{bucket}/grids/ws/cells/{cell}"))
+        assert gen.exists("results.json") and gen.exists("config.yaml"), sorted(objects)[:20]
     assert {"grids/ws/grid.csv", "grids/ws/grid.md", "grids/ws/grid.json"} <= objects
     stored = json.loads(s3.get_object(Bucket=bucket, Key="grids/ws/grid.json")["Body"].read())
     assert [r["value"] for r in stored["rows"]] == [r["value"] for r in first["rows"]]
