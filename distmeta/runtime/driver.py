@@ -130,14 +130,14 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, overrides: list[str] | None = None, *,
-                        trust_config: bool = False) -> "Trainer":
+                        trust_config: bool = False, came_from: str | None = None) -> "Trainer":
         """A trainer holding a saved run's parameters, ready for :meth:`evaluate` (``distmeta eval``).
 
         The checkpoint's config is checked as :func:`~distmeta.runtime.reopen.open_saved_run` says.
         """
         from distmeta.runtime.reopen import open_saved_run
 
-        cfg, run_dir, ckpt = open_saved_run(path, overrides, trust_config=trust_config)
+        cfg, run_dir, ckpt = open_saved_run(path, overrides, trust_config=trust_config, came_from=came_from)
         trainer = cls(cfg)
         trainer.run_dir = run_dir
         trainer._preflight()

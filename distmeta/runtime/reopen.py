@@ -16,7 +16,7 @@ from distmeta.config import Config
 
 
 def open_saved_run(path: str | Path, overrides: list[str] | None = None, *,
-                   trust_config: bool = False) -> tuple[Config, Path, Any]:
+                   trust_config: bool = False, came_from: str | None = None) -> tuple[Config, Path, Any]:
     """Load the checkpoint at ``path`` and derive the config to evaluate it with.
 
     Args:
@@ -24,6 +24,8 @@ def open_saved_run(path: str | Path, overrides: list[str] | None = None, *,
             (a remote one is fetched into the local cache and verified there).
         overrides: ``key=value`` settings over the schema defaults.
         trust_config: take the checkpoint's own ray/run/faults/workers settings and paths too.
+        came_from: where a local copy at ``path`` was fetched from (e.g. a bucket): never your own
+            run then, whoever owns the copy.
     Returns:
         ``(config, run directory, checkpoint)``; the run directory holds the split and tokenizer.
     """
@@ -37,6 +39,8 @@ def open_saved_run(path: str | Path, overrides: list[str] | None = None, *,
     if is_remote(path):
         write_run_files(ckpt, run_dir)  # the split and tokenizer, next to the cached checkpoint
         why = f"{path} is remote storage"  # the local cache is ours; the bucket may be anyone's
+    elif came_from is not None:
+        why = f"{path} is a copy of {came_from}"
     else:
         why = not_yours(run_dir, ckpt.path) if ckpt.path is not None else f"{path} has no local checkpoint"
     try:

@@ -136,7 +136,8 @@ def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
         trust = search.local_storage
         try:
             with Trainer.from_checkpoint(run, over + ([] if trust else own_locations(search.base)),
-                                         trust_config=trust) as trainer:
+                                         trust_config=trust,
+                                         came_from=None if trust else search.spec.storage_path) as trainer:
                 results = trainer.evaluate(split="test", episodes=search.spec.test_episodes, baseline=False)
         except UntrustedConfigError as err:
             warnings.warn(f"the best trial was not meta-tested: {err}", stacklevel=2)
