@@ -24,12 +24,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from clusterbox import net, reaper, storage
-from clusterbox.node import HOME, Node, command, kill_processes, start_keeper
+from clusterbox.node import HOME, Node, command, command_pid, kill_processes, start_keeper
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_PORT = 6379
@@ -101,9 +102,9 @@ class NetCluster:
         reaper.sweep_orphans()
         self._start_reaper()
         atexit.register(self.close)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
-        signal.signal(signal.SIGTERM, lambda *a: (self.close(), sys.exit(143)))
-        self._previous_signals = previous
+        if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+            self._previous_signals = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+            signal.signal(signal.SIGTERM, lambda *a: (self.close(), sys.exit(143)))
         try:
             net.make_switch(self.tag)
             self._make_node("head", 1)
@@ -266,8 +267,17 @@ class NetCluster:
 
     def popen(self, node: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
               **kwargs) -> subprocess.Popen:
-        """Start ``argv`` on ``node`` (``subprocess.Popen`` keyword arguments pass through)."""
+        """Start ``argv`` on ``node`` (``subprocess.Popen`` keyword arguments pass through); stop it with :meth:`kill`."""
         return subprocess.Popen(self.command(node, argv, env, cwd), **kwargs)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        """Signal the command :meth:`popen` started (not just the ``nsenter`` that waits for it)."""
+        for pid in (command_pid(proc), proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     # -- faults -----------------------------------------------------------------------
     def partition(self, node: str) -> None:
@@ -307,9 +317,9 @@ class NetCluster:
     def pause_storage(self) -> None:
         """Stop the S3 server (SIGSTOP): requests hang until :meth:`resume_storage`."""
         assert self.s3 is not None, "the box has no S3 server (Spec.s3=False)"
-        os.kill(self.s3.pid, signal.SIGSTOP)
+        os.kill(command_pid(self.s3), signal.SIGSTOP)
 
     def resume_storage(self) -> None:
         """Restart a stopped S3 server (SIGCONT), its objects intact."""
         assert self.s3 is not None, "the box has no S3 server (Spec.s3=False)"
-        os.kill(self.s3.pid, signal.SIGCONT)
+        os.kill(command_pid(self.s3), signal.SIGCONT)

@@ -139,3 +139,13 @@ def kill_processes(node: Node, keep_keeper: bool) -> None:
                 pass
         time.sleep(0.1)
     raise net.NetError(f"node {node.name}: processes survived SIGKILL")
+
+
+def command_pid(proc: subprocess.Popen) -> int:
+    """The host pid of the command a :func:`command` line started: ``nsenter`` forks it into the node's pid
+    namespace and waits, so signalling ``proc`` itself would leave the command running."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        return proc.pid
+    return int(children[0]) if children else proc.pid

@@ -111,7 +111,7 @@ def drive(box: NetCluster, name: str, overrides: list[str], *, node: str = "head
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            box.kill(proc)
             proc.wait()
     path = box.nodes[node].tmp / "out" / f"{name}.pt"
     if run.result is not None and path.exists():

@@ -63,6 +63,8 @@ def test_nodes_share_nothing_but_the_network(bare):
     seen = bare.run("node1", ["sh", "-c", "ls /dev/shm /tmp"]).stdout
     assert "mark-node1" in seen and "mark-node2" not in seen, seen
     assert not any(p.startswith("mark-") for p in os.listdir("/tmp")), "a node's /tmp is not the host's"
+    ps = bare.run("node1", ["sh", "-c", "hostname; ls /proc | grep -c '^[0-9]'"]).stdout.split()
+    assert ps[0] == "node1" and int(ps[1]) < 10, f"own hostname and process table: {ps}"
     ro = bare.run("node1", ["sh", "-c", "touch pyproject.toml"])
     assert ro.returncode != 0 and "Read-only" in ro.stderr, "the repository is read-only on a node"
 
@@ -82,7 +84,7 @@ def test_only_the_box_is_reachable_and_cuts_hold(bare):
         bare.heal("node1")
         assert _py(bare, "node2", CONNECT, bare.nodes["node1"].address, 5001).stdout.strip() == "reached"
     finally:
-        srv.kill()
+        bare.kill(srv)
         srv.wait()
 
 
@@ -97,7 +99,7 @@ def test_links_are_shaped(bare, rate, mbit):
         measured = float(_py(bare, "node2", SEND, bare.nodes["node1"].address, size).stdout)
         assert 0.6 * mbit <= measured <= 1.15 * mbit, f"{measured:.1f} Mbit/s through a {rate} link"
     finally:
-        srv.kill()
+        bare.kill(srv)
         srv.wait()
 
 
