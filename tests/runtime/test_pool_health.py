@@ -74,3 +74,18 @@ def test_a_step_is_cut_evenly_over_the_healthy_actors(pool):
                             faults=None, stats=StepStats(), failures=[])
     assert dispatch.assignees == [0, 2]
     assert [len(b) for b in dispatch.blocks] == [4, 4], "the lost actor's groups are not piled onto one actor"
+
+
+def test_a_compiled_graph_task_error_is_pinned_on_its_process():
+    """Ray hands a Worker exception over as ``RayTaskError(cause)`` whose ``pid`` lookup falls through to the
+    cause (AttributeError: the compiled-graph step then failed with that instead of naming the actor); the pid
+    is read from the error's own header instead."""
+    from ray.exceptions import RayTaskError
+
+    from distmeta.runtime.ray.compiled import _task_pid
+
+    err = RayTaskError("compute_compiled", "ray::WorkerActor() (pid=77, ip=127.0.0.1)\nTraceback ...",
+                       RuntimeError("injected fault in actor 0"), pid=77).as_instanceof_cause()
+    with pytest.raises(AttributeError):
+        err.pid  # noqa: B018 - what the old code read
+    assert _task_pid(err) == 77

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -73,7 +74,8 @@ class CompiledGraph:
             return [_returning(v) for v in ray.get(list(refs), timeout=max(0.0, deadline - time.monotonic()))]
         except RayTaskError as err:  # a Worker exception: raised again by its actor's block
             self.tear_down(broken=True)
-            return [_raising(err) if info.get("pid") == err.pid else collateral for info in infos]
+            pid = _task_pid(err)
+            return [_raising(err) if pid is None or info.get("pid") == pid else collateral for info in infos]
         except (GetTimeoutError, TimeoutError):
             hung = self.pool.busy()
             for k in hung:
@@ -107,3 +109,13 @@ def _raising(error: BaseException) -> Fetch:
     def fetch() -> Any:
         raise error
     return fetch
+
+
+def _task_pid(err: RayTaskError) -> int | None:
+    """The pid of the process whose task raised: ``err.pid``, or (a compiled graph's error can come without
+    it, and Ray's wrapper then looks the name up on the cause) the ``pid=`` in its message; None if neither."""
+    try:
+        return int(err.pid)
+    except (AttributeError, TypeError, ValueError):
+        found = re.search(r"\bpid=(\d+)", str(err))
+        return int(found.group(1)) if found else None
