@@ -93,9 +93,12 @@ def test_checkpointed_peak_memory_is_flat_in_inner_steps():
 
     if not cpu_peak_supported():
         pytest.skip("needs Linux /proc/self/clear_refs")
-    out = subprocess.run([sys.executable, "-c", _PEAKS], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    growth = json.loads(out.stdout.strip().splitlines()[-1])
-    stored, checkpointed = growth["stored"], growth["checkpointed"]
+    runs = []
+    for _ in range(3):  # resident-memory peaks are noisy (the allocator, the kernel's reclaim): medians of 3
+        out = subprocess.run([sys.executable, "-c", _PEAKS], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    stored = sorted(r["stored"] for r in runs)[1]
+    checkpointed = sorted(r["checkpointed"] for r in runs)[1]
     assert stored > 0, "the stored inner loop should grow (else this test measures nothing)"
     assert checkpointed <= 0.5 * stored, (checkpointed, stored)
