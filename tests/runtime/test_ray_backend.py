@@ -270,7 +270,10 @@ def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(actor_pools, 
     assert "ray.max_retries=2" in msg and "actor 0" in msg and "actor 1" in msg
     assert re.search(r"groups (0\.\.1|2\.\.3) = tasks \(step 0, task [04]\)", msg), msg
 
-    # An exception raised by the compute itself is not retried: it would fail again.
+    # An exception raised by the compute itself is not retried: it would fail again. Both actors
+    # are suspect after step 7 and a step gives blocks only to those that answered since, so wait
+    # for both: otherwise actor 0's block could go to actor 1 and the fault would never fire.
+    backend.wait_ready(120)
     backend.faults = FaultPlan([FaultConfig(kind="raise", actor=0, step=8)])
     with pytest.raises(WorkerFailedError, match="injected fault in actor 0"):
         backend.compute(meta, groups, version=8)

@@ -38,6 +38,13 @@ def bad_actor_class(kind: str) -> type:
     return BadJoiner
 
 
+def _wait_for_cpus(ray_module, cpus: float, timeout_s: float = 60.0) -> None:
+    """Wait until Ray's view of free CPUs reaches ``cpus`` (it lags behind actors killed and groups removed)."""
+    deadline = time.monotonic() + timeout_s
+    while ray_module.available_resources().get("CPU", 0.0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("kind, names", [("raise", "drill: this joiner's set-up fails"), ("version", "0.0-drill"),
                                          ("preempted", "Actor")])
@@ -60,6 +67,9 @@ def test_a_bad_joiner_is_dropped_and_retried_and_the_parameters_do_not_change(ra
         return bad[-1][0]
 
     monkeypatch.setattr(pool_mod.ActorPool, "new_actor", new_actor)
+    # Start from an idle Ray: an earlier test's actors still releasing their CPUs would make the
+    # pool start with fewer than two actors and the growth below bigger than two.
+    _wait_for_cpus(ray_local, 2.0)
     blocker = placement_group([{"CPU": 1.0}])
     ray_local.get(blocker.ready(), timeout=60)
     steps, joined = [], []
@@ -71,9 +81,7 @@ def test_a_bad_joiner_is_dropped_and_retried_and_the_parameters_do_not_change(ra
         if payload["step"] == 1:
             remove_placement_group(blocker)
         if payload["step"] in (1, 2):
-            deadline = time.monotonic() + 60  # Ray's view of free resources catches up with what was freed
-            while ray_local.available_resources().get("CPU", 0.0) < 1.0 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _wait_for_cpus(ray_local, 1.0)  # Ray's view of free resources catches up with what was freed
             joined.append(trainer.backend.grow(wait_s=120))
 
     cfg = load_config(None, OVERRIDES + ["workers=4", "cpus_per_worker=0.5", "ray.elastic=true",
@@ -85,6 +93,7 @@ def test_a_bad_joiner_is_dropped_and_retried_and_the_parameters_do_not_change(ra
         params = trainer.meta_params
     ref, _, _ = train(tmp_path / "local", OVERRIDES, workers=0)
 
+    assert steps[0] == [0, 1], "the run started with two actors"
     assert joined == [0, 2], "the bad joiners were dropped, the next try grew the pool by two good actors"
     assert steps[0] == steps[1] == [0, 1] and steps[-1] == [0, 1, 2, 3]
     assert len(failures) == 1 and names in failures[0] and "2 joining actors dropped" in failures[0]
