@@ -20,7 +20,7 @@ the default's plateau; these are the changes it measured beside it:
 - ``--ema 0.9``: also validate an exponential moving average of the trained weights
   (weight averaging along the trajectory).
 
-    .venv/bin/python benchmarks/training_probes.py [--steps 150] [--dropout 0.1] [--temperature 10]
+    .venv/bin/python -m benchmarks.probes.training_probes [--steps 150] [--dropout 0.1] [--temperature 10]
         [--episodes sections|categories|mixed] [--ways 10] [--shots 5] [--ema 0.9]
         [--extra-corpora NAME ...] [--extra-share 0.5]
 """
@@ -28,22 +28,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from probe_setup import default_probe, episode  # noqa: E402  (sets the offline variables first)
-
-from distmeta.data.icd10cm import build_rows  # noqa: E402
-from quality import corpora_dir, corpus_overrides  # noqa: E402
+from benchmarks.corpora import corpora_dir, corpus_overrides
+from benchmarks.probes.common import default_probe, episode
+from distmeta.data.icd10cm import build_rows
 
 META_BATCH, QUERIES = 4, 10
 
@@ -82,7 +77,7 @@ def main() -> None:
     ap.add_argument("--ways", type=int, default=10, help="training episodes' ways")
     ap.add_argument("--shots", type=int, default=5, help="training episodes' shots")
     ap.add_argument("--extra-corpora", nargs="*", default=[], help="also train on these quality-suite corpora's "
-                    "training classes (benchmarks/corpora.py builds them)")
+                    "training classes (python -m benchmarks.corpora builds them)")
     ap.add_argument("--extra-share", type=float, default=0.5, help="the share of training episodes drawn from them")
     ap.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the trained weights")
     args = ap.parse_args()

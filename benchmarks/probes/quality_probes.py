@@ -19,27 +19,23 @@ It answers "does any cheap test-time use of the meta-trained encoder beat plain
 nearest centroid", and "how strong is the frozen encoder with centring" (a stronger
 baseline than the one the meta-test prints).
 
-    .venv/bin/python benchmarks/quality_probes.py runs/default [--params runs/default/best.safetensors]
+    .venv/bin/python -m benchmarks.probes.quality_probes runs/default [--params runs/default/best.safetensors]
 """
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from safetensors.numpy import load_file  # noqa: E402
-
-from distmeta.algorithms.protonet import centroid_logits  # noqa: E402
-from distmeta.baselines import transductive_accuracy  # noqa: E402
-from distmeta.config import load_config  # noqa: E402
-from distmeta.evaluate import mean_ci95  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.worker import Worker  # noqa: E402
+from distmeta.algorithms.protonet import centroid_logits
+from distmeta.baselines import transductive_accuracy
+from distmeta.config import load_config
+from distmeta.evaluate import mean_ci95
+from distmeta.experiment import prepare_experiment
+from distmeta.worker import Worker
 
 ALPHAS = (0.3, 0.5, 0.7)
 WISE = (0.5, 0.7, 0.85)

@@ -13,27 +13,23 @@ each line compares with the unadapted encoder on the same episodes.
 It answers "does fine-tuning the encoder itself (not only a head) on the support set at
 test time beat nearest centroid", for the frozen and the meta-trained encoder alike.
 
-    .venv/bin/python benchmarks/finetune_probes.py [--params runs/default/best.safetensors]
+    .venv/bin/python -m benchmarks.probes.finetune_probes [--params runs/default/best.safetensors]
         [--shots 1] [--steps 10] [--lr 1e-4] [--head-lr 1e-2] [--episodes 200]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from safetensors.torch import load_file  # noqa: E402
-
-from distmeta.evaluate import mean_ci95  # noqa: E402
-from probe_setup import TRAINED, default_probe, episode  # noqa: E402
+from benchmarks.probes.common import TRAINED, default_probe, episode
+from distmeta.evaluate import mean_ci95
 
 WAYS, QUERIES, TEMPERATURE = 5, 10, 10.0
 

@@ -7,13 +7,13 @@ For every (config, corpus) pair this runs, one at a time, as a subprocess::
 
 and times the whole command (data, caches, meta-training, meta-test). The config is
 otherwise used as shipped: the point is to measure what users get. Corpora: ``icd10cm``
-(the config's own source) and the parquet files that ``benchmarks/corpora.py`` builds
+(the config's own source) and the parquet files that ``python -m benchmarks.corpora`` builds
 (``debian-sections``, ``wordnet-topics``, ``fortunes``), read with ``data.max_length=64``.
 
-    python benchmarks/quality.py --configs configs/default.yaml configs/bag_protonet.yaml \\
+    python -m benchmarks.quality.table --configs configs/default.yaml configs/bag_protonet.yaml \\
         --corpora icd10cm debian-sections wordnet-topics fortunes [--episodes 600] \\
         [--out benchmarks/results/quality] [--set key=value ...] [--rerun] [--dry-run]
-    python benchmarks/quality.py --from-json benchmarks/results/quality/quality.json
+    python -m benchmarks.quality.table --from-json benchmarks/results/quality/quality.json
 
 Writes OUT/quality.json (every run's numbers, wall time, command, git commit, date,
 machine), OUT/quality.md (the table in docs/results.md, also printed) and OUT/quality.png (5-way
@@ -38,19 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PARQUET = {"debian-sections", "wordnet-topics", "fortunes"}
+from benchmarks.corpora import PARQUET, corpora_dir, corpus_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
 CORPORA = ["icd10cm", *sorted(PARQUET)]
 SIDECAR = "quality_run.json"  # written into each run dir: the command, its exit status and wall time
 PLOTTED = [("5way_1shot", "5-way 1-shot"), ("5way_5shot", "5-way 5-shot")]
-
-
-def corpora_dir() -> Path:
-    """Where ``benchmarks/corpora.py`` writes by default (same rule as ``distmeta.data.icd10cm.cache_root``)."""
-    if os.environ.get("DISTMETA_CACHE_DIR"):
-        return Path(os.environ["DISTMETA_CACHE_DIR"]).expanduser() / "corpora"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "distmeta" / "corpora"
 
 
 def distmeta_exe() -> str:
@@ -59,14 +52,6 @@ def distmeta_exe() -> str:
         if cand.exists():
             return str(cand)
     return shutil.which("distmeta") or "distmeta"
-
-
-def corpus_overrides(corpus: str, cdir: Path) -> list[str]:
-    """Config overrides that point a run at ``corpus`` (none for icd10cm: the config's own source)."""
-    if corpus == "icd10cm":
-        return []
-    return [f"data.source=parquet:{cdir / f'{corpus}.parquet'}", "data.text_column=text",
-            "data.label_column=label", "data.small_classes=drop", "data.max_length=64"]
 
 
 def build_command(config: Path, corpus: str, run_dir: Path, episodes: int, extra: list[str], cdir: Path) -> list[str]:
@@ -256,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "run_dir": str(run_dir), "command": cmd}
             parquet = args.corpora_dir / f"{corpus}.parquet"
             if corpus in PARQUET and not parquet.exists():
-                build = f"python benchmarks/corpora.py --only {corpus} --out {args.corpora_dir}"
+                build = f"python -m benchmarks.corpora --only {corpus} --out {args.corpora_dir}"
                 entry.update(status="not run", reason=f"{parquet} missing; build it with `{build}`")
                 print(f"!! NOT RUN {config.stem} on {corpus}: {entry['reason']}", file=sys.stderr)
                 report["runs"].append(entry)

@@ -1,11 +1,10 @@
-"""What the quality probes share: the default's experiment, prefix cache and trainable suffix.
+"""What the probes share: the default's experiment, prefix cache and trainable suffix.
 
-``training_probes.py`` and ``finetune_probes.py`` both run the default's encoder (all-MiniLM-L6-v2,
+:mod:`benchmarks.probes.training_probes` and :mod:`benchmarks.probes.finetune_probes` both run the default's encoder (all-MiniLM-L6-v2,
 the last 2 layers over distmeta's frozen-prefix cache) outside distmeta's training loop.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from distmeta.config import load_config  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.models import build_model  # noqa: E402
-from distmeta.models.hf import masked_mean  # noqa: E402
-from distmeta.models.prefix import open_cache  # noqa: E402
+from distmeta.config import load_config
+from distmeta.experiment import prepare_experiment
+from distmeta.models import build_model
+from distmeta.models.hf import masked_mean
+from distmeta.models.prefix import open_cache
 
 TRAINED = ("layers.4.", "layers.5.")  # the default's trainable suffix (model.trainable: last:2)
 
