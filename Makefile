@@ -39,7 +39,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m "" $(ARGS)
 
 bench: setup
-	$(BIN)/python benchmarks/vmap_vs_loop.py $(ARGS)
+	$(BIN)/python -m benchmarks.speed $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,29 +7,28 @@ timed a step of each config at a time (interleaved, so drift on a shared machine
 10 meta-test and 10 baseline episodes per setting. Both wall and process-CPU seconds are printed:
 on a shared machine the CPU seconds are the steadier measure. One in-process worker, 2 threads.
 
-    .venv/bin/python benchmarks/encoder_cost.py [--configs configs/mpnet.yaml configs/default.yaml] [--steps 4]
+    .venv/bin/python -m benchmarks.speed.encoder_cost [--configs configs/mpnet.yaml configs/default.yaml] [--steps 4] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks.speed.common import experiment, parse_args
+from distmeta.config import load_config
+from distmeta.models import build_model, select_params
+from distmeta.models.prefix import frozen_prefix_layers, open_or_build
+from distmeta.worker import Worker
 
-from distmeta.config import load_config  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.models import build_model, select_params  # noqa: E402
-from distmeta.models.prefix import frozen_prefix_layers, open_or_build  # noqa: E402
-from distmeta.worker import Worker  # noqa: E402
+#: The default alone (MPNet's cache is most of a two-config run), one step timed after the warm-up step.
+QUICK = {"steps": 2, "configs": ["configs/default.yaml"]}
 
 
 def clock() -> tuple[float, float]:
@@ -43,8 +42,7 @@ def since(t: tuple[float, float]) -> tuple[float, float]:
 
 def setup(path: str, steps: int, cache_dir: Path) -> dict[str, Any]:
     """The config's worker over a prefix cache of just the rows its timed episodes read; prints the cache's cost."""
-    cfg = load_config(path, ["workers=0", "run.progress=false", "model.prefix_cache=false"])
-    exp = prepare_experiment(cfg)
+    cfg, exp = experiment(path, ["workers=0", "run.progress=false", "model.prefix_cache=false"])
     corpus = exp.corpus
     train = [exp.sampler("train").batch(s, cfg.train.meta_batch) for s in range(steps)]
     evals = [(split, shots, exp.sampler(split, ways=5, shots=shots, queries=15).batch(0, 10))
@@ -71,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["configs/mpnet.yaml", "configs/default.yaml"])
     ap.add_argument("--steps", type=int, default=4)
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {p: setup(p, args.steps, Path(tmp) / f"prefix{i}") for i, p in enumerate(args.configs)}

@@ -3,11 +3,12 @@
 Every function takes a model whose meta-parameters are autograd leaves, one meta-batch
 (``support_x [T, ...]``, ``support_y``, ``query_x``, ``query_y``), and leaves the summed
 meta-gradient of the tasks in the leaves' ``.grad`` (one ``backward()`` per task, as in the
-libraries' examples). Used by ``benchmarks/peers.py``.
+libraries' examples). Used by :mod:`benchmarks.speed.peers`.
 """
 from __future__ import annotations
 
 import copy
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
@@ -163,6 +164,14 @@ def learn2learn_status() -> str | None:
                 f"({type(e).__name__}: {e}); its 0.2.0 sdist fails to build here (Cython C that includes "
                 f"longintrepr.h, removed in Python 3.11), so it is not timed")
     return None
+
+
+def missing_peer(name: str) -> str | None:
+    """None if the peer library ``name`` (``higher``, ``torchopt``) imports or needs none; otherwise why it is not run."""
+    module = {"higher": "higher", "torchopt": "torchopt"}.get(name)
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"{module} is not installed (the bench extra: pip install -e '.[bench]'), so it is not timed"
 
 
 MAML_PEERS: dict[str, Callable[[nn.Module, Batch, Setting], None]] = {

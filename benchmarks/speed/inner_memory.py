@@ -8,30 +8,23 @@ checkpointed meta-gradient is checked against the stored one. Time is the median
 interleaved rounds in one process with one torch thread; peak memory is measured in a
 separate call (distmeta.runtime.memory.peak_memory).
 
-    .venv/bin/python benchmarks/inner_memory.py [--rounds 3] [--steps 1,5,10,20] [--json out.json]
+    .venv/bin/python -m benchmarks.speed.inner_memory [--rounds 3] [--steps 1,5,10,20] [--json out.json] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from timing import interleaved_times  # noqa: E402
+from benchmarks.speed.common import in_process_worker, interleaved_times, median_ratio, parse_args, write_rows
 
 BASE = "configs/bag_protonet.yaml"
+QUICK = {"rounds": 1, "steps": "1,2"}
 CASE = ["model.name=transformer", "model.dim=192", "model.heads=4", "model.layers=3", "model.ff_dim=384",
         "tokenizer.vocab_size=6000", "data.ways=5", "data.shots=10", "data.queries=5", "algorithm.inner_lr=0.05",
         "data.ways_range=null"]
@@ -43,16 +36,11 @@ VARIANTS = {
 
 
 def worker_for(variant: str, steps: int, args: argparse.Namespace) -> Any:
-    from distmeta.config import load_config
-    from distmeta.experiment import prepare_experiment
-    from distmeta.worker import Worker
-
     os.environ.pop("DISTMETA_BASE_CONFIG", None)
-    cfg = load_config(BASE, [*CASE, *VARIANTS[variant], f"algorithm.inner_steps={steps}", f"dtype={args.dtype}",
-                             f"train.meta_batch={args.tasks}", f"algorithm.group_size={args.tasks}", "threads=1",
-                             "workers=0", *args.set])
-    exp = prepare_experiment(cfg)
-    return Worker(cfg, **exp.worker_args()), exp.sampler("train").batch(0, args.tasks)
+    _, exp, worker = in_process_worker(BASE, [*CASE, *VARIANTS[variant], f"algorithm.inner_steps={steps}",
+                                              f"dtype={args.dtype}", f"train.meta_batch={args.tasks}",
+                                              f"algorithm.group_size={args.tasks}", "threads=1", "workers=0", *args.set])
+    return worker, exp.sampler("train").batch(0, args.tasks)
 
 
 def main() -> None:
@@ -65,7 +53,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     torch.set_num_threads(1)
     print(f"one group of {args.tasks} tasks, {args.dtype}, 1 torch thread, median of {args.rounds} interleaved rounds")
     print(f"{'inner steps':>11} {'variant':24} {'peak MB':>8} {'median s':>9} {'vs stored':>16}")
@@ -79,7 +67,7 @@ def main() -> None:
         times = interleaved_times(calls, args.rounds)
         for v, call in calls.items():
             peak = peak_memory(call)[1] / MB
-            ratio = statistics.median(t / s for t, s in zip(times[v], times["maml stored"]))
+            ratio = median_ratio(times[v], times["maml stored"])
             row = {"steps": steps, "variant": v, "peak_mb": peak, "median_s": statistics.median(times[v]),
                    "time_vs_stored": ratio, "checkpoint_max_rel_diff": err}
             rows.append(row)
@@ -90,9 +78,7 @@ def main() -> None:
     for v in VARIANTS:
         growth = by[(last, v)]["peak_mb"] / max(by[(first, v)]["peak_mb"], 1e-9)
         print(f"{v}: peak at {last} steps = {growth:.2f}x the peak at {first}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    write_rows(args.json, args, rows)
 
 
 if __name__ == "__main__":

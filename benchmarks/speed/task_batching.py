@@ -17,26 +17,23 @@ batching the tasks it has, each computing the same summed meta-gradient (checked
 Rounds are interleaved in one process; each ratio is the median of per-round ratios
 (batched time / loop time: above 1 means the loop is faster).
 
-    .venv/bin/python benchmarks/task_batching.py [--rounds 3] [--out benchmarks/results/task_batching]
+    .venv/bin/python -m benchmarks.speed.task_batching [--rounds 3] [--out benchmarks/results/task_batching] [--quick]
 """
 from __future__ import annotations
 
 import argparse
 import math
 import statistics
-import sys
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
+from benchmarks.speed.common import interleaved_times, median_ratio, parse_args, report
+from benchmarks.speed.peers import CASES, build
 
-from peers import CASES, build  # noqa: E402
-from timing import interleaved_times, report  # noqa: E402
-
+QUICK = {"rounds": 1, "meta_batch": 2}
 TABLE = "embeddings.word.weight"
 Grads = dict[str, Tensor]
 
@@ -107,7 +104,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--meta-batch", type=int, default=16)
     ap.add_argument("--out", default=None, help="directory for task_batching.txt")
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     torch.set_num_threads(1)
     base, overrides = CASES["transformer2m-maml"]
     loop = build(base, overrides, args.meta_batch, "float64", [])
@@ -150,7 +147,7 @@ def main() -> None:
     lines = [(f"transformer2m-maml, {n} tasks, float64, 1 thread, {args.rounds} interleaved rounds; "
               f"torch {torch.__version__}"), f"{'path':26s} {'median s':>9s} {'t/loop':>7s} {'rel err':>8s}"]
     for name, ts in times.items():
-        ratio = statistics.median(t / b for t, b in zip(ts, base_t))
+        ratio = median_ratio(ts, base_t)
         lines.append(f"{name:26s} {statistics.median(ts):9.3f} {ratio:6.2f}x {errors[name]:8.1e}")
     report(lines, args.out, "task_batching.txt")
 

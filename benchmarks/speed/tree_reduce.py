@@ -8,7 +8,7 @@ answers is Ray's; this is the sum in ``reduce_groups``), median of the measured 
 the parameters of both must be the same bits (checked). Then the arithmetic for a 4-node
 x 8-GPU cluster, from the measured time of one gradient addition.
 
-    .venv/bin/python benchmarks/tree_reduce.py [--steps 10] [--nodes 2,3]
+    .venv/bin/python -m benchmarks.speed.tree_reduce [--steps 10] [--nodes 2,3] [--quick]
 
 The nodes share this machine's CPUs, so step times here say nothing about a real cluster;
 bytes and the driver's reduction work do.
@@ -19,28 +19,21 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
-for _k, _v in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
-    os.environ.setdefault(_k, _v)
-os.environ.pop("RAY_ADDRESS", None)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks.speed.common import BAG_CONFIG, experiment, parse_args
+from distmeta.runtime.reduce import reduce_groups
+from distmeta.runtime.tree import cover
+from distmeta.tasks.materialise import chunks
 
-from distmeta.config import load_config  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.runtime.reduce import reduce_groups  # noqa: E402
-from distmeta.runtime.tree import cover  # noqa: E402
-from distmeta.tasks.materialise import chunks  # noqa: E402
-
-BAG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml"
-#: ~260K meta-parameters (benchmarks/ray_scaling.py's bag250k), 16 tasks in 8 groups of 2.
+#: ~260K meta-parameters (benchmarks.speed.ray_scaling's bag250k), 16 tasks in 8 groups of 2.
 OVERRIDES = ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml",
              "algorithm.inner_lr=0.5", "data.queries=5", "train.meta_batch=16", "algorithm.group_size=2",
              "threads=1", "cpus_per_worker=0.5", "outer.name=sgd"]
 TEMP_DIR = "/tmp/dmray_tb"
+QUICK = {"steps": 2, "nodes": "2"}
 
 
 def run_cluster(nodes: int, steps: int) -> dict[str, float]:
@@ -59,8 +52,7 @@ def run_cluster(nodes: int, steps: int) -> dict[str, float]:
         for _ in range(nodes - 1):
             cluster.add_node(**spec)
         cluster.wait_for_nodes()
-        cfg = load_config(BAG_CONFIG, [*OVERRIDES, f"workers={2 * nodes}", f"ray.address={cluster.address}"])
-        exp = prepare_experiment(cfg)
+        cfg, exp = experiment(BAG_CONFIG, [*OVERRIDES, f"workers={2 * nodes}", f"ray.address={cluster.address}"])
         backend = RayBackend(cfg, exp.worker_args())
         meta = {n: t.numpy() for n, t in backend.initial_meta.items()}
         names, sampler = list(meta), exp.sampler("train")
@@ -104,7 +96,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--nodes", default="2,3")
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
+    os.environ.pop("RAY_ADDRESS", None)  # the simulated clusters, not one this shell points at
     torch.set_num_threads(1)
     rows = [run_cluster(int(n), args.steps) for n in args.nodes.split(",")]
     print(f"\nflat vs tree, median of {args.steps} steps (bag ~260K params, float32, 8 groups of 2 tasks, 2 actors/node)")

@@ -14,8 +14,9 @@ runs in a fresh child process:
   part (``RssShmem``: Ray's object store, where the corpus lives once per node) and the
   driver's peak (``VmHWM``). The corpus's compact size (ids + offsets) is given beside them.
 
-    .venv/bin/python benchmarks/corpus_scale.py                       # 100K, 1M and 5M rows
-    .venv/bin/python benchmarks/corpus_scale.py --rows 100000 --steps 20   # a quick check
+    .venv/bin/python -m benchmarks.speed.corpus_scale                       # 100K, 1M and 5M rows
+    .venv/bin/python -m benchmarks.speed.corpus_scale --rows 100000 --steps 20   # a shorter check
+    .venv/bin/python -m benchmarks.speed.corpus_scale --quick    # 20K rows, 1 actor, 5 steps; written to a temporary folder
 
 Writes ``corpus_scale.json`` and ``corpus_scale.md`` to ``--out``; generated corpora and caches
 go to ``--data-dir`` (several GB at 5M rows; reused by later runs).
@@ -30,13 +31,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "bag_protonet.yaml"
+from benchmarks.speed.common import BAG_CONFIG as CONFIG
+from benchmarks.speed.common import RESULTS, ROOT, parse_args
+
 ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false"}
+#: The suite's run: one small corpus, one actor, a few steps; the table goes to a temporary folder, not results/.
+QUICK = {"rows": [20_000], "workers": [1], "steps": 5, "warmup": 1,
+         "out": str(Path(tempfile.gettempdir()) / "distmeta_corpus_scale_quick")}
 
 
 def generate(path: Path, rows: int, classes: int, seed: int = 0, chunk: int = 100_000) -> None:
@@ -137,7 +143,7 @@ def run_child(mode: str, csv_path: Path, data_dir: Path, extra: list[str]) -> di
     out = data_dir / f"child-{os.getpid()}.json"
     env = {**os.environ, **ENV, "DISTMETA_CACHE_DIR": str(data_dir / "cache"), "HF_DATASETS_CACHE": str(data_dir / "hf"),
            "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, __file__, "--child", mode, "--csv", str(csv_path), "--result", str(out),
+    cmd = [sys.executable, "-m", "benchmarks.speed.corpus_scale", "--child", mode, "--csv", str(csv_path), "--result", str(out),
            "--run-dir", str(data_dir / "run"), *extra]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     return json.loads(out.read_text())
@@ -190,12 +196,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--data-dir", default=str(Path.home() / ".cache" / "distmeta" / "corpus_scale"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "corpus_scale"))
+    ap.add_argument("--out", default=str(RESULTS / "corpus_scale"))
     ap.add_argument("--child", choices=["load", "train"])
     ap.add_argument("--csv", type=Path)
     ap.add_argument("--result", type=Path)
     ap.add_argument("--run-dir", type=Path)
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     if args.child:
         args.workers = args.workers[0]
         args.result.write_text(json.dumps(child_load(args) if args.child == "load" else child_train(args)))

@@ -13,32 +13,27 @@ Each Ray row's overhead is its step time minus the actor's own compute time. Als
 printed: a bare actor round trip (``ping``), and the CPU time an idle graph actor and
 an idle plain actor burn per second of wall time. Usage:
 
-    .venv/bin/python benchmarks/ray_overhead.py [--steps 20]
+    .venv/bin/python -m benchmarks.speed.ray_overhead [--steps 20] [--quick]
 """
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 import statistics
 import time
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-               "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}.items():
-    os.environ.setdefault(_k, _v)
+import ray
+import torch
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from distmeta.config import load_config  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.runtime.ray.backend import RayBackend  # noqa: E402
-from distmeta.tasks.materialise import chunks  # noqa: E402
-from distmeta.worker import Worker  # noqa: E402
+from benchmarks.speed.common import BAG_CONFIG, experiment, parse_args
+from distmeta.runtime.ray.backend import RayBackend
+from distmeta.tasks.materialise import chunks
+from distmeta.worker import Worker
 
 OVERRIDES = ["workers=1", "threads=1", "cpus_per_worker=1", "data.source=sinusoid", "model.name=mlp",
              "algorithm.name=maml", "train.meta_batch=32", "algorithm.group_size=8"]
 RAY_TEMP_DIR = "/tmp/dmray_ovh"
+QUICK = {"steps": 3}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,12 +69,11 @@ def take_turns(rows: dict, steps: int) -> dict[str, tuple[float, float | None]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
 
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, logging_level="warning", log_to_driver=False)
-    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml", OVERRIDES)
-    exp = prepare_experiment(cfg)
+    cfg, exp = experiment(BAG_CONFIG, OVERRIDES)
     worker = Worker(cfg, **exp.worker_args(), threads=1)
     meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
     specs = exp.sampler("train").batch(0, cfg.train.meta_batch)

@@ -1,6 +1,6 @@
 """Inject each fault N times and count what the driver reduced: the fault-tolerance table.
 
-    .venv/bin/python benchmarks/fault_table.py [--runs 5] [--steps 6] [--kinds kill,stall,...] [--node-loss]
+    .venv/bin/python -m benchmarks.faults.fault_table [--runs 5] [--steps 6] [--kinds kill,stall,...] [--node-loss]
 
 Every run is a small sinusoid MAML meta-training (8 tasks per step in 4 groups) with
 one fault from the ``faults`` config switch at a random step (and actor), seeded.
@@ -39,17 +39,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-               "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_k, _v)
+import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 # The cases override a from-scratch base (the embedded default is the pretrained MiniLM run).
 os.environ.setdefault("DISTMETA_BASE_CONFIG", str(ROOT / "configs" / "bag_protonet.yaml"))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 BASE = [
     "workers=0", "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=5", "data.queries=5",
@@ -199,8 +194,8 @@ def run_fault(kind: str, i: int, rng: random.Random, steps: int, work: Path, poo
         step = rng.randrange(2, steps)  # after the first checkpoint (step 2)
         record = work / f"{kind}{i}.jsonl"
         over = [*base, f"faults=[{{kind: kill, step: {step}}}]"]
-        proc = subprocess.run([sys.executable, __file__, "--child", str(run), str(record), *over],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.faults.fault_table", "--child", str(run), str(record),
+                               *over], capture_output=True, text=True, timeout=600, cwd=ROOT)
         killed = proc.returncode == -9
         lines = [json.loads(ln) for ln in record.read_text().splitlines()] if record.exists() else []
         resume_from = distmeta.load_checkpoint(run).step

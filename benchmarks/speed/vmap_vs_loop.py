@@ -3,22 +3,16 @@
 Both paths run in this one process, interleaved, so machine noise hits them alike;
 the ratio is what to read. Usage:
 
-    .venv/bin/python benchmarks/vmap_vs_loop.py [--repeats 5] [--meta-batch 16]
+    .venv/bin/python -m benchmarks.speed.vmap_vs_loop [--repeats 5] [--meta-batch 16] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from distmeta.config import load_config  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.worker import Worker  # noqa: E402
+from benchmarks.speed.common import experiment, parse_args
+from distmeta.worker import Worker
 
 CASES = {
     "sinusoid mlp, maml": ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=10", "data.queries=10"],
@@ -26,6 +20,7 @@ CASES = {
     "icd10cm bag d64, maml (~260K)": ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml", "data.queries=5"],
     "icd10cm transformer d64, maml": ["model.name=transformer", "algorithm.name=maml", "model.dim=64", "model.layers=2", "model.ff_dim=128", "data.queries=5", "train.meta_batch=8"],
 }
+QUICK = {"repeats": 2, "meta_batch": 4}
 
 
 def time_path(worker: Worker, meta, specs, repeats: int) -> list[float]:
@@ -42,12 +37,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--meta-batch", type=int, default=16)
     ap.add_argument("--config", default="configs/bag_protonet.yaml")
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     print(f"meta-batch {args.meta_batch}, {args.repeats} repeats each, interleaved; median seconds per meta-batch")
     print(f"{'case':36} {'params':>9} {'vmap s':>8} {'loop s':>8} {'loop/vmap':>9}")
     for name, overrides in CASES.items():
-        cfg = load_config(args.config, [*overrides, "threads=1", "workers=0"])
-        exp = prepare_experiment(cfg)
+        cfg, exp = experiment(args.config, [*overrides, "threads=1", "workers=0"])
         specs = exp.sampler("train").batch(0, args.meta_batch)
         workers = {}
         for use_vmap in (True, False):

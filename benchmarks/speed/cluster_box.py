@@ -10,7 +10,7 @@ pool per rate, steps run interleaved, a step at a time:
   parameters of both must be the same bits (checked).
 * ``transport``: ``ray.shared_memory`` on and off with the actors on other nodes (each node's
   ``/dev/shm`` is private, so only the head's own actor can use it): step time.
-* ``--corpus-rows N``: instead, a generated corpus of N rows (``corpus_scale.generate``) in the
+* ``--corpus-rows N``: instead, a generated corpus of N rows (``benchmarks.speed.corpus_scale.generate``) in the
   head's private ``/tmp``, meta-trained by one actor per node: each node's memory, sampled every
   second during the run: the proportional set size of every process in its namespace (shared
   pages split between the processes that map them, so nothing is counted twice) and what its
@@ -18,7 +18,7 @@ pool per rate, steps run interleaved, a step at a time:
 
 Reported: medians over the rounds, and the median of the per-round ratios.
 
-    sudo .venv/bin/python benchmarks/cluster_box.py [--rates 100mbit,1gbit] [--steps 8] [--out benchmarks/results/cluster_box]
+    sudo .venv/bin/python -m benchmarks.speed.cluster_box [--rates 100mbit,1gbit] [--steps 8] [--out benchmarks/results/cluster_box] [--quick]
 
 Needs root (namespaces). Run it alone on the machine: the nodes share its CPUs.
 """
@@ -31,18 +31,19 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.speed.common import experiment, median_ratio, parse_args
+
 #: The from-scratch bag (about 1M float32 meta-parameters, 4 MiB a gradient); 12 groups of one task, so each of
 #: the 3 actors' blocks is an aligned subtree of the reduction tree: one sum per worker node.
 OVERRIDES = ["data.source=icd10cm", "algorithm.group_size=1", "train.meta_batch=12", "dtype=float32",
              "workers=3", "cpus_per_worker=1", "threads=1", "run.progress=false"]
+QUICK = {"rates": "1gbit", "steps": 2}
 
 
 def inside(steps: int) -> None:
     """Runs on the head: one pool, steps interleaved between modes; prints one RESULT line."""
     import torch
 
-    from distmeta.config import load_config
-    from distmeta.experiment import prepare_experiment
     from distmeta.runtime.ray.backend import RayBackend
     from distmeta.runtime.ray.transport import ObjectStoreTransport
     from distmeta.runtime.reduce import reduce_groups
@@ -51,8 +52,7 @@ def inside(steps: int) -> None:
     def rx() -> int:
         return int(Path("/sys/class/net/eth0/statistics/rx_bytes").read_text())
 
-    cfg = load_config("configs/bag_protonet.yaml", OVERRIDES)
-    exp = prepare_experiment(cfg)
+    cfg, exp = experiment("configs/bag_protonet.yaml", OVERRIDES)
     backend = RayBackend(cfg, exp.worker_args())
     try:
         meta = {n: t.numpy() for n, t in backend.initial_meta.items()}
@@ -86,11 +86,6 @@ def inside(steps: int) -> None:
         backend.close()
 
 
-def ratio(a: list[float], b: list[float]) -> float:
-    """Median of per-round ratios a/b."""
-    return statistics.median(x / y for x, y in zip(a, b))
-
-
 def orchestrate(rates: list[str], steps: int, out: str | None) -> None:
     """One box per rate; the inside part run on its head; the table printed (and written to ``out``)."""
     from clusterbox import NetCluster, Spec
@@ -103,7 +98,7 @@ def orchestrate(rates: list[str], steps: int, out: str | None) -> None:
     raw = {}
     for rate in rates:
         with NetCluster(Spec(workers=2, head_cpus=1, cpus_per_node=1, rate=rate, s3=False)) as box:
-            proc = box.run("head", ["python", "benchmarks/cluster_box.py", "--inside", "--steps", str(steps)],
+            proc = box.run("head", ["python", "-m", "benchmarks.speed.cluster_box", "--inside", "--steps", str(steps)],
                            env={"RAY_ADDRESS": box.address}, timeout=1800)
         result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not result:
@@ -112,8 +107,8 @@ def orchestrate(rates: list[str], steps: int, out: str | None) -> None:
         raw[rate] = data
         rows = data["rows"]
         for mode, r in rows.items():
-            vs = "" if mode == "flat" else (f"bytes {ratio(rows['flat']['rx'], r['rx']):.2f}x fewer, "
-                                            f"time {ratio(rows['flat']['s'], r['s']):.2f}x faster")
+            vs = "" if mode == "flat" else (f"bytes {median_ratio(rows['flat']['rx'], r['rx']):.2f}x fewer, "
+                                            f"time {median_ratio(rows['flat']['s'], r['s']):.2f}x faster")
             lines.append(f"| {rate} | {mode} | {statistics.median(r['rx']) / 2**20:.1f} | "
                          f"{statistics.median(r['answer']) / 2**20:.1f} | {statistics.median(r['s']):.2f} | {vs} |")
     print("\n".join(lines))
@@ -143,7 +138,8 @@ def corpus(rows: int, steps: int, out: str | None) -> None:
     import threading
 
     from clusterbox import NetCluster, Spec
-    from corpus_scale import generate
+
+    from benchmarks.speed.corpus_scale import generate
 
     with NetCluster(Spec(workers=2, head_cpus=1, cpus_per_node=1, rate="1gbit", s3=False, shm_mb=4096,
                          object_store_mb=1500)) as box:
@@ -188,7 +184,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for node_sums.md / node_sums.json")
     ap.add_argument("--corpus-rows", type=int, default=0, help="measure per-node memory with a corpus of this many rows")
     ap.add_argument("--inside", action="store_true", help="(internal) run on the box's head")
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     if args.corpus_rows:
         corpus(args.corpus_rows, args.steps, args.out)
     elif args.inside:

@@ -8,26 +8,46 @@ the speed-up is the median of per-round time ratios. Before timing, the two meta
 of one meta-batch are compared (they must agree to float32 rounding: the cached path pads
 each batch to its longest row instead of ``data.max_length``, nothing else differs).
 
-    .venv/bin/python benchmarks/prefix_cache.py [--config configs/default.yaml] [--rounds 20] [key=value ...]
+    .venv/bin/python -m benchmarks.speed.prefix_cache [--config configs/default.yaml] [--rounds 20] [--quick] [key=value ...]
+
+``--csv-rows N`` (``--quick``: 2,000, with one-task steps) meta-trains on a generated corpus of N rows instead, with
+its own cache folder, so no cache of the whole ICD-10-CM corpus has to be built first.
 
 Prints the cache's size and build time, the gradient difference and the table.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks.speed.common import experiment, median_ratio, parse_args
+from distmeta.config import load_config
+from distmeta.worker import Worker
 
-from distmeta.config import load_config  # noqa: E402
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.worker import Worker  # noqa: E402
+#: One round of one-task steps on a small generated corpus (its cache is built in seconds, then reused).
+QUICK = {"rounds": 1, "csv_rows": 2000, "overrides": ["train.meta_batch=1"]}
+
+
+def generated_corpus(rows: int) -> list[str]:
+    """Overrides that point the run at a generated ``rows``-row corpus of 40 classes, its caches beside it.
+
+    The corpus (``corpus_scale.generate``, seeded) and its prefix cache are kept in the temporary
+    folder and reused by the next run of the same size.
+    """
+    from benchmarks.speed.corpus_scale import generate
+
+    folder = Path(tempfile.gettempdir()) / "distmeta_prefix_cache_bench" / f"rows{rows}"
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "corpus.csv"
+    if not csv_path.exists():
+        generate(csv_path, rows, classes=40)
+    return [f"data.source=csv:{csv_path}", f"model.cache_dir={folder / 'cache'}"]
 
 
 def step_time(worker: Worker, meta: dict, groups: list) -> float:
@@ -49,11 +69,13 @@ def main() -> None:
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (both rows)")
+    ap.add_argument("--csv-rows", type=int, default=0, help="a generated corpus of this many rows instead (0: the config's)")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    cfg = load_config(args.config, ["workers=0", "run.progress=false", *args.overrides])
+    args = parse_args(ap, QUICK)
+    if args.csv_rows:
+        args.overrides = [*generated_corpus(args.csv_rows), *args.overrides]
     t0 = time.perf_counter()
-    exp = prepare_experiment(cfg)
+    cfg, exp = experiment(args.config, ["workers=0", "run.progress=false", *args.overrides])
     prep_s = time.perf_counter() - t0
     if exp.prefix is None:
         raise SystemExit(f"{args.config}: no frozen prefix to cache (model.trainable / algorithm.adapt move every layer)")
@@ -94,7 +116,7 @@ def main() -> None:
     for n in names:
         ratios = [a / b for a, b in zip(times[names[0]], times[n])]
         med = statistics.median(times[n])
-        print(f"| {n} | {med:.3f} | {1 / med:.2f} | {statistics.median(ratios):.2f}x "
+        print(f"| {n} | {med:.3f} | {1 / med:.2f} | {median_ratio(times[names[0]], times[n]):.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 

@@ -14,24 +14,21 @@ and the fastest peer's time over that floor is the most any machinery could reac
 Times come from interleaved rounds in this one process (one thread, float64); the profile
 is a separate call.
 
-    .venv/bin/python benchmarks/machinery_bound.py [--case transformer2m-maml] [--rounds 3] [--out DIR]
+    .venv/bin/python -m benchmarks.speed.machinery_bound [--case transformer2m-maml] [--rounds 3] [--out DIR] [--quick]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from benchmarks.speed.common import interleaved_times, parse_args, report
+from benchmarks.speed.peers import CASES, build, implementations
 
-from peers import CASES, build, implementations  # noqa: E402
-from timing import interleaved_times, report  # noqa: E402
-
+QUICK = {"rounds": 1, "meta_batch": 2}
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
@@ -57,7 +54,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--meta-batch", type=int, default=16)
     ap.add_argument("--out", default=None, help="directory for machinery_bound.txt")
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     torch.set_num_threads(1)
     base, overrides = CASES[args.case]
     case = build(base, overrides, args.meta_batch, "float64", [])

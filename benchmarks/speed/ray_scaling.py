@@ -7,7 +7,7 @@ For each case, on the same tasks and with one torch thread per process:
   every meta-batch at the same time; meta-parameters and gradients go over pipes;
 * ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors (plain actor
   calls: ``ray.compiled_graph: auto`` keeps CPU actors off the compiled graph, whose
-  spinning readers would also slow every other row; ``benchmarks/ray_overhead.py``
+  spinning readers would also slow every other row; ``benchmarks.speed.ray_overhead``
   measures the graph on its own);
 * ``ray 2 no shm``: ``ray 2`` with ``ray.shared_memory: false`` (parameters and gradients
   through Ray's object store), the row that measures what the shared-memory slab buys;
@@ -27,7 +27,7 @@ slowest worker process; the driver's serial share of a step (sampling not overla
 reduce, update); the transport share (step time not spent computing by the slowest
 worker); the bytes that travel per step. Usage:
 
-    .venv/bin/python benchmarks/ray_scaling.py [--steps N] [--cases default,sinusoid,bag250k,transformer2m]
+    .venv/bin/python -m benchmarks.speed.ray_scaling [--steps N] [--cases default,sinusoid,bag250k,transformer2m] [--quick]
 
 (``--steps`` overrides each case's own count: 40 steps, 16 for transformer2m's 1.8 s ones;
 this machine's speed drifts by a third over seconds, so short cases need many.)
@@ -37,30 +37,22 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-from pathlib import Path
 import statistics
 import time
 from typing import Any
 
-for _k, _v in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
-    os.environ.setdefault(_k, _v)
+import torch
 
-import torch  # noqa: E402
+from benchmarks.speed.common import BAG_CONFIG, experiment, median_ratio, parse_args
+from distmeta.models import DTYPES
+from distmeta.optim import OuterOptimizer
+from distmeta.runtime.local import LocalBackend
+from distmeta.runtime.reduce import reduce_groups
+from distmeta.tasks.materialise import chunks, split_task
+from distmeta.worker import Worker
 
-from distmeta.config import load_config  # noqa: E402
-
-#: The cases build on the from-scratch bag config (the embedded default loads MiniLM; its speed is
-#: benchmarks/prefix_cache.py's subject).
-BAG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bag_protonet.yaml"
-from distmeta.experiment import prepare_experiment  # noqa: E402
-from distmeta.optim import OuterOptimizer  # noqa: E402
-from distmeta.runtime.reduce import reduce_groups  # noqa: E402
-from distmeta.runtime.local import LocalBackend  # noqa: E402
-from distmeta.tasks.materialise import chunks, split_task  # noqa: E402
-from distmeta.models import DTYPES  # noqa: E402
-from distmeta.worker import Worker  # noqa: E402
-
+# The cases build on the from-scratch bag config (the embedded default loads MiniLM; its speed is
+# benchmarks.speed.prefix_cache's subject).
 COMMON = ["workers=0", "threads=1", "cpus_per_worker=1", "outer.name=sgd"]
 STEPS = {"transformer2m": 16}  # measured steps per case when --steps is not given; others DEFAULT_STEPS
 DEFAULT_STEPS = 40
@@ -82,6 +74,7 @@ CASES = {
 # groups (one per worker) halve the gradients sent back and the per-group work (build, checks)
 # against four.
 RAY_TEMP_DIR = "/tmp/dmray_bench"
+QUICK = {"cases": "sinusoid", "steps": 3}
 
 
 # ---------------------------------------------------------------------- the trainer's loop, any backend
@@ -239,8 +232,7 @@ def run_case(key: str, steps: int) -> None:
     from distmeta.runtime.ray.transport import INLINE_META_BYTES
 
     title, overrides = CASES[key]
-    cfg = load_config(BAG_CONFIG, [*COMMON, *overrides])
-    exp = prepare_experiment(cfg)
+    cfg, exp = experiment(BAG_CONFIG, [*COMMON, *overrides])
     local = LocalBackend(cfg, {**exp.worker_args(), "threads": 1})
     n_params = sum(v.numel() for v in local.initial_meta.values())
     groups = len(chunks(cfg.train.meta_batch, cfg.algorithm.group_size))
@@ -280,7 +272,7 @@ def run_case(key: str, steps: int) -> None:
         print(f"{name:12} {tps:9.1f} {tps / base:9.2f} {1000 * m['step_s']:8.1f} {slowest} {driver:>7} {transport:>9}")
     def paired(fast: str, slow: str) -> float:
         """Median over rounds of slow/fast step time: both ran in the same round, so drift cancels."""
-        return statistics.median(b["step_s"] / a["step_s"] for a, b in zip(timings[fast], timings[slow]))
+        return median_ratio([b["step_s"] for b in timings[slow]], [a["step_s"] for a in timings[fast]])
 
     print(f"ray.shared_memory on vs off (ray 2 no shm / ray 2 step time): {paired('ray 2', 'ray 2 no shm'):.2f}x "
           f"(median of per-round ratios)")
@@ -301,7 +293,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=None, help="measured steps per row (after one warm-up step)")
     ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
 
     import ray
 

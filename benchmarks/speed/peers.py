@@ -11,29 +11,23 @@ error <= 1e-5 in float64), else the case stops. Rounds are interleaved in this o
 with one torch thread; the speed-up is the median over rounds of peer time / distmeta time.
 Peak memory is measured in a separate, untimed call (distmeta.runtime.memory.peak_memory).
 
-    .venv/bin/python benchmarks/peers.py [--rounds 7] [--meta-batch 16] [--cases sinusoid-maml,...] [--json out.json]
+    .venv/bin/python -m benchmarks.speed.peers [--rounds 7] [--meta-batch 16] [--cases sinusoid-maml,...] [--json out.json] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import torch  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from timing import interleaved_times  # noqa: E402
-from peer_impls import MAML_PEERS, Setting, hf_protonet, leaf_model, learn2learn_status, tutorial_protonet  # noqa: E402
+from benchmarks.speed.common import in_process_worker, interleaved_times, median_ratio, parse_args, write_rows
+from benchmarks.speed.peer_impls import (MAML_PEERS, Setting, hf_protonet, leaf_model, learn2learn_status, missing_peer,
+                                         tutorial_protonet)
 
 BAG = "configs/bag_protonet.yaml"
 SIN = ["data.source=sinusoid", "model.name=mlp", "data.shots=10", "data.queries=10", "algorithm.inner_lr=0.01"]
@@ -54,19 +48,16 @@ MAX_REL_ERR = 1e-5
 #: Not a peer: the per-task loop on distmeta's own model and cached frozen prefix, which no peer
 #: library has. It isolates what the loop structure alone is worth; verdicts leave it out.
 ABLATION = "loop-on-cache"
+#: Two small cases, each second order or first order, on a few tasks: the suite's smoke run.
+QUICK = {"rounds": 1, "meta_batch": 4, "cases": "sinusoid-maml,bag260k-fomaml"}
 
 
 def build(base: str | None, overrides: list[str], meta_batch: int, dtype: str, extra: list[str]) -> dict[str, Any]:
     """The case's worker, meta-parameters, task specs and the tensors of those tasks."""
-    from distmeta.config import load_config
-    from distmeta.experiment import prepare_experiment
-    from distmeta.worker import Worker
-
     os.environ.pop("DISTMETA_BASE_CONFIG", None)
-    cfg = load_config(base, [*overrides, f"train.meta_batch={meta_batch}", f"algorithm.group_size={meta_batch}",
-                             f"dtype={dtype}", "threads=1", "workers=0", *extra])
-    exp = prepare_experiment(cfg)
-    worker = Worker(cfg, **exp.worker_args())
+    cfg, exp, worker = in_process_worker(base, [*overrides, f"train.meta_batch={meta_batch}",
+                                                f"algorithm.group_size={meta_batch}", f"dtype={dtype}", "threads=1",
+                                                "workers=0", *extra])
     specs = exp.sampler("train").batch(0, meta_batch)
     meta = {n: t.to(worker.dtype) for n, t in worker.initial_meta.items()}
     return {"cfg": cfg, "worker": worker, "specs": specs, "meta": meta, "batch": worker.builder.build(specs)}
@@ -101,6 +92,9 @@ def implementations(case: dict[str, Any]) -> dict[str, Callable[[], dict[str, to
     for name, fn in MAML_PEERS.items():
         if name == "learn2learn" and l2l:
             impls[name] = "not importable (see the first lines)"
+            continue
+        if missing_peer(name):
+            impls[name] = missing_peer(name)
             continue
         model = leaf_model(worker.module, meta)
         impls[name] = grads_of(lambda fn=fn, model=model: fn(model, batch, setting), dict(model.named_parameters()), meta)
@@ -189,9 +183,9 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
         runnable[impl] = fn
     times = interleaved_times(runnable, args.rounds)
     for impl in runnable:
-        ratios = [p / d for p, d in zip(times[impl], times["distmeta"])]
         peak = peak_memory(runnable[impl])[1] / MB if cpu_peak_supported() else float("nan")
-        row["peers"][impl].update(median_s=statistics.median(times[impl]), speedup=statistics.median(ratios), peak_mb=peak)
+        row["peers"][impl].update(median_s=statistics.median(times[impl]), speedup=median_ratio(times[impl], times["distmeta"]),
+                                  peak_mb=peak)
     return row
 
 
@@ -218,7 +212,7 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     ap.add_argument("--set", action="append", default=[], help="extra config override for every case (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
-    args = ap.parse_args()
+    args = parse_args(ap, QUICK)
     torch.set_num_threads(1)
     print(f"meta-batch {args.meta_batch}, {args.dtype}, 1 torch thread, {args.rounds} interleaved rounds; "
           f"torch {torch.__version__}, Python {sys.version.split()[0]}")
@@ -229,9 +223,7 @@ def main() -> None:
     for name in args.cases.split(","):
         rows.append(run_case(name, args))
         print_row(rows[-1])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    write_rows(args.json, args, rows)
 
 
 if __name__ == "__main__":

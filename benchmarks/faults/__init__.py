@@ -1,0 +1,1 @@
+"""Fault tolerance: each fault injected N times, and what the driver reduced (:mod:`benchmarks.faults.fault_table`)."""
