@@ -1,7 +1,7 @@
 """The shipped default (`make train`, `distmeta train` with no --config) as users get it.
 
 The full run (ICD-10-CM, MiniLM, Ray actors) takes minutes and is measured by
-benchmarks/quality.py; here the same config runs end to end on the tiny corpus (its prefix cache
+benchmarks/quality/table.py; here the same config runs end to end on the tiny corpus (its prefix cache
 covers 160 rows instead of ~46K, which on CI's 2 cores would take minutes), in-process, with
 episode shapes that 8 classes allow. Every other key is the shipped one.
 """
