@@ -7,6 +7,7 @@ benchmark is in the suite ``make bench`` runs, and its ``--quick`` defaults name
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import re
@@ -61,6 +62,49 @@ def test_every_benchmark_module_imports(name: str) -> None:
         if top and top not in OWN and importlib.util.find_spec(top) is None:
             pytest.skip(f"{name} needs {top}, which is not installed")
         raise
+
+
+def own_imports(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line, module, name or None)`` of every import of this repository's packages in ``path``, nested ones included
+    (many benchmarks import distmeta inside a function, which importing the module does not run)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, None) for a in node.names if a.name.split(".")[0] in OWN]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in OWN:
+            found += [(node.lineno, node.module, a.name) for a in node.names]
+    return found
+
+
+def unresolved(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: module[.name]`` for each import of the repository's own code in ``path`` that does not resolve."""
+    bad = []
+    for line, module, name in own_imports(path):
+        where = f"{path.relative_to(root)}:{line}: {module}" + (f".{name}" if name else "")
+        try:
+            imported = importlib.import_module(module)
+        except ImportError:
+            bad.append(where)
+            continue
+        if name is None or hasattr(imported, name):
+            continue
+        if not (hasattr(imported, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None):
+            bad.append(where)  # neither an attribute nor a submodule of a package
+    return bad
+
+
+def test_every_import_of_the_repository_in_benchmarks_resolves() -> None:
+    """Also the imports inside functions: a moved distmeta module breaks a benchmark only when it runs."""
+    assert [b for p in sorted(BENCHMARKS.rglob("*.py")) for b in unresolved(p)] == []
+
+
+def test_the_import_check_finds_a_moved_module(tmp_path: Path) -> None:
+    planted = BENCHMARKS / "speed" / "common.py"  # read only; the planted file is a copy outside the tree
+    copy = tmp_path / "bench.py"
+    copy.write_text(planted.read_text() + "\n\ndef late() -> None:\n    from distmeta.no_such_module import x\n"
+                    "    from distmeta.config import no_such_name\n")
+    got = unresolved(copy, tmp_path)
+    assert [g.split(": ", 1)[1] for g in got] == ["distmeta.no_such_module.x", "distmeta.config.no_such_name"]
 
 
 def test_suite_main_imports() -> None:
