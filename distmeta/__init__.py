@@ -15,24 +15,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from distmeta._versions import check_floors
+from distmeta._versions import __version__, check_floors
 
 check_floors()  # before anything else: the weights-only and token-auth promises need these versions
 
 from distmeta.config import Config, load_config  # noqa: E402
-from distmeta.errors import CheckpointError, ConfigError, DataError, DistmetaError, RunDirError  # noqa: E402
-
-__version__ = "0.1.0"
+from distmeta.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DistmetaError,
+    RunDirError,
+)
 
 if TYPE_CHECKING:
-    from distmeta.runtime.checkpoint import Checkpoint
-    from distmeta.runtime.driver import Trainer
+    from distmeta.persistence.checkpoint import Checkpoint
+    from distmeta.training.trainer import Trainer
     from distmeta.worker import Worker
 
 
 def load_checkpoint(path: str) -> "Checkpoint":
     """The newest valid checkpoint of a run directory (or one ``step_*`` dir): ``.step``, ``.meta_params``."""
-    from distmeta.runtime.checkpoint import load_checkpoint as _load
+    from distmeta.persistence.checkpoint import load_checkpoint as _load
 
     return _load(path)
 
@@ -40,7 +44,7 @@ def load_checkpoint(path: str) -> "Checkpoint":
 def __getattr__(name: str) -> Any:
     # Heavy modules (torch, datasets) load on first use, keeping `import distmeta` light.
     if name == "Trainer":
-        from distmeta.runtime.driver import Trainer
+        from distmeta.training.trainer import Trainer
 
         return Trainer
     if name == "Worker":
@@ -56,5 +60,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Config", "load_config", "load_checkpoint", "Trainer", "Worker", "run_search", "run_grid",
-    "DistmetaError", "ConfigError", "DataError", "CheckpointError", "RunDirError",
+    "DistmetaError", "ConfigError", "DataError", "CheckpointError", "RunDirError", "__version__",
 ]

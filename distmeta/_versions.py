@@ -1,4 +1,4 @@
-"""Version floors distmeta's safety promises rest on, checked when ``distmeta`` is imported.
+"""distmeta's own version, and the version floors distmeta's safety promises rest on, checked when ``distmeta`` is imported.
 
 * torch >= 2.6: before it, ``torch.load(weights_only=True)`` could still execute code
   (CVE-2025-32434), and checkpoints load optimiser state that way.
@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from importlib import metadata
 from typing import Callable
+
+#: distmeta's version (``distmeta --version``; actors report it so the driver refuses a mixed cluster).
+__version__ = "0.1.0"
 
 FLOORS: dict[str, tuple[tuple[int, ...], str]] = {
     "torch": ((2, 6), "torch.load(weights_only=True) can execute code before 2.6 (CVE-2025-32434)"),

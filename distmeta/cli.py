@@ -89,8 +89,8 @@ def _settings(text: str | None) -> list[tuple[int, int]] | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from distmeta.config import load_config
-    from distmeta.runtime.driver import Trainer
-    from distmeta.runtime.storage import is_remote, redact_uri
+    from distmeta.persistence.storage import is_remote, redact_uri
+    from distmeta.training.trainer import Trainer
 
     if args.resume:
         remote = is_remote(args.resume)  # s3://bucket/run: its config.yaml is read from there
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = load_config(args.config, [*args.overrides, f"run.dir={run_dir}"])
         else:  # the run directory's: its definition, the user's environment (distmeta.security)
             from distmeta.config import read_yaml
-            from distmeta.runtime.remote_run import read_remote_config
+            from distmeta.persistence.remote_run import read_remote_config
             from distmeta.security import config_from_saved
 
             raw = read_remote_config(args.resume) if remote else read_yaml(saved)
@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from distmeta.runtime.driver import Trainer
+    from distmeta.training.trainer import Trainer
 
     with Trainer.from_checkpoint(args.checkpoint, args.overrides, trust_config=args.trust_checkpoint_config) as trainer:
         results = trainer.evaluate(
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except DistmetaError as err:
-        from distmeta.runtime.uris import redact_text
+        from distmeta.persistence.uris import redact_text
 
         print(f"distmeta {args.command}: error: {redact_text(str(err))}", file=sys.stderr)
         return 2

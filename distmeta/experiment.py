@@ -20,8 +20,13 @@ import numpy as np
 from distmeta.config import Config, DataConfig
 from distmeta.errors import ConfigError, DataError
 from distmeta.files import SPLIT_FILE, TOKENIZER_FILE
-from distmeta.tasks.sampler import EpisodeSampler, MixtureSampler, Sampler, SinusoidSampler, component_seed
-
+from distmeta.tasks.sampler import (
+    EpisodeSampler,
+    MixtureSampler,
+    Sampler,
+    SinusoidSampler,
+    component_seed,
+)
 
 
 @dataclass
@@ -134,7 +139,13 @@ def _named(cfg: Config, c: int, err: DataError) -> DataError:
 
 def _load_source(cfg: Config, c: int, src: Source, run_dir: Path | None, reuse_saved: bool) -> None:
     """Load source ``c``'s rows and split its classes (the saved split with ``reuse_saved``); check its ways."""
-    from distmeta.data import check_ways, load_source, load_split, make_split, usable_classes
+    from distmeta.data import (
+        check_ways,
+        load_source,
+        load_split,
+        make_split,
+        usable_classes,
+    )
 
     d = src.cfg
     src.data = load_source(d)
@@ -161,7 +172,7 @@ def _tokenizer(cfg: Config, sources: list[Source], run_dir: Path | None, reuse_s
     """The pretrained encoder's tokenizer, the run's saved one (``reuse_saved``), or one trained on every source's
     meta-train rows (source by source, rows in corpus order)."""
     from distmeta.text import load_pretrained_tokenizer, load_tokenizer, train_tokenizer
-    from distmeta.text.tokenize import cached_tokenizer
+    from distmeta.text.tokenized_cache import cached_tokenizer
 
     tok_path = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cfg.tokenizer.kind == "pretrained":
@@ -180,7 +191,7 @@ class TrainTexts:
     """The meta-train texts of every source (rows in corpus order, source by source), streamed in batches."""
 
     def __init__(self, sources: list[Source]) -> None:
-        from distmeta.text.tokenize import as_text_column
+        from distmeta.text.tokenized_cache import as_text_column
 
         self.parts = []
         for src in sources:
@@ -208,7 +219,7 @@ def _tokenise(cfg: Config, c: int, src: Source, tokenizer: Any) -> Any:
     ``[SEP]``: as many as an empty text gets) is refused with its row number.
     """
     from distmeta.data.columns import rows_text
-    from distmeta.text.tokenize import tokenize_corpus
+    from distmeta.text.tokenized_cache import tokenize_corpus
 
     corpus = tokenize_corpus(tokenizer, src.data.texts, cfg.data.max_length)
     from tokenizers import Tokenizer
@@ -274,7 +285,11 @@ def prepare_prefix_cache(exp: Experiment) -> dict[str, Any] | None:
 
     from distmeta.algorithms import build_algorithm
     from distmeta.models import build_model
-    from distmeta.models.prefix import default_cache_dir, frozen_prefix_layers, open_or_build
+    from distmeta.models.prefix import (
+        default_cache_dir,
+        frozen_prefix_layers,
+        open_or_build,
+    )
 
     module = build_model(cfg, exp.vocab_size, cfg.data.ways).to(torch.float32)
     algorithm, meta = build_algorithm(cfg, module)

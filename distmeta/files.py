@@ -1,4 +1,4 @@
-"""The names of the files in a run directory, in one place.
+"""The names of the files in a run directory, in one place, and the atomic write every layer uses.
 
 A run directory (``run.dir``) holds::
 
@@ -6,8 +6,8 @@ A run directory (``run.dir``) holds::
     split.json           its class split (``split_<c>.json``: one per text source of a data.mixture)
     tokenizer.json       its tokenizer
     results.json         the final meta-test
-    metrics.jsonl        one row per logged step (:mod:`distmeta.runtime.metrics`), and tensorboard/ its event files
-    checkpoints/step_*/  checkpoints (:mod:`distmeta.runtime.checkpoint`); each carries a copy of the
+    metrics.jsonl        one row per logged step (:mod:`distmeta.training.metrics`), and tensorboard/ its event files
+    checkpoints/step_*/  checkpoints (:mod:`distmeta.persistence.checkpoint`); each carries a copy of the
                          split and tokenizer files (:data:`RUN_FILES`), so one step directory is a
                          complete, movable record of the run (what Ray Tune reports as a trial checkpoint)
 
@@ -18,6 +18,7 @@ Import the names from here instead of spelling them::
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -67,3 +68,38 @@ __all__ = [
     "run_files",
     "split_file",
 ]
+
+
+# ---------------------------------------------------------------------- atomic writes
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so the renames inside it survive a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file in the same dir, fsync, os.replace).
+
+    Readers see the old content or the new one, never half a file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # as checkpoint files (umask tightens)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

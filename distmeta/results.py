@@ -1,7 +1,7 @@
-"""What a worker sends back for one task group: the summed meta-gradient and its bookkeeping.
+"""What a worker sends back for one task group, and what a backend reports about a step.
 
-Kept apart from :mod:`distmeta.worker` so the runtime's reduction, wire and answer checks
-use the type without importing the compute.
+Kept apart from :mod:`distmeta.worker` so the reduction, the wire format, the answer checks
+and every backend use these types without importing the compute.
 """
 from __future__ import annotations
 
@@ -27,8 +27,28 @@ class GroupResult:
     bad_tasks: list[tuple[int, int]] = field(default_factory=list)  # keys of the tasks that were not
     skipped: list[tuple[int, int]] = field(default_factory=list)  # keys left out of ``grad`` (nan_policy=skip_task)
     # How many groups, from this one on, ``grad`` sums: 1 (its own), a whole subtree of the reduction tree
-    # (summed on a node, distmeta.runtime.tree), or 0 when another result's ``grad`` holds this group's.
+    # (summed on a node, distmeta.groups), or 0 when another result's ``grad`` holds this group's.
     covers: int = 1
+
+
+@dataclass
+class StepStats:
+    """What the last :meth:`Backend.compute` moved and how long each worker computed.
+
+    The in-process backend fills only ``calls``, ``actor_compute_s`` and ``wall_s``.
+    """
+
+    meta_bytes: int = 0  # meta-parameter bytes of the step
+    spec_bytes: int = 0  # pickled task specs sent
+    result_bytes: int = 0  # gradient bytes returned
+    calls: int = 0
+    retries: int = 0  # blocks re-run after a failed attempt
+    compiled_graph: bool = False  # the step went through a Ray Compiled Graph (not plain actor calls)
+    shared_memory_calls: int = 0  # calls whose gradients came back through shared memory
+    node_sums: int = 0  # nodes whose groups were summed there (ray.node_reduce)
+    actor_compute_s: dict[int, float] = field(default_factory=dict)
+    actor_nodes: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
 
 
 def all_finite(arrays: Iterable[np.ndarray | Tensor]) -> bool:

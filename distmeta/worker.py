@@ -23,7 +23,12 @@ from distmeta.config import Config
 from distmeta.models import DTYPES
 from distmeta.results import GroupResult, all_finite
 from distmeta.tasks.features import FeatureBank
-from distmeta.tasks.materialise import SinusoidTaskBuilder, TaskBuilder, TextTaskBuilder, by_source
+from distmeta.tasks.materialise import (
+    SinusoidTaskBuilder,
+    TaskBuilder,
+    TextTaskBuilder,
+    by_source,
+)
 from distmeta.tasks.specs import TaskSpec, task_key
 from distmeta.text.corpus import TokenCorpus
 
@@ -136,13 +141,13 @@ class Worker:
     def group_peak(self, meta: dict[str, Any], specs: Sequence[TaskSpec]) -> int:
         """Peak memory in bytes of :meth:`meta_grad` of ``specs`` as one group, on this replica's device.
 
-        Measured above the resting level (:func:`distmeta.runtime.memory.peak_memory`): the
+        Measured above the resting level (:func:`distmeta.groups.sizing.peak_memory`): the
         CUDA allocator's peak on a GPU, the process's peak resident set on CPU. The first
         call first runs one task unmeasured, so one-off allocations (kernels, caches, the
         thread pool) are not counted as the group's. ``algorithm.group_size: auto`` calls
         this through the backend, so the measurement is of the device the replicas use.
         """
-        from distmeta.runtime.memory import peak_memory
+        from distmeta.groups.sizing import peak_memory
 
         params = self._to_device(meta)
         if not self._peak_warm:

@@ -6,11 +6,16 @@ import math
 import pytest
 import torch
 
-from distmeta.baselines import (baseline_metrics, centroid_accuracy, error_reduction, finetune_accuracy,
-                                transductive_accuracy)
+from distmeta.baselines import (
+    baseline_metrics,
+    centroid_accuracy,
+    error_reduction,
+    finetune_accuracy,
+    transductive_accuracy,
+)
 from distmeta.config import load_config
 from distmeta.errors import ConfigError
-from distmeta.runtime.driver import Trainer
+from distmeta.training.trainer import Trainer
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 
@@ -71,12 +76,12 @@ def test_error_reduction():
 
 def test_error_reduction_against_a_flawless_baseline_is_not_a_number_and_prints_n_a():
     """Both at 100 %: no error to reduce, so no +100 % (issue 26 item 4); shown as n/a."""
-    from distmeta.evaluate import format_results
+    from distmeta.training.evaluation import format_results
 
     assert math.isnan(error_reduction(1.0, 1.0)) and math.isnan(error_reduction(0.9, 1.0))
     r = {"5way_1shot": {"accuracy": 1.0, "accuracy_ci95": 0.0, "episodes": 10.0}}
     b = {"5way_1shot": {"accuracy": 1.0, "accuracy_ci95": 0.0, "episodes": 10.0}}
-    from distmeta.evaluate import add_error_reduction
+    from distmeta.training.evaluation import add_error_reduction
 
     add_error_reduction(r, b)
     line = format_results(r, b)

@@ -12,7 +12,7 @@ from distmeta.cache_admin import parse_age
 from distmeta.cli import main
 from distmeta.errors import DistmetaError
 from distmeta.text import train_tokenizer
-from distmeta.text.tokenize import cached_tokenizer, tokenize_corpus
+from distmeta.text.tokenized_cache import cached_tokenizer, tokenize_corpus
 
 TEXTS = ["one short text", "another short text", "a third one"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from distmeta.config import load_config
-from distmeta.runtime.driver import Trainer
+from distmeta.training.trainer import Trainer
 
 QUIET = ["workers=0", "run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "threads=1"]
 

@@ -85,7 +85,7 @@ def test_reducing_into_the_grad_buffers_gives_the_same_update_as_fresh_tensors()
     """The driver sums group gradients straight into ``grad_buffers()``; the update must not change."""
     import numpy as np
 
-    from distmeta.runtime.reduce import reduce_groups
+    from distmeta.groups import reduce_groups
     from distmeta.worker import GroupResult
 
     cfg = OuterConfig(name="adam", lr=0.01)

@@ -8,7 +8,12 @@ from distmeta.algorithms.functional import ModelFn, Params
 from distmeta.algorithms.imaml import IMAML
 from distmeta.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
 from distmeta.algorithms.protomaml import ProtoMAML
-from distmeta.algorithms.protonet import PrototypeAlgorithm, ProtoNet, centroid_logits, prototype_logits
+from distmeta.algorithms.protonet import (
+    ProtoNet,
+    PrototypeAlgorithm,
+    centroid_logits,
+    prototype_logits,
+)
 from distmeta.algorithms.reptile import Reptile
 from distmeta.config import PRETRAINED_MODELS, Config
 from distmeta.errors import ConfigError

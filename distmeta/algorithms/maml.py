@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from distmeta.algorithms.base import Algorithm
-from distmeta.algorithms.checkpoint import checkpointed_inner_loop
 from distmeta.algorithms.functional import Params, task_metrics
 from distmeta.algorithms.inner import LearningRates, inner_loop
+from distmeta.algorithms.recompute import checkpointed_inner_loop
 from distmeta.tasks.materialise import Task
 
 
@@ -64,7 +64,7 @@ class MAML(Algorithm):
     def _checkpointed(self, meta: Params, task: Task, fast: Params, kwargs: dict) -> Tensor:
         """:meth:`_adapt_and_predict` with each inner step recomputed in the backward pass (``checkpoint_inner``).
 
-        The support loss reads only explicit inputs (see :mod:`distmeta.algorithms.checkpoint`):
+        The support loss reads only explicit inputs (see :mod:`distmeta.algorithms.recompute`):
         the non-adapted meta-parameters (or the support features) and the support set.
         """
         params = self.model_params(meta)

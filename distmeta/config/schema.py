@@ -6,10 +6,18 @@ from typing import Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from distmeta.config._base import _Section
-from distmeta.config.data import DataConfig, TokenizerConfig
+from distmeta.config.data_sections import DataConfig, TokenizerConfig
 from distmeta.config.sections import (
-    PRETRAINED_MODELS, AlgorithmConfig, EvalConfig, FaultConfig, ModelConfig, OuterConfig, PretrainConfig,
-    RayConfig, RunConfig, TrainConfig,
+    PRETRAINED_MODELS,
+    AlgorithmConfig,
+    EvalConfig,
+    FaultConfig,
+    ModelConfig,
+    OuterConfig,
+    PretrainConfig,
+    RayConfig,
+    RunConfig,
+    TrainConfig,
 )
 
 

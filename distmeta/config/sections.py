@@ -225,7 +225,7 @@ class RayConfig(_Section):
 
 
 class FaultConfig(_Section):
-    """One injected fault, for tests, benchmarks and drills (``faults: [...]``; see :mod:`distmeta.runtime.faults`).
+    """One injected fault, for tests, benchmarks and drills (``faults: [...]``; see :mod:`distmeta.drills.faults`).
 
     ``kind``: ``kill`` (SIGKILL the actor's process; with ``workers: 0`` that is the driver
     itself), ``exit`` (the process exits at once, as a crash would), ``stall`` (sleep

@@ -2,7 +2,14 @@
 from distmeta.data.icd10cm import load_icd10cm
 from distmeta.data.labelled import LabelledText
 from distmeta.data.sources import load_source
-from distmeta.data.splits import ClassSplit, check_ways, load_split, make_split, save_split, usable_classes
+from distmeta.data.splits import (
+    ClassSplit,
+    check_ways,
+    load_split,
+    make_split,
+    save_split,
+    usable_classes,
+)
 
 __all__ = [
     "ClassSplit",

@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from distmeta.config import DataConfig
 from distmeta.data.columns import check_texts, encode_labels
 from distmeta.data.labelled import LabelledText, TextColumn

@@ -10,8 +10,8 @@
   that one trial or cell fits the cluster before anything starts; :mod:`.common` - reading
   a sweep file and its base config.
 
-They use only the public interfaces of the layers below: :class:`~distmeta.runtime.driver.Trainer`
-with a ``backend_factory`` and ``resume_from``, and :mod:`distmeta.runtime.backend`::
+They use only the public interfaces of the layers below: :class:`~distmeta.training.trainer.Trainer`
+with a ``backend_factory`` and ``resume_from``, and :mod:`distmeta.training.backend`::
 
     from distmeta.sweeps import run_grid, run_search
     run_search("configs/tune_sinusoid_asha.yaml", ["num_samples=3", "train.steps=40"])

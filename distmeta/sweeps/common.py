@@ -83,7 +83,7 @@ def load_sweep(path: str | Path | dict[str, Any], overrides: list[str] | None, m
 
 
 def check_storage(value: str, key: str, what: str, where: str) -> None:
-    """Refuse a storage URI that carries credentials (:func:`~distmeta.runtime.uris.check_uri`) before Tune stores it.
+    """Refuse a storage URI that carries credentials (:func:`~distmeta.persistence.uris.check_uri`) before Tune stores it.
 
     Args:
         value: a local path (accepted as it is) or a storage URI.
@@ -93,8 +93,8 @@ def check_storage(value: str, key: str, what: str, where: str) -> None:
     Raises:
         ConfigError: the URI has user info or a query key off its scheme's allowlist (value redacted).
     """
-    from distmeta.runtime.storage import is_remote
-    from distmeta.runtime.uris import UriCredentialsError, check_uri
+    from distmeta.persistence.storage import is_remote
+    from distmeta.persistence.uris import UriCredentialsError, check_uri
 
     if is_remote(value):
         try:
@@ -128,7 +128,7 @@ def join_location(base: str, *parts: str) -> str:
 
     ``Path()`` would turn ``s3://b`` into ``s3:/b``, a local directory named ``s3:``.
     """
-    from distmeta.runtime.storage import is_remote, join_uri
+    from distmeta.persistence.storage import is_remote, join_uri
 
     return join_uri(base, *parts) if is_remote(base) else str(Path(base, *parts))
 

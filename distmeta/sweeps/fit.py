@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from distmeta.config import Config
+from distmeta.distributed.plan import fmt_resources, shortfall
 from distmeta.errors import ConfigError
-from distmeta.runtime.ray.plan import fmt_resources, shortfall
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from distmeta.sweeps.grid import Grid
+from distmeta.sweeps.grid_spec import Grid
 
 CSV_FILE, MD_FILE, JSON_FILE, PLOT_FILE = "grid.csv", "grid.md", "grid.json", "grid.png"
 

@@ -62,8 +62,8 @@ def cell_trainable(config: dict[str, Any], cfgs: dict[str, Config] | None = None
     """
     from ray import tune
 
-    from distmeta.runtime.driver import Trainer
-    from distmeta.sweeps.pool import PROCESS_POOL
+    from distmeta.sweeps.shared_replicas import PROCESS_POOL
+    from distmeta.training.trainer import Trainer
 
     name = config[CELL_KEY]
     cfg = (cfgs or {})[name]
@@ -111,7 +111,7 @@ def run_cell_trials(cells: dict[str, Config], resources: GridResources, max_conc
     """
     from ray import tune
 
-    from distmeta.runtime.storage import is_remote
+    from distmeta.persistence.storage import is_remote
 
     cfgs = dict(cells)
     storage_path = str(storage) if is_remote(storage) else str(Path(storage).resolve())

@@ -1,12 +1,12 @@
-"""One Ray Tune trial: one :class:`~distmeta.runtime.driver.Trainer` run in a placement group of its own.
+"""One Ray Tune trial: one :class:`~distmeta.training.trainer.Trainer` run in a placement group of its own.
 
 A trial's resources are ``[driver bundle] + workers x [worker bundle]``
 (:func:`trial_resources`); its Ray backend finds that group and puts its actors in the
 worker bundles, so concurrent trials never share a CPU or GPU share. The trial borrows the
-actors of the previous trial Tune ran in the same process (:data:`~distmeta.sweeps.pool.PROCESS_POOL`).
+actors of the previous trial Tune ran in the same process (:data:`~distmeta.sweeps.shared_replicas.PROCESS_POOL`).
 
 It reports at every meta-validation, with that step's checkpoint directory as it is (a
-step directory carries the split and tokenizer: :mod:`distmeta.runtime.checkpoint`), and a
+step directory carries the split and tokenizer: :mod:`distmeta.persistence.checkpoint`), and a
 trial started with a checkpoint (PBT exploiting another trial, ``Tuner.restore``) continues
 from it: ``Trainer(resume_from=...)``. The final report adds the meta-test.
 
@@ -31,8 +31,8 @@ from typing import Any
 
 from distmeta.config import Config, config_from_dict, set_key
 from distmeta.errors import ConfigError, DistmetaError
-from distmeta.sweeps.pool import PROCESS_POOL
 from distmeta.sweeps.search import BASE_KEY
+from distmeta.sweeps.shared_replicas import PROCESS_POOL
 
 #: The search metric a diverged trial reports, signed to be the worst for the search's mode. Finite on
 #: purpose: schedulers interpolate quantiles of reported values, and infinities make those NaN.
@@ -56,7 +56,7 @@ def trial_resources(cfg: Config, driver_cpus: float = 1.0, driver_gpus: float = 
     """
     from ray import tune
 
-    from distmeta.runtime.ray.plan import bundle
+    from distmeta.distributed.plan import bundle
 
     if cfg.workers == "auto":
         raise ConfigError("workers=auto cannot size a Tune trial; give workers an integer")
@@ -179,7 +179,7 @@ def _trial_cfg(config: dict[str, Any], run_dir: Path | str) -> Config:
 
 def _run_dir(run_root: str, trial_id: str) -> Path | str:
     """``run_root/<trial id>``: a path, or a URI when the search stores on an object store (``s3://...``)."""
-    from distmeta.runtime.storage import join_uri
+    from distmeta.persistence.storage import join_uri
 
     return join_uri(run_root, trial_id) if "://" in run_root else Path(run_root) / trial_id
 
@@ -197,8 +197,8 @@ def trainable(config: dict[str, Any], run_root: str | None = None, metric: str =
     """
     from ray import tune
 
-    from distmeta.runtime.driver import Trainer
-    from distmeta.runtime.reduce import NonFiniteError
+    from distmeta.training.reduce import NonFiniteError
+    from distmeta.training.trainer import Trainer
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()

@@ -34,7 +34,7 @@ from typing import Any
 
 from distmeta.config import config_from_dict, dump_config, set_key
 from distmeta.errors import DistmetaError
-from distmeta.runtime.storage import join_uri, open_store, redact_uri
+from distmeta.persistence.storage import join_uri, open_store, redact_uri
 from distmeta.sweeps.output import RayLog, TrialLines, diverged_runs
 from distmeta.sweeps.search import BASE_KEY, Search, load_search
 from distmeta.sweeps.trial import (
@@ -83,7 +83,7 @@ def build_tuner(search: Search, callbacks: list[Any] | None = None, resume: bool
 
     spec = search.spec
     # Run dirs (metrics, TensorBoard, checkpoints) under the experiment, on the same storage: a local
-    # directory, or run.dir URIs on an object store (distmeta.runtime.storage).
+    # directory, or run.dir URIs on an object store (distmeta.persistence.storage).
     run_root = (str(search.experiment_path / "runs") if search.local_storage
                 else join_uri(spec.storage_path, spec.name, "runs"))
     fn = tune.with_parameters(trainable, run_root=run_root, metric=search.metric, mode=spec.mode)
@@ -121,9 +121,8 @@ def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
         return test, "trial"
     if best.checkpoint is None:
         return {}, "none"
-    from distmeta.runtime.driver import Trainer
-
     from distmeta.security import UntrustedConfigError
+    from distmeta.training.trainer import Trainer
 
     # Evaluated in a scratch copy: preparing the experiment writes its split and tokenizer into the run
     # directory, and Tune's stored checkpoint is not ours to write.
@@ -260,10 +259,10 @@ def run_search(path: str | Path | dict[str, Any], overrides: list[str] | None = 
         from distmeta.security import check_private_dir
 
         check_private_dir(search.experiment_path, "Tune storage_path")
-    from distmeta.runtime.ray import session
+    from distmeta.distributed import session
     from distmeta.sweeps.fit import check_fits
 
-    ray_session = session.connect(search.base_cfg)
+    ray_session = session.connect(search.base_cfg.ray)
     try:
         spec = search.spec
         pgf = trial_resources(search.base_cfg, spec.driver_cpus, spec.driver_gpus, spec.placement_strategy)

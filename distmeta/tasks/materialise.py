@@ -152,9 +152,4 @@ def num_tasks(batch: Task) -> int:
     return next(iter(batch.values())).shape[0]
 
 
-def chunks(n: int, size: int) -> list[range]:
-    """Consecutive index ranges of at most ``size``: the fixed task groups."""
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-__all__ = ["Task", "TextTaskBuilder", "SinusoidTaskBuilder", "TaskBuilder", "by_source", "split_task", "trim_padding", "num_tasks", "chunks"]
+__all__ = ["Task", "TextTaskBuilder", "SinusoidTaskBuilder", "TaskBuilder", "by_source", "split_task", "trim_padding", "num_tasks"]

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import assert_vmap_equals_loop, make_algorithm, random_tasks
+from tests.algorithms.conftest import (
+    assert_vmap_equals_loop,
+    make_algorithm,
+    random_tasks,
+)
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "protomaml", "imaml"])

@@ -12,7 +12,13 @@ import torch
 from distmeta.config import load_config
 from distmeta.errors import ConfigError
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import PATHS, assert_vmap_equals_loop, grad_via, make_algorithm, random_tasks
+from tests.algorithms.conftest import (
+    PATHS,
+    assert_vmap_equals_loop,
+    grad_via,
+    make_algorithm,
+    random_tasks,
+)
 
 CASES = {
     "maml-sgd": ("maml", {}),
@@ -55,7 +61,7 @@ _PEAKS = """
 import json, torch
 from distmeta.algorithms import ALGORITHMS, InnerSettings, ModelFn
 from distmeta.models.mlp import SinusoidMLP
-from distmeta.runtime.memory import peak_memory
+from distmeta.groups.sizing import peak_memory
 
 torch.manual_seed(0)
 net = SinusoidMLP([256, 256]).double()  # activations of 4000 support points dominate the parameters
@@ -89,7 +95,7 @@ def test_checkpointed_peak_memory_is_flat_in_inner_steps():
     import subprocess
     import sys
 
-    from distmeta.runtime.memory import cpu_peak_supported
+    from distmeta.groups.sizing import cpu_peak_supported
 
     if not cpu_peak_supported():
         pytest.skip("needs Linux /proc/self/clear_refs")

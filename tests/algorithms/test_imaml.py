@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 from distmeta.algorithms.imaml import conjugate_gradient
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import PATHS, assert_vmap_equals_loop, grad_via, make_algorithm, manual_forward, random_tasks
+from tests.algorithms.conftest import (
+    PATHS,
+    assert_vmap_equals_loop,
+    grad_via,
+    make_algorithm,
+    manual_forward,
+    random_tasks,
+)
 
 HEAD = ["head.weight", "head.bias"]
 

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import (PATHS, assert_matches_finite_differences, grad_via, make_algorithm, manual_forward,
-                                      random_tasks)
+from tests.algorithms.conftest import (
+    PATHS,
+    assert_matches_finite_differences,
+    grad_via,
+    make_algorithm,
+    manual_forward,
+    random_tasks,
+)
 
 
 def reference_query_loss(meta, task, *, steps, lr, first_order=False, optimizer="sgd", momentum=0.9,

@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from distmeta.tasks.materialise import split_task
-from tests.algorithms.conftest import (PATHS, assert_matches_finite_differences, assert_vmap_equals_loop, grad_via,
-                                      make_algorithm, random_tasks)
+from tests.algorithms.conftest import (
+    PATHS,
+    assert_matches_finite_differences,
+    assert_vmap_equals_loop,
+    grad_via,
+    make_algorithm,
+    random_tasks,
+)
 from tests.algorithms.references import protomaml_loss, reference_grad
 
 HEAD = ["head.weight", "head.bias"]  # the model's head: for Proto-MAML, "adapt the prototype head only"

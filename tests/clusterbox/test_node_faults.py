@@ -6,7 +6,12 @@ import time
 
 import pytest
 
-from tests.clusterbox.conftest import SINUSOID, assert_same_bits, drive, steps_each_task_once
+from tests.clusterbox.conftest import (
+    SINUSOID,
+    assert_same_bits,
+    drive,
+    steps_each_task_once,
+)
 
 pytestmark = pytest.mark.cluster
 

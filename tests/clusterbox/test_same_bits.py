@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.clusterbox.conftest import SINUSOID, assert_same_bits, drive, steps_each_task_once
+from tests.clusterbox.conftest import (
+    SINUSOID,
+    assert_same_bits,
+    drive,
+    steps_each_task_once,
+)
 
 pytestmark = pytest.mark.cluster
 

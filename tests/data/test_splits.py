@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from distmeta.config import SplitConfig
-from distmeta.data import ClassSplit, LabelledText, check_ways, load_split, make_split, save_split, usable_classes
+from distmeta.data import (
+    ClassSplit,
+    LabelledText,
+    check_ways,
+    load_split,
+    make_split,
+    save_split,
+    usable_classes,
+)
 from distmeta.errors import DataError
 
 

@@ -27,10 +27,11 @@ prepare_environment()  # before Ray or distmeta is imported
 
 
 def crash_in_checkpoint(step: int) -> None:
-    from distmeta.runtime import checkpoint
-    from distmeta.runtime.faults import kill_self
+    from distmeta.drills.faults import kill_self
+    from distmeta.persistence import checkpoint
+    from distmeta.persistence.checkpoint import save
 
-    real = checkpoint._write_file
+    real = save._write_file
     target = checkpoint.TMP_PREFIX + checkpoint.step_dirname(step)
 
     def write(path, data: bytes) -> None:
@@ -42,7 +43,7 @@ def crash_in_checkpoint(step: int) -> None:
             kill_self()
         real(path, data)
 
-    checkpoint._write_file = write
+    save._write_file = write
 
 
 def main(argv: list[str]) -> int:

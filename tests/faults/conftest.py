@@ -17,7 +17,7 @@ import torch
 
 import distmeta
 from distmeta.config import Config, load_config
-from distmeta.runtime.backend import Lent, make_backend
+from distmeta.training.backend import Lent, make_backend
 from tests.helpers import QUIET, SINUSOID_TINY, pairwise_tree_sum
 
 #: Two actors on a quarter CPU each: they fit the session's 2-CPU Ray with room to restart.
@@ -115,9 +115,9 @@ def reference_params(cfg: Config, steps: int | None = None, skip_tasks: dict[int
     ``skip_steps``: steps with no update.
     """
     from distmeta.experiment import prepare_experiment
-    from distmeta.optim import OuterOptimizer
-    from distmeta.tasks.materialise import chunks
+    from distmeta.groups import chunks
     from distmeta.models import DTYPES
+    from distmeta.optim import OuterOptimizer
 
     skip_tasks = skip_tasks or {}
     exp = prepare_experiment(cfg)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.*
 from tests.child_process import prepare_environment  # noqa: E402
@@ -32,7 +32,7 @@ def main(run_dir: str, step_timeout: float, overrides: list[str]) -> dict:
     from ray.cluster_utils import Cluster
 
     import distmeta
-    from distmeta.runtime.ray.backend import WorkerFailedError
+    from distmeta.distributed.ray_backend import WorkerFailedError
 
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "temp_dir": TEMP_DIR}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0, "include_dashboard": False})

@@ -10,9 +10,15 @@ import time
 
 import pytest
 
-from distmeta.runtime.ray.backend import WorkerFailedError
-from distmeta.runtime.metrics import read_metrics
-from tests.faults.conftest import BASE, RAY2, assert_bit_identical, fit, reference_params
+from distmeta.distributed.ray_backend import WorkerFailedError
+from distmeta.training.metrics import read_metrics
+from tests.faults.conftest import (
+    BASE,
+    RAY2,
+    assert_bit_identical,
+    fit,
+    reference_params,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -84,9 +90,8 @@ def test_spent_retry_budget_is_a_typed_error_naming_actors_and_tasks(pooled, tmp
     """Every attempt at step 1 fails: WorkerFailedError names actors and tasks; step 1 is never applied, not even in part."""
     faults = "faults=[{kind: stale, actor: all, step: 1, times: 10}]"
     overrides = [*BASE, *RAY2, faults, "ray.max_retries=2", "run.checkpoint_every=1"]
-    from tests.faults.conftest import StepLog, cfg_of
-
     import distmeta
+    from tests.faults.conftest import StepLog, cfg_of
 
     log = StepLog()
     with pytest.raises(WorkerFailedError) as err:
@@ -114,8 +119,8 @@ def test_driver_refuses_a_meta_batch_with_a_task_missing_or_counted_twice():
     import numpy as np
 
     from distmeta.errors import DistmetaError
-    from distmeta.runtime.reduce import check_tasks
     from distmeta.tasks.specs import SinusoidSpec
+    from distmeta.training.reduce import check_tasks
     from distmeta.worker import GroupResult
 
     specs = [SinusoidSpec(3, i, 1.0, 0.0, (0.0,), (1.0,)) for i in range(4)]

@@ -16,8 +16,9 @@ import torch
 
 import distmeta
 from distmeta.cli import main
-from distmeta.runtime import checkpoint as ck
-from distmeta.runtime.checkpoint import CheckpointFallbackWarning, list_checkpoints
+from distmeta.persistence import checkpoint as ck
+from distmeta.persistence.checkpoint import CheckpointFallbackWarning, list_checkpoints
+from distmeta.persistence.checkpoint import save as ck_save
 from tests.faults.conftest import assert_bit_identical
 from tests.helpers import QUIET, SINUSOID_TINY
 
@@ -111,7 +112,7 @@ def test_no_valid_checkpoint_is_a_clear_error_never_a_fresh_start(four_steps, ca
 
 def test_disk_full_stops_training_keeps_the_previous_checkpoint_then_resumes(tmp_path, straight, monkeypatch, capsys):
     run = tmp_path / "run"
-    real = ck._write_file
+    real = ck_save._write_file
 
     def full_disk(path: Path, data: bytes) -> None:
         if path.parent.name.startswith(".tmp-step_00000004") and path.name == ck.OPTIMIZER_FILE:
@@ -121,7 +122,7 @@ def test_disk_full_stops_training_keeps_the_previous_checkpoint_then_resumes(tmp
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(ck, "_write_file", full_disk)
+    monkeypatch.setattr(ck_save, "_write_file", full_disk)
     assert train(run) == 2
     err = capsys.readouterr().err
     for needle in ("disk full (ENOSPC)", "step_00000004", "training stopped at step 4",
@@ -165,7 +166,7 @@ def plant_pickle(step_dir: Path, marker: Path) -> None:
 
 
 def test_planted_pickle_is_refused_by_eval_and_resume_and_never_runs(four_steps, tmp_path, monkeypatch, capsys):
-    from distmeta.runtime import driver
+    from distmeta.training import trainer as driver
 
     run, marker = four_steps, tmp_path / "pwned"
     plant_pickle(run / "checkpoints" / "step_00000004", marker)

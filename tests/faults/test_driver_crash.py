@@ -19,7 +19,7 @@ import torch
 
 import distmeta
 from distmeta.cli import main
-from distmeta.runtime.checkpoint import list_checkpoints
+from distmeta.persistence.checkpoint import list_checkpoints
 from tests.faults.conftest import assert_bit_identical
 from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
 

@@ -14,9 +14,17 @@ import pytest
 import torch
 
 import distmeta
-from distmeta.runtime.reduce import NonFiniteError, NonFiniteWarning
-from distmeta.runtime.metrics import read_metrics
-from tests.faults.conftest import BASE, RAY2, StepLog, assert_bit_identical, cfg_of, fit, reference_params
+from distmeta.training.metrics import read_metrics
+from distmeta.training.reduce import NonFiniteError, NonFiniteWarning
+from tests.faults.conftest import (
+    BASE,
+    RAY2,
+    StepLog,
+    assert_bit_identical,
+    cfg_of,
+    fit,
+    reference_params,
+)
 
 NAN_STEP1_TASK5 = "faults=[{kind: nan, step: 1, task: 5}]"
 
@@ -82,7 +90,7 @@ def test_worker_names_every_bad_task_of_a_group_and_its_gradient_excludes_them(t
     specs = prepare_experiment(cfg).sampler("train").batch(0, 4)
     meta = {n: t.numpy() for n, t in worker.initial_meta.items()}
     clean = worker.meta_grad(meta, [specs[0], specs[3]])
-    from distmeta.runtime.faults import poisoned
+    from distmeta.drills.faults import poisoned
 
     with poisoned(worker, {(0, 1), (0, 2)}):
         r = worker.meta_grad(meta, specs)

@@ -7,7 +7,13 @@ from torch import nn
 
 from distmeta.config import load_config
 from distmeta.errors import ConfigError
-from distmeta.models import BagEncoder, SinusoidMLP, TransformerEncoder, build_model, select_params
+from distmeta.models import (
+    BagEncoder,
+    SinusoidMLP,
+    TransformerEncoder,
+    build_model,
+    select_params,
+)
 from tests.models.conftest import tiny
 
 

@@ -6,12 +6,12 @@ import pytest
 
 import distmeta
 from distmeta.config import load_config
-from distmeta.runtime.ray import backend as actors
-from distmeta.runtime import answers
-from distmeta.runtime.wire import unpack
+from distmeta.distributed import answers
+from distmeta.distributed import ray_backend as actors
+from distmeta.distributed.wire import unpack
 from distmeta.tasks.specs import task_key
 from distmeta.worker import GroupResult
-from tests.runtime.test_ray_backend import SINUSOID
+from tests.distributed.test_ray_backend import SINUSOID
 
 
 def result(grad, tasks, version=0):
@@ -96,6 +96,6 @@ def test_actors_of_another_distmeta_version_are_refused_at_start(ray_local, tmp_
     from distmeta.experiment import prepare_experiment
 
     exp = prepare_experiment(cfg, tmp_path)
-    monkeypatch.setattr(distmeta, "__version__", "99.0.0")  # the driver's; the actors import the real one
+    monkeypatch.setattr(answers, "__version__", "99.0.0")  # the driver's; the actors import the real one
     with pytest.raises(distmeta.DistmetaError, match=r"actor 0 .*distmeta 0\.1\.0"):
         actors.RayBackend(cfg, exp.worker_args()).close()

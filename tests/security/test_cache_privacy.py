@@ -20,7 +20,7 @@ import torch
 from distmeta.caches import CacheMismatchWarning
 from distmeta.errors import DistmetaError
 from distmeta.text import encode, train_tokenizer
-from distmeta.text.tokenize import cached_tokenizer, tokenize_corpus
+from distmeta.text.tokenized_cache import cached_tokenizer, tokenize_corpus
 
 TEXTS = ["acute bronchitis due to rhinovirus", "fracture of the left femur", "fever and cough",
          "a closed fracture of the shaft of the humerus", "otitis media", "sprain of the ankle"]

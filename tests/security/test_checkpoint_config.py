@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from distmeta.cli import main
-from distmeta.runtime import checkpoint as ck
-from distmeta.runtime.ray import session as ray_session
+from distmeta.distributed import session as ray_session
+from distmeta.persistence import checkpoint as ck
 from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
 
 HOSTILE = {"ray": {"address": "10.66.66.66:6379"}, "workers": 2, "run": {"dir": "/tmp/attacker-run"},

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OWNER = """
 import json, os, stat, sys
 from distmeta.config import Config
-from distmeta.runtime.ray.session import connect
-s = connect(Config())
+from distmeta.distributed.session import connect
+s = connect(Config().ray)
 import ray
 tok = os.environ["RAY_AUTH_TOKEN_PATH"]
 print(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "dir": s.auth_dir, "token": tok,
@@ -68,7 +68,7 @@ def test_a_local_user_without_the_token_is_refused(tmp_path):
 LISTENERS = """
 import json, os, subprocess
 from distmeta.config import Config
-from distmeta.runtime.ray.session import connect
+from distmeta.distributed.session import connect
 
 def descendants(pid):
     try:
@@ -77,7 +77,7 @@ def descendants(pid):
         return set()
     return set(kids).union(*(descendants(k) for k in kids))
 
-s = connect(Config())
+s = connect(Config().ray)
 import ray
 ray.get(ray.remote(lambda: 1).remote())
 mine = descendants(os.getpid())

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from distmeta.cli import main
-from distmeta.runtime import checkpoint as ck
+from distmeta.persistence import checkpoint as ck
 from tests.helpers import QUIET, SINUSOID_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD = """
 import sys, time
-from distmeta.runtime.rundir import lock_run_dir
+from distmeta.persistence.rundir import lock_run_dir
 lock_run_dir(sys.argv[1])
 print("held", flush=True)
 sys.stdin.read()

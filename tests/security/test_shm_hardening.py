@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from distmeta.runtime import shm
+from distmeta.distributed import shm
 
 OTHER_UID = 54321  # a user that is not us (we may be root: chown makes the "other user" files)
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from distmeta.distributed import session as ray_session
 from distmeta.errors import DistmetaError
-from distmeta.runtime.ray import session as ray_session
 from distmeta.security import check_private_dir
 
 

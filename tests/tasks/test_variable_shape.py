@@ -11,7 +11,7 @@ import pytest
 from distmeta.config import load_config
 from distmeta.errors import DataError
 from distmeta.experiment import min_examples_per_class, prepare_experiment
-from distmeta.runtime.driver import Trainer
+from distmeta.training.trainer import Trainer
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 # tiny CSV (8 classes): 4 train, 2 val, 2 test

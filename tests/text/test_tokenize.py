@@ -1,15 +1,15 @@
-"""tokenize_corpus: the ids encode() gives (without padding), from datasets.map in one or several processes,
+"""tokenized_cache.tokenize_corpus: the ids encode() gives (without padding), from datasets.map in one or several processes,
 cached on disk by corpus content and tokenizer."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import distmeta.text.tokenize as tokenize
 from distmeta.config import DataConfig
 from distmeta.data import load_source
 from distmeta.text import encode, train_tokenizer
-from distmeta.text.tokenize import tokenize_corpus
+from distmeta.text import tokenized_cache as tokenize
+from distmeta.text.tokenized_cache import tokenize_corpus
 from tests.helpers import write_tiny_csv
 
 

@@ -10,8 +10,15 @@ import torch
 from tokenizers import Tokenizer, models
 
 from distmeta.errors import CheckpointError, ConfigError
-from distmeta.text import (PAD_ID, encode, load_pretrained_tokenizer, load_tokenizer, pad_id_of, save_tokenizer,
-                           train_tokenizer)
+from distmeta.text import (
+    PAD_ID,
+    encode,
+    load_pretrained_tokenizer,
+    load_tokenizer,
+    pad_id_of,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 CORPUS = [
     f"{adj} {noun} of the {part}, {kind} {n}"

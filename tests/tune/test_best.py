@@ -4,10 +4,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from distmeta.config import apply_overrides, load_config
-from distmeta.runtime.checkpoint import list_checkpoints, verify_checkpoint
-from distmeta.runtime.driver import Trainer
+from distmeta.persistence.checkpoint import list_checkpoints, verify_checkpoint
 from distmeta.sweeps.search import load_search
 from distmeta.sweeps.tune import _best_test
+from distmeta.training.trainer import Trainer
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from distmeta.config import apply_overrides, load_config
-from distmeta.runtime.checkpoint import list_checkpoints
-from distmeta.runtime.driver import Trainer
+from distmeta.persistence.checkpoint import list_checkpoints
 from distmeta.sweeps.search import load_search
 from distmeta.sweeps.tune import _best_test
+from distmeta.training.trainer import Trainer
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 SHAPE = [*QUIET, "algorithm.name=protonet", "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",

@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 from distmeta.config import apply_overrides
-from distmeta.runtime.lease import current_generation
-from distmeta.runtime.storage import open_store
+from distmeta.persistence.lease import current_generation
+from distmeta.persistence.storage import open_store
 from distmeta.sweeps.grid import load_grid, run_grid
 from tests.helpers import QUIET, SINUSOID_TINY
-from tests.runtime.conftest import bucket, endpoint  # noqa: F401 - the S3 server fixtures
+from tests.persistence.conftest import bucket, endpoint  # noqa: F401 - the S3 server fixtures
 
 ENDPOINT = "endpoint_override=127.0.0.1:9000&scheme=http"
 

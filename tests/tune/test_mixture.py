@@ -101,7 +101,7 @@ def test_text_mixture_trains_validates_and_meta_tests_then_evaluates_from_checkp
 
 
 def test_sinusoid_family_mixture_trains_through_the_backend(tmp_path):
-    from distmeta.runtime.local import LocalBackend
+    from distmeta.training.in_process import LocalBackend
 
     cfg = load_config(None, [*SINUSOID_TINY, *QUIET, SINE_MIX, f"run.dir={tmp_path / 'run'}"])
     exp = prepare_experiment(cfg)

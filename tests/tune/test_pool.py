@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from distmeta.config import load_config
-from distmeta.runtime.backend import Lent, ReusableBackend
-from distmeta.sweeps import pool as pool_mod
-from distmeta.sweeps.pool import BackendPool
+from distmeta.sweeps import shared_replicas as pool_mod
+from distmeta.sweeps.shared_replicas import BackendPool
+from distmeta.training.backend import Lent, ReusableBackend
 
 
 class FakeBackend:

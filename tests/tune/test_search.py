@@ -15,10 +15,10 @@ import pytest
 from ray.tune import Callback
 
 from distmeta.config import load_config
-from distmeta.runtime.driver import Trainer
 from distmeta.sweeps.search import load_search
 from distmeta.sweeps.trial import WORST
 from distmeta.sweeps.tune import BEST_CONFIG_FILE, BEST_FILE, run_search
+from distmeta.training.trainer import Trainer
 from tests.tune.conftest import SINUSOID_TRIAL, wait_released
 
 pytestmark = pytest.mark.ray

@@ -16,12 +16,12 @@ import yaml
 from distmeta.cli import main
 from distmeta.config import apply_overrides
 from distmeta.errors import ConfigError, DistmetaError
-from distmeta.runtime.driver import Trainer
-from distmeta.runtime.reduce import NonFiniteError
 from distmeta.sweeps.grid import run_grid
 from distmeta.sweeps.search import load_search
 from distmeta.sweeps.trial import WORST
 from distmeta.sweeps.tune import BEST_FILE, run_search
+from distmeta.training.reduce import NonFiniteError
+from distmeta.training.trainer import Trainer
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 from tests.tune.conftest import wait_released
 

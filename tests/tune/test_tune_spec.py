@@ -87,7 +87,7 @@ def test_trial_config_and_resources():
 
 
 def test_workers_take_the_last_bundles_of_a_trial_placement_group():
-    from distmeta.runtime.ray.plan import worker_bundles as _worker_bundles
+    from distmeta.distributed.plan import worker_bundles as _worker_bundles
 
     w = {"CPU": 0.5}
     assert _worker_bundles([{"CPU": 1.0}, w, w], 2, w) == 1  # driver bundle first
