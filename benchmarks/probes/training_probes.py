@@ -30,6 +30,7 @@ import argparse
 import math
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.corpora import corpora_dir, corpus_overrides
-from benchmarks.probes.common import default_probe, episode
+from benchmarks.probes.common import Probe, default_probe, episode
 from distmeta.data.icd10cm import build_rows
 
 META_BATCH, QUERIES = 4, 10
@@ -67,7 +68,8 @@ def category_classes(train_rows: np.ndarray, texts, min_rows: int = 10) -> list[
     return [np.array(v) for _, v in sorted(groups.items()) if len(v) >= min_rows]
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=3e-5)
@@ -80,7 +82,58 @@ def main() -> None:
                     "training classes (python -m benchmarks.corpora builds them)")
     ap.add_argument("--extra-share", type=float, default=0.5, help="the share of training episodes drawn from them")
     ap.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the trained weights")
-    args = ap.parse_args()
+    return ap
+
+
+def loss_acc(source: Probe, support: np.ndarray, query: np.ndarray, ways: int, shots: int, queries: int, train: bool,
+             temperature: Tensor | float) -> tuple[Tensor, float]:
+    """Cosine ProtoNet loss and accuracy of one episode of ``source``'s corpus rows."""
+    e = source.embed(np.concatenate([support, query]), train)
+    protos = F.normalize(e[:len(support)].view(ways, shots, -1).mean(1), dim=-1)
+    logits = temperature * e[len(support):] @ protos.T
+    y = torch.arange(ways).repeat_interleave(queries)
+    return F.cross_entropy(logits, y), (logits.argmax(-1) == y).float().mean().item()
+
+
+@torch.no_grad()
+def validate(probe: Probe, val: list[np.ndarray]) -> float:
+    """Meta-validation accuracy (%): 200 fixed 5-way 1-shot episodes of the validation sections."""
+    rng = np.random.default_rng(123)
+    return 100 * float(np.mean([loss_acc(probe, *episode(rng, val, 5, 1, QUERIES), 5, 1, QUERIES, False, 10.0)[1]
+                                for _ in range(200)]))
+
+
+def swapped(trained: list[torch.nn.Parameter], values: list[Tensor], fn: Callable[[], float]) -> float:
+    """``fn()`` with the trained parameters temporarily replaced by ``values``."""
+    saved = [p.detach().clone() for p in trained]
+    with torch.no_grad():
+        for p, v in zip(trained, values):
+            p.copy_(v)
+    try:
+        return fn()
+    finally:
+        with torch.no_grad():
+            for p, v in zip(trained, saved):
+                p.copy_(v)
+
+
+def meta_batch_backward(args: argparse.Namespace, rng: np.random.Generator, probe: Probe, sections: list[np.ndarray],
+                        cats: list[np.ndarray], extra: list[Probe], log_t: Tensor) -> None:
+    """Accumulate the mean loss of one meta-batch of training episodes into the gradients (temperature ``exp(log_t)``)."""
+    for i in range(META_BATCH):
+        use_cats = args.episodes == "categories" or (args.episodes == "mixed" and i % 2)
+        classes, queries, source = (cats, 5, probe) if use_cats else (sections, QUERIES, probe)
+        if extra and rng.random() < args.extra_share:
+            source = extra[rng.integers(len(extra))]
+            classes = source.classes("train")
+        support, query = episode(rng, classes, args.ways, args.shots, queries)
+        loss = loss_acc(source, support, query, args.ways, args.shots, queries, True, log_t.exp())[0]
+        (loss / META_BATCH).backward()
+
+
+def main() -> None:
+    """Meta-train the default's suffix with the changes the flags ask for, validating every 25 steps."""
+    args = parser().parse_args()
     probe = default_probe()
     exp, model = probe.exp, probe.model
     for module in model.modules():
@@ -95,59 +148,24 @@ def main() -> None:
     log_t = torch.nn.Parameter(torch.tensor(math.log(args.temperature)))
     opt = torch.optim.Adam([*trained, log_t], lr=args.lr)
     ema = [p.detach().clone() for p in trained]
-
-    def loss_acc(support, query, ways, shots, queries, train, temperature, source=probe) -> tuple[Tensor, float]:
-        e = source.embed(np.concatenate([support, query]), train)
-        protos = F.normalize(e[:len(support)].view(ways, shots, -1).mean(1), dim=-1)
-        logits = temperature * e[len(support):] @ protos.T
-        y = torch.arange(ways).repeat_interleave(queries)
-        return F.cross_entropy(logits, y), (logits.argmax(-1) == y).float().mean().item()
-
-    @torch.no_grad()
-    def validate() -> float:
-        rng = np.random.default_rng(123)
-        return 100 * float(np.mean([loss_acc(*episode(rng, val, 5, 1, QUERIES), 5, 1, QUERIES, False, 10.0)[1]
-                                    for _ in range(200)]))
-
-    def swapped(values: list[Tensor], fn):
-        # Evaluate ``fn`` with the trained parameters temporarily replaced by ``values``.
-        saved = [p.detach().clone() for p in trained]
-        with torch.no_grad():
-            for p, v in zip(trained, values):
-                p.copy_(v)
-        try:
-            return fn()
-        finally:
-            with torch.no_grad():
-                for p, v in zip(trained, saved):
-                    p.copy_(v)
-
-    print(f"{vars(args)}: frozen encoder, meta-validation {validate():.2f}", flush=True)
+    print(f"{vars(args)}: frozen encoder, meta-validation {validate(probe, val):.2f}", flush=True)
     rng, t0, best = np.random.default_rng(0), time.time(), 0.0
     for step in range(1, args.steps + 1):
         scale = min(1.0, step / 10) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = args.lr * scale
         opt.zero_grad()
-        for i in range(META_BATCH):
-            use_cats = args.episodes == "categories" or (args.episodes == "mixed" and i % 2)
-            classes, queries, source = (cats, 5, probe) if use_cats else (sections, QUERIES, probe)
-            if extra and rng.random() < args.extra_share:
-                source = extra[rng.integers(len(extra))]
-                classes = source.classes("train")
-            support, query = episode(rng, classes, args.ways, args.shots, queries)
-            loss = loss_acc(support, query, args.ways, args.shots, queries, True, log_t.exp(), source)[0]
-            (loss / META_BATCH).backward()
+        meta_batch_backward(args, rng, probe, sections, cats, extra, log_t)
         opt.step()
         with torch.no_grad():
             for e, p in zip(ema, trained):
                 e.lerp_(p, 1 - args.ema)
         if step % 25 == 0:
-            acc = validate()
+            acc = validate(probe, val)
             best = max(best, acc)
             line = f"step {step}: meta-validation {acc:.2f} (best {best:.2f})"
             if args.ema:
-                line += f", weight average {swapped(ema, validate):.2f}"
+                line += f", weight average {swapped(trained, ema, lambda: validate(probe, val)):.2f}"
             print(f"{line}, {time.time() - t0:.0f} s", flush=True)
 
 
