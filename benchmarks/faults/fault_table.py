@@ -101,23 +101,21 @@ def reference(cfg: Any, skip: dict[int, set[int]] | None = None) -> dict[str, to
     import distmeta
     from distmeta.experiment import prepare_experiment
     from distmeta.optim import OuterOptimizer
-    from distmeta.tasks.materialise import chunks
+    from distmeta.groups import chunks, tree_sum
 
     skip = skip or {}
     exp = prepare_experiment(cfg)
     worker = distmeta.Worker(cfg, **exp.worker_args())
-    opt = OuterOptimizer(cfg.outer, worker.initial_meta, seed=cfg.seed)
+    opt = OuterOptimizer(cfg.outer, worker.initial_meta, seed=cfg.seed, total_steps=cfg.train.steps)
     for step in range(cfg.train.steps):
         specs = exp.sampler("train").batch(step, cfg.train.meta_batch)
         groups = [[s for s in specs[r.start: r.stop] if s.index not in skip.get(step, set())]
                   for r in chunks(len(specs), cfg.algorithm.group_size)]
         meta = {n: p.numpy() for n, p in opt.params.items()}
-        total: dict[str, torch.Tensor] = {}
-        for g in (g for g in groups if g):
-            grad = worker.meta_grad(meta, g).grad
-            for n in opt.names:
-                t = torch.from_numpy(np.array(grad[n]))
-                total[n] = t.clone() if n not in total else total[n] + t
+        # Every group, an emptied one as zeros, summed in the tree the group count fixes (distmeta.groups).
+        grads = [{n: torch.from_numpy(np.array(worker.meta_grad(meta, g).grad[n])) if g else torch.zeros_like(p)
+                  for n, p in opt.params.items()} for g in groups]
+        total = tree_sum(grads, lambda a, b: {n: a[n] + b[n] for n in a})
         used = sum(len(g) for g in groups)
         opt.step({n: total[n] / used for n in opt.names})
     return {n: p.clone() for n, p in opt.params.items()}
@@ -130,7 +128,7 @@ class Pool:
         self.backend: Any = None
 
     def __call__(self, cfg: Any, exp: Any) -> Any:
-        from distmeta.runtime.backend import Lent, make_backend
+        from distmeta.training.backend import Lent, make_backend
 
         if cfg.workers == 0:
             return make_backend(cfg, exp)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from benchmarks.probes.common import TRAINED, default_probe, episode
-from distmeta.evaluate import mean_ci95
+from distmeta.training.evaluation import mean_ci95
 
 WAYS, QUERIES, TEMPERATURE = 5, 10, 10.0
 

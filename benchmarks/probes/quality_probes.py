@@ -33,7 +33,7 @@ from safetensors.numpy import load_file
 from distmeta.algorithms.protonet import centroid_logits
 from distmeta.baselines import transductive_accuracy
 from distmeta.config import load_config
-from distmeta.evaluate import mean_ci95
+from distmeta.training.evaluation import mean_ci95
 from distmeta.experiment import prepare_experiment
 from distmeta.worker import Worker
 

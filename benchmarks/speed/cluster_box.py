@@ -44,10 +44,10 @@ def inside(steps: int) -> None:
     """Runs on the head: one pool, steps interleaved between modes; prints one RESULT line."""
     import torch
 
-    from distmeta.runtime.ray.backend import RayBackend
-    from distmeta.runtime.ray.transport import ObjectStoreTransport
-    from distmeta.runtime.reduce import reduce_groups
-    from distmeta.tasks.materialise import chunks
+    from distmeta.distributed.ray_backend import RayBackend
+    from distmeta.distributed.transport import ObjectStoreTransport
+    from distmeta.groups import reduce_groups
+    from distmeta.groups import chunks
 
     def rx() -> int:
         return int(Path("/sys/class/net/eth0/statistics/rx_bytes").read_text())

@@ -6,7 +6,7 @@ inner loop kept), at 1, 5, 10 and 20 inner steps, on one group of tasks whose su
 is large enough that activations, not parameters, dominate. Before timing, the
 checkpointed meta-gradient is checked against the stored one. Time is the median of
 interleaved rounds in one process with one torch thread; peak memory is measured in a
-separate call (distmeta.runtime.memory.peak_memory).
+separate call (distmeta.groups.sizing.peak_memory).
 
     .venv/bin/python -m benchmarks.speed.inner_memory [--rounds 3] [--steps 1,5,10,20] [--json out.json] [--quick]
 """
@@ -44,7 +44,7 @@ def worker_for(variant: str, steps: int, args: argparse.Namespace) -> Any:
 
 
 def main() -> None:
-    from distmeta.runtime.memory import MB, peak_memory
+    from distmeta.groups.sizing import MB, peak_memory
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)

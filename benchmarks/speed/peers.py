@@ -9,7 +9,7 @@ install). Every implementation gets each task's texts at the task's own width (t
 padding cut), as distmeta's loop path computes them. Before any timing each peer's meta-gradient must equal distmeta's (relative
 error <= 1e-5 in float64), else the case stops. Rounds are interleaved in this one process
 with one torch thread; the speed-up is the median over rounds of peer time / distmeta time.
-Peak memory is measured in a separate, untimed call (distmeta.runtime.memory.peak_memory).
+Peak memory is measured in a separate, untimed call (distmeta.groups.sizing.peak_memory).
 
     .venv/bin/python -m benchmarks.speed.peers [--rounds 7] [--meta-batch 16] [--cases sinusoid-maml,...] [--json out.json] [--quick]
 """
@@ -161,7 +161,7 @@ def relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Check, then time and measure every implementation of one case."""
-    from distmeta.runtime.memory import MB, cpu_peak_supported, peak_memory
+    from distmeta.groups.sizing import MB, cpu_peak_supported, peak_memory
 
     base, overrides = CASES[name]
     case = build(base, overrides, args.meta_batch, args.dtype, args.set)

@@ -26,8 +26,8 @@ import ray
 import torch
 
 from benchmarks.speed.common import BAG_CONFIG, experiment, parse_args
-from distmeta.runtime.ray.backend import RayBackend
-from distmeta.tasks.materialise import chunks
+from distmeta.distributed.ray_backend import RayBackend
+from distmeta.groups import chunks
 from distmeta.worker import Worker
 
 OVERRIDES = ["workers=1", "threads=1", "cpus_per_worker=1", "data.source=sinusoid", "model.name=mlp",

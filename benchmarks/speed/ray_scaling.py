@@ -46,9 +46,10 @@ import torch
 from benchmarks.speed.common import BAG_CONFIG, experiment, median_ratio, parse_args
 from distmeta.models import DTYPES
 from distmeta.optim import OuterOptimizer
-from distmeta.runtime.local import LocalBackend
-from distmeta.runtime.reduce import reduce_groups
-from distmeta.tasks.materialise import chunks, split_task
+from distmeta.training.in_process import LocalBackend
+from distmeta.groups import reduce_groups
+from distmeta.groups import chunks
+from distmeta.tasks.materialise import split_task
 from distmeta.worker import Worker
 
 # The cases build on the from-scratch bag config (the embedded default loads MiniLM; its speed is
@@ -228,8 +229,8 @@ def human(n: float) -> str:
 
 
 def run_case(key: str, steps: int) -> None:
-    from distmeta.runtime.ray.backend import RayBackend
-    from distmeta.runtime.ray.transport import INLINE_META_BYTES
+    from distmeta.distributed.ray_backend import RayBackend
+    from distmeta.distributed.transport import INLINE_META_BYTES
 
     title, overrides = CASES[key]
     cfg, exp = experiment(BAG_CONFIG, [*COMMON, *overrides])

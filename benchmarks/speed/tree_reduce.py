@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from benchmarks.speed.common import BAG_CONFIG, experiment, parse_args
-from distmeta.runtime.reduce import reduce_groups
-from distmeta.runtime.tree import cover
-from distmeta.tasks.materialise import chunks
+from distmeta.groups import reduce_groups
+from distmeta.groups import cover
+from distmeta.groups import chunks
 
 #: ~260K meta-parameters (benchmarks.speed.ray_scaling's bag250k), 16 tasks in 8 groups of 2.
 OVERRIDES = ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml",
@@ -42,7 +42,7 @@ def run_cluster(nodes: int, steps: int) -> dict[str, float]:
     from ray._common.utils import get_default_ray_temp_dir
     from ray.cluster_utils import Cluster
 
-    from distmeta.runtime.ray.backend import RayBackend
+    from distmeta.distributed.ray_backend import RayBackend
 
     os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
     spec = {"num_cpus": 1, "object_store_memory": 150 * 1024**2, "temp_dir": TEMP_DIR}

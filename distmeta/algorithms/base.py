@@ -94,10 +94,10 @@ class Algorithm:
     def prefers_vmap(self, max_adapted: int) -> bool:
         """Whether a group should run under vmap rather than as a per-task autograd loop.
 
-        Measured on CPU (benchmarks/vmap_vs_loop.py): vmap over 8 tasks is 1.3-3.5x the loop
-        while a task adapts <= 64K parameters (sinusoid MLP, small bags, ANIL's head), but
-        0.8-0.9x from ~250K (a bag's embedding table, transformers), where each task's
-        adapted copy and its dense inner gradient dominate.
+        On CPU vmap wins while a task adapts few parameters (sinusoid MLP, small bags, ANIL's
+        head) and loses once each task's adapted copy and its dense inner gradient dominate (a
+        bag's embedding table, transformers); ``python -m benchmarks.speed.vmap_vs_loop``
+        measures where, and docs/results.md has the figures.
         """
         return self.adapted_numel() <= max_adapted
 

@@ -206,7 +206,7 @@ class RayConfig(_Section):
     shared_memory: bool = Field(
         True, description="actors on the driver's node read the meta-parameters from, and write their gradients "
         "to, files in /dev/shm instead of Ray's object store (a fixed cost per object whatever its size; "
-        "benchmarks/ray_scaling.py measures both)")
+        "python -m benchmarks.speed.ray_scaling measures both)")
     compiled_graph: bool | Literal["auto"] = Field(
         "auto", description="send each step through a Ray Compiled Graph when every actor is on the driver's node "
         "(shared-memory channels: a faster round trip than an actor call, but each idle actor keeps a CPU core "

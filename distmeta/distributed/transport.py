@@ -14,7 +14,7 @@ delivery gives each call its :class:`Parts` and reads each answer):
   and re-runs of a failed block, use the object-store way within the same step. If
   ``/dev/shm`` fills up or is unsafe, it warns once and carries on as the object store.
 
-``benchmarks/ray_overhead.py`` measures the two against each other.
+``python -m benchmarks.speed.ray_overhead`` measures the two against each other.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """How a call and its answer cross the driver/actor boundary: the request, and task specs and results packed.
 
 Ray serialises arbitrary objects with cloudpickle plus one out-of-band buffer per numpy
-array, which costs ~1 ms per call for a block of task-spec dataclasses or of group
-results (24 small gradient arrays, say): several percent of a 40 ms step
-(benchmarks/ray_overhead.py). Here an object travels as a plain pickle (protocol 5)
+array, a cost per call that grows with the number of task-spec dataclasses and small
+gradient arrays in it (``python -m benchmarks.speed.ray_overhead`` measures it). Here an object travels as a plain pickle (protocol 5)
 header plus *one* contiguous byte array holding every array buffer: one copy of the
 gradients on the sending side, zero-copy views on the receiving side.
 """
