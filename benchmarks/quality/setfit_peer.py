@@ -8,7 +8,10 @@ model in ``docs/results.md`` were scored on exactly these support and query rows
 fresh copy of the encoder is trained by ``setfit`` on the support set (contrastive pairs,
 CosineSimilarityLoss, then a LogisticRegression head) with a fixed budget, SetFit's defaults
 (:data:`BUDGET`), and scored on the queries; texts are cut to ``data.max_length`` tokens, as
-distmeta's encoders see them. Nothing reaches the network: set ``HF_HUB_OFFLINE=1`` (done here).
+distmeta's encoders see them. Beside it, distmeta's own baselines of the config's encoder (frozen,
+cosine nearest centroid; fine-tuned head) are scored on the same episodes by an in-process worker,
+with SetFit's paired per-episode difference to each. Nothing reaches the network (``HF_HUB_OFFLINE=1``
+and ``HF_DATASETS_OFFLINE=1`` are set here).
 
     python -m benchmarks.quality.setfit_peer [--config configs/default.yaml] [key=value ...] \\
         [--settings 5x1,5x5] [--episodes 600] [--encoder DIR] [--threads 2] [--max-seconds S] [--out FILE]
@@ -32,13 +35,13 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from benchmarks.quality.setfit_episodes import Baselines, episode_texts, meta_test_specs, prepare
 from benchmarks.quality.table import ROOT, git_commit, machine
 
 #: SetFit 1.2.0's own defaults (``setfit.TrainingArguments``), the budget of every episode.
@@ -50,67 +53,12 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 VERSIONED = ["setfit", "sentence-transformers", "transformers", "torch", "scikit-learn", "datasets"]
 
 
-@dataclass(frozen=True)
-class EpisodeTexts:
-    """One episode as SetFit takes it: label ``j`` is the episode's ``j``-th class (``spec.classes[j]``)."""
-
-    index: int
-    classes: tuple[str, ...]
-    support_texts: list[str]
-    support_labels: list[int]
-    query_texts: list[str]
-    query_labels: list[int]
-
-
-def episode_texts(spec: Any, data: Any) -> EpisodeTexts:
-    """The texts and episode labels of ``spec`` (an :class:`~distmeta.tasks.specs.EpisodeSpec`) in ``data``.
-
-    Args:
-        spec: the episode: class ids and, per class, its support and query rows of ``data``.
-        data: the source's :class:`~distmeta.data.LabelledText`.
-    Returns:
-        Support and query texts, class by class, labelled ``0 .. ways-1`` as distmeta labels them.
-    """
-    def side(rows_per_class: Sequence[Sequence[int]]) -> tuple[list[str], list[int]]:
-        texts, labels = [], []
-        for j, rows in enumerate(rows_per_class):
-            texts += [data.texts[int(r)] for r in rows]
-            labels += [j] * len(rows)
-        return texts, labels
-
-    s_texts, s_labels = side(spec.support)
-    q_texts, q_labels = side(spec.query)
-    names = tuple(data.class_names[c] for c in spec.classes)
-    return EpisodeTexts(spec.index, names, s_texts, s_labels, q_texts, q_labels)
-
-
 def parse_settings(text: str) -> list[tuple[int, int]]:
     """``"5x1,5x5"`` -> ``[(5, 1), (5, 5)]`` (ways x shots)."""
     try:
         return [(int(w), int(s)) for w, s in (part.lower().split("x") for part in text.split(","))]
     except ValueError:
         raise SystemExit(f"--settings {text!r}: give WAYSxSHOTS pairs separated by commas, e.g. 5x1,5x5") from None
-
-
-def prepare(config: str | None, overrides: list[str]) -> tuple[Any, Any]:
-    """The config and its prepared experiment, as ``distmeta train`` builds them (the prefix cache left out:
-    episodes do not depend on it)."""
-    from distmeta.config import load_config
-    from distmeta.experiment import prepare_experiment
-
-    cfg = load_config(config, [*overrides, "model.prefix_cache=false"])
-    if cfg.data.mixture is not None or cfg.data.is_regression:
-        raise SystemExit("setfit_peer scores one text source; this config has data.mixture or data.source=sinusoid")
-    return cfg, prepare_experiment(cfg)
-
-
-def meta_test_episodes(cfg: Any, exp: Any, ways: int, shots: int, count: int) -> list[EpisodeTexts]:
-    """Episodes ``0 .. count-1`` of the (ways, shots) meta-test, exactly those ``distmeta eval`` scores."""
-    if [ways, shots] not in [list(s) for s in cfg.eval.settings]:
-        raise SystemExit(f"setting {ways}x{shots} is not in eval.settings={cfg.eval.settings}: distmeta never scores "
-                         "those episodes; add it to eval.settings (an override) so the class split matches")
-    sampler = exp.sampler("test", ways=ways, shots=shots, queries=cfg.eval.queries)
-    return [episode_texts(sampler.sample(0, i), exp.data) for i in range(count)]
 
 
 def accuracy(y_pred: Any, y_test: Any) -> dict[str, float]:
@@ -139,7 +87,7 @@ def quiet(trainer: Any) -> None:
         trainer.st_trainer.remove_callback(callback)
 
 
-def run_episode(base: Any, ep: EpisodeTexts, seed: int, budget: dict[str, Any], workdir: str) -> tuple[float, float]:
+def run_episode(base: Any, ep: Any, seed: int, budget: dict[str, Any], workdir: str) -> tuple[float, float]:
     """Train a fresh copy of ``base`` on ``ep``'s support set with ``budget``; its query accuracy and seconds."""
     from datasets import Dataset
     from setfit import Trainer, TrainingArguments
@@ -160,40 +108,55 @@ def run_episode(base: Any, ep: EpisodeTexts, seed: int, budget: dict[str, Any], 
     return float(score), time.perf_counter() - t0
 
 
-def summarise(accs: list[float], secs: list[float]) -> dict[str, Any]:
-    """Accuracy mean and 1.96 SE (distmeta's ``mean_ci95``), and seconds per episode."""
+def summarise(accs: list[float], secs: list[float], base: list[dict[str, float]]) -> dict[str, Any]:
+    """Accuracy mean and 1.96 SE (distmeta's ``mean_ci95``), seconds per episode, and distmeta's baselines on the
+    same episodes with SetFit's paired difference to each (mean and 1.96 SE of the per-episode differences)."""
     from distmeta.training.evaluation import mean_ci95
 
-    mean, ci = mean_ci95(accs) if accs else (float("nan"), float("nan"))
-    return {"episodes": len(accs), "accuracy": mean, "accuracy_ci95": ci,
-            "seconds_per_episode_median": statistics.median(secs) if secs else None,
-            "seconds_per_episode_mean": statistics.fmean(secs) if secs else None,
-            "per_episode_accuracy": accs, "per_episode_seconds": [round(s, 3) for s in secs]}
+    mean, ci = mean_ci95(accs)
+    out: dict[str, Any] = {"episodes": len(accs), "accuracy": mean, "accuracy_ci95": ci,
+                           "seconds_per_episode_median": statistics.median(secs),
+                           "seconds_per_episode_mean": statistics.fmean(secs)}
+    for key, label in (("accuracy", "frozen_encoder"), ("accuracy_finetune", "fine_tuned_head")):
+        if base and key in base[0]:
+            theirs = [b[key] for b in base]
+            out[label], out[f"{label}_ci95"] = mean_ci95(theirs)
+            out[f"minus_{label}"], out[f"minus_{label}_ci95"] = mean_ci95([a - t for a, t in zip(accs, theirs)])
+    out["per_episode_accuracy"], out["per_episode_seconds"] = accs, [round(x, 3) for x in secs]
+    out["per_episode_baselines"] = base
+    return out
 
 
-def run_setting(base: Any, episodes: list[EpisodeTexts], budget: dict[str, Any], max_seconds: float | None,
-                report: dict[str, Any], name: str, out: Path) -> None:
-    """Score ``episodes`` in order into ``report["settings"][name]``, writing ``out`` after each one.
+def run_setting(model: Any, data: Any, specs: list[Any], baselines: Baselines | None, budget: dict[str, Any],
+                max_seconds: float | None, report: dict[str, Any], name: str, out: Path) -> None:
+    """Score the episodes ``specs`` in order into ``report["settings"][name]``, writing ``out`` after each one.
 
     Stops starting episodes once ``max_seconds`` have passed (recorded as ``stopped_early``).
-    Episode ``i`` trains with seed ``i``.
+    Episode ``i`` trains with seed ``i``; the baselines' time is not counted in its seconds.
     """
     accs: list[float] = []
     secs: list[float] = []
+    base: list[dict[str, float]] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="setfit-peer-") as workdir:
-        for ep in episodes:
+        for i, spec in enumerate(specs):
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 report["settings"][name]["stopped_early"] = f"--max-seconds {max_seconds:g} reached"
                 break
-            acc, sec = run_episode(base, ep, ep.index, budget, workdir)
+            acc, sec = run_episode(model, episode_texts(spec, data), spec.index, budget, workdir)
             accs.append(acc)
             secs.append(sec)
-            report["settings"][name].update(summarise(accs, secs))
+            if baselines is not None:
+                base.append(baselines.of(specs, i))
+            report["settings"][name].update(summarise(accs, secs, base))
             write_report(report, out)
     s = report["settings"][name]
-    print(f"{name}: SetFit {100 * s['accuracy']:.2f} ± {100 * s['accuracy_ci95']:.2f}% over {s['episodes']} "
-          f"episodes, {s['seconds_per_episode_median']:.1f} s/episode (median)", flush=True)
+    line = f"{name}: SetFit {100 * s['accuracy']:.2f} ± {100 * s['accuracy_ci95']:.2f}%"
+    if "frozen_encoder" in s:
+        line += (f" | frozen encoder {100 * s['frozen_encoder']:.2f} ± {100 * s['frozen_encoder_ci95']:.2f}%,"
+                 f" SetFit minus it {100 * s['minus_frozen_encoder']:+.2f} ± {100 * s['minus_frozen_encoder_ci95']:.2f}")
+    print(f"{line} | over {s['episodes']} episodes, {s['seconds_per_episode_median']:.1f} s/episode (median)",
+          flush=True)
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
@@ -222,6 +185,16 @@ def default_encoder() -> Path:
     return minilm_model_dir(None)
 
 
+def earlier_settings(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The settings already in ``out`` from a run with the same encoder, config, overrides and budget (kept beside
+    this run's: one file per encoder and corpus); none if ``out`` is absent or from another run."""
+    if not out.exists():
+        return {}
+    old = json.loads(out.read_text())
+    same = all(old.get(k) == report[k] for k in ("encoder", "config", "overrides", "budget", "queries_per_class"))
+    return dict(old.get("settings", {})) if same else {}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"), help="distmeta config (default: %(default)s)")
@@ -234,6 +207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--iterations", type=int, default=BUDGET["num_iterations"],
                     help="SetFit num_iterations (default: SetFit's %(default)s; lower only for smoke runs)")
     ap.add_argument("--max-seconds", type=float, default=None, help="per setting: start no episode after this")
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="skip distmeta's frozen-encoder and fine-tuned-head baselines on the same episodes")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/quality/"
                     "setfit-<encoder>-<corpus>.json)")
     return ap.parse_args(argv)
@@ -260,15 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "peer": "setfit", "encoder": str(encoder), "config": args.config, "overrides": args.overrides,
         "source": cfg.data.source, "queries_per_class": cfg.eval.queries, "budget": budget,
+        "baselines": None if args.no_baselines else f"distmeta's, model.name={cfg.model.name}",
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.quality.setfit_peer", *(argv or sys.argv[1:])]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
-        "machine": {**machine(), "torch_threads": torch.get_num_threads()}, "versions": versions(), "settings": {}}
-    base = load_encoder(encoder, cfg.data.max_length)
+        "machine": {**machine(), "torch_threads": torch.get_num_threads()}, "versions": versions()}
+    report["settings"] = earlier_settings(out, report)
+    model = load_encoder(encoder, cfg.data.max_length)
+    baselines = None if args.no_baselines else Baselines(cfg, exp)
     for ways, shots in settings:
         name = f"{ways}way_{shots}shot"
-        report["settings"][name] = {}
-        run_setting(base, meta_test_episodes(cfg, exp, ways, shots, args.episodes), budget, args.max_seconds,
-                    report, name, out)
+        report["settings"][name] = {"command": report["command"], "date": report["date"]}
+        run_setting(model, exp.data, meta_test_specs(cfg, exp, ways, shots, args.episodes), baselines, budget,
+                    args.max_seconds, report, name, out)
     print(f"wrote {out}")
     return 0
 

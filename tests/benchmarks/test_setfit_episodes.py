@@ -1,4 +1,5 @@
-"""benchmarks.quality.setfit_peer scores SetFit on distmeta's own meta-test episodes, and records its budget.
+"""benchmarks.quality.setfit_peer scores SetFit on distmeta's own meta-test episodes (setfit_episodes), and records
+its budget.
 
 The episodes are checked against what distmeta's meta-test itself hands its backend
 (:class:`~distmeta.training.evaluation.Evaluator` with a backend that records the episodes),
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from benchmarks.quality import setfit_peer
+from benchmarks.quality import setfit_episodes, setfit_peer
 from tests.helpers import write_tiny_csv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def csv_rows(path: Path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     path = write_tiny_csv(tmp_path_factory.mktemp("setfit") / "tiny.csv")
-    cfg, exp = setfit_peer.prepare(str(ROOT / "configs/default.yaml"), overrides(path))
+    cfg, exp = setfit_episodes.prepare(str(ROOT / "configs/default.yaml"), overrides(path))
     return path, cfg, exp
 
 
@@ -67,7 +68,7 @@ def test_peer_episodes_are_distmeta_meta_test_episodes(prepared: tuple[Path, Any
     path, cfg, exp = prepared
     rows = csv_rows(path)
     count = 12
-    peer = setfit_peer.meta_test_episodes(cfg, exp, ways, shots, count)
+    peer = setfit_episodes.meta_test_episodes(cfg, exp, ways, shots, count)
     ours = distmeta_meta_test_episodes(cfg, exp, ways, shots, count)
     assert len(peer) == len(ours) == count
     test_names = {exp.data.class_names[c] for c in exp.split.test}
@@ -86,7 +87,7 @@ def test_peer_episodes_are_distmeta_meta_test_episodes(prepared: tuple[Path, Any
 def test_a_setting_distmeta_never_scores_is_refused(prepared: tuple[Path, Any, Any]) -> None:
     _, cfg, exp = prepared
     with pytest.raises(SystemExit, match="eval.settings"):
-        setfit_peer.meta_test_episodes(cfg, exp, 2, 1, 1)
+        setfit_episodes.meta_test_episodes(cfg, exp, 2, 1, 1)
 
 
 def test_parse_settings() -> None:
@@ -109,5 +110,16 @@ def test_one_episode_smoke_run_records_accuracy_and_budget(tmp_path: Path) -> No
     acc = setting["accuracy"]
     assert 0.0 <= acc <= 1.0 and round(acc * 12) == acc * 12  # a fraction of the 3 x 4 queries
     assert setting["seconds_per_episode_median"] > 0
+    frozen = setting["per_episode_baselines"][0]["accuracy"]  # distmeta's baseline on the same episode
+    assert 0.0 <= frozen <= 1.0 and setting["minus_frozen_encoder"] == pytest.approx(acc - frozen)
     assert report["budget"]["num_iterations"] == 1 and report["budget"]["batch_size"] == 16
     assert report["budget"]["max_length"] == 32 and report["versions"]["setfit"] != "not installed"
+
+
+def test_a_second_run_keeps_the_other_settings_of_the_same_run_only(tmp_path: Path) -> None:
+    out = tmp_path / "setfit.json"
+    run = {"encoder": "e", "config": "c", "overrides": [], "budget": {"num_iterations": 20}, "queries_per_class": 15}
+    out.write_text(json.dumps({**run, "settings": {"5way_1shot": {"episodes": 3}}}))
+    assert setfit_peer.earlier_settings(out, run) == {"5way_1shot": {"episodes": 3}}
+    assert setfit_peer.earlier_settings(out, {**run, "budget": {"num_iterations": 5}}) == {}
+    assert setfit_peer.earlier_settings(tmp_path / "absent.json", run) == {}
