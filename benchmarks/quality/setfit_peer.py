@@ -6,12 +6,12 @@ class split and seed), the sampler is ``exp.sampler("test", ways, shots, queries
 and episode ``i`` is ``sampler.sample(0, i)``, so the frozen-encoder baseline and the meta-trained
 model in ``docs/results.md`` were scored on exactly these support and query rows. Per episode a
 fresh copy of the encoder is trained by ``setfit`` on the support set (contrastive pairs,
-CosineSimilarityLoss, then a LogisticRegression head) with a fixed budget, SetFit's defaults
-(:data:`BUDGET`), and scored on the queries; texts are cut to ``data.max_length`` tokens, as
-distmeta's encoders see them. Beside it, distmeta's own baselines of the config's encoder (frozen,
-cosine nearest centroid; fine-tuned head) are scored on the same episodes by an in-process worker,
-with SetFit's paired per-episode difference to each. Nothing reaches the network (``HF_HUB_OFFLINE=1``
-and ``HF_DATASETS_OFFLINE=1`` are set here).
+CosineSimilarityLoss, then a LogisticRegression head) with a fixed budget, SetFit's defaults with
+the paper's 20 iterations (:data:`BUDGET`), and scored on the queries; texts are cut to
+``data.max_length`` tokens, as distmeta's encoders see them. Beside it, distmeta's own baselines
+of the config's encoder (frozen, cosine nearest centroid; fine-tuned head) are scored on the same
+episodes by an in-process worker, with SetFit's paired per-episode difference to each. Nothing
+reaches the network (``HF_HUB_OFFLINE=1`` and ``HF_DATASETS_OFFLINE=1`` are set here).
 
     python -m benchmarks.quality.setfit_peer [--config configs/default.yaml] [key=value ...] \\
         [--settings 5x1,5x5] [--episodes 600] [--encoder DIR] [--threads 2] [--max-seconds S] [--out FILE]
@@ -44,10 +44,12 @@ import numpy as np
 from benchmarks.quality.setfit_episodes import Baselines, episode_texts, meta_test_specs, prepare
 from benchmarks.quality.table import ROOT, git_commit, machine
 
-#: SetFit 1.2.0's own defaults (``setfit.TrainingArguments``), the budget of every episode.
-BUDGET: dict[str, Any] = {"num_iterations": 20, "num_epochs": 1, "batch_size": 16, "body_learning_rate": 2e-5,
-                          "warmup_proportion": 0.1, "loss": "CosineSimilarityLoss",
-                          "sampling_strategy": "oversampling", "head": "LogisticRegression (sklearn defaults)"}
+#: The budget of every episode: ``setfit.TrainingArguments``' defaults but ``num_iterations=20``, the SetFit paper's
+#: 20 positive and 20 negative pairs per support text (1.2.0's default, None, takes each unique pair about once:
+#: 20 pairs, 2 steps, at 5-way 1-shot).
+BUDGET: dict[str, Any] = {"num_iterations": 20, "pairs": "2 x num_iterations x support texts", "num_epochs": 1,
+                          "batch_size": 16, "body_learning_rate": 2e-5, "warmup_proportion": 0.1, "l2_weight": 0.01,
+                          "loss": "CosineSimilarityLoss", "head": "LogisticRegression (sklearn defaults)"}
 MPNET = Path.home() / ".cache/distmeta/models/all-mpnet-base-v2"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 VERSIONED = ["setfit", "sentence-transformers", "transformers", "torch", "scikit-learn", "datasets"]
@@ -96,8 +98,8 @@ def run_episode(base: Any, ep: Any, seed: int, budget: dict[str, Any], workdir: 
     args = TrainingArguments(output_dir=workdir, num_iterations=budget["num_iterations"],
                              num_epochs=budget["num_epochs"], batch_size=budget["batch_size"],
                              body_learning_rate=budget["body_learning_rate"],
-                             warmup_proportion=budget["warmup_proportion"],
-                             sampling_strategy=budget["sampling_strategy"], max_length=budget["max_length"],
+                             warmup_proportion=budget["warmup_proportion"], l2_weight=budget["l2_weight"],
+                             max_length=budget["max_length"],
                              seed=seed, save_strategy="no", report_to="none", logging_strategy="no",
                              logging_first_step=False, show_progress_bar=False)
     trainer = Trainer(model=copy.deepcopy(base), args=args, metric=accuracy,
