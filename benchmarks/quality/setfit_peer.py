@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"sentence-transformers directory (default: the packaged all-MiniLM-L6-v2; MPNet: {MPNET})")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--iterations", type=int, default=BUDGET["num_iterations"],
-                    help="SetFit num_iterations (default: SetFit's %(default)s; lower only for smoke runs)")
+                    help="SetFit num_iterations (default: the SetFit paper's %(default)s; lower only for smoke runs)")
     ap.add_argument("--max-seconds", type=float, default=None, help="per setting: start no episode after this")
     ap.add_argument("--no-baselines", action="store_true",
                     help="skip distmeta's frozen-encoder and fine-tuned-head baselines on the same episodes")
@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg, exp = prepare(args.config, args.overrides)
     corpus = Path(cfg.data.source.split(":", 1)[1]).stem if ":" in cfg.data.source else cfg.data.source
-    out = args.out or ROOT / "benchmarks/results/quality" / f"setfit-{encoder.name}-{corpus}.json"
+    label = "all-MiniLM-L6-v2" if args.encoder is None else encoder.name  # the package's directory is "model"
+    out = args.out or ROOT / "benchmarks/results/quality" / f"setfit-{label}-{corpus}.json"
     budget = {**BUDGET, "num_iterations": args.iterations, "max_length": cfg.data.max_length,
               "seed": "episode index"}
     report: dict[str, Any] = {
