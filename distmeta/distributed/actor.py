@@ -39,7 +39,7 @@ _READONLY_WARNING = "The given NumPy array is not writable"
 
 
 class WorkerActor:
-    """One Ray actor holding one Worker (made an actor by ``ray.remote`` in :class:`~.pool.ActorPool`)."""
+    """One Ray actor holding one Worker (made an actor by ``ray.remote`` in :class:`~.actor_pool.ActorPool`)."""
 
     def __init__(self, index: int, device: str, threads: int) -> None:
         import ray

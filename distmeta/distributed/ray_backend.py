@@ -11,7 +11,7 @@ It only ties the parts together; one step reads:
 3. each :class:`~.actor.WorkerActor` runs ``Worker.meta_grad_groups`` on its block and
    packs the :class:`~distmeta.results.GroupResult` s (:mod:`distmeta.distributed.wire`);
 4. the dispatch reads and checks every answer (:mod:`distmeta.distributed.answers`), re-runs
-   failed blocks on healthy actors (:mod:`.pool`), and returns results in group order;
+   failed blocks on healthy actors (:mod:`.actor_pool`), and returns results in group order;
    the driver then sums them in that fixed order, so any actor count gives the same
    parameters bit for bit.
 

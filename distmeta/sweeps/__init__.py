@@ -5,13 +5,16 @@
   (:mod:`.search` reads and checks the file, :mod:`.trial` is one trial);
 * :mod:`.grid` - grids over task-distribution settings (``distmeta grid``,
   ``configs/grid_*.yaml``): every cell meta-trained and meta-tested, one table and plot
-  (:mod:`.grid_report`);
-* :mod:`.pool` - the actor pool runs borrow one after another; :mod:`.fit` - the check
+  (:mod:`.grid_spec` reads the file into cells, :mod:`.grid_tune` runs them as trials,
+  :mod:`.grid_report` writes the table and plot);
+* :mod:`.shared_replicas` - the actor pool runs borrow one after another; :mod:`.fit` - the check
   that one trial or cell fits the cluster before anything starts; :mod:`.common` - reading
   a sweep file and its base config.
 
-They use only the public interfaces of the layers below: :class:`~distmeta.training.trainer.Trainer`
-with a ``backend_factory`` and ``resume_from``, and :mod:`distmeta.training.backend`::
+They sit above the training layer and use its public interfaces
+(:class:`~distmeta.training.trainer.Trainer` with a ``backend_factory`` and ``resume_from``,
+:mod:`distmeta.training.backend`), and of the distribution layer only what a search must
+know before any run starts: the Ray session and whether a trial's actors fit::
 
     from distmeta.sweeps import run_grid, run_search
     run_search("configs/tune_sinusoid_asha.yaml", ["num_samples=3", "train.steps=40"])

@@ -76,7 +76,7 @@ class Trainer:
         # run cuts its meta-batches into the same groups, and so sums them to the same bits.
         self.group_size: int | None = None
         self.evaluator: Evaluator | None = None
-        self.location: Any = None  # the run directory, local or remote, and its writer lock (runtime.rundir)
+        self.location: Any = None  # the run directory, local or remote, and its writer lock (persistence.location)
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
