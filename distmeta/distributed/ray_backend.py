@@ -6,7 +6,7 @@ It only ties the parts together; one step reads:
    groups (actor ``k`` gets the contiguous block ``k``);
 2. the dispatch asks the transport (:mod:`.transport`, chosen once per configuration:
    object store or shared memory) how this step's meta-parameters travel, and sends each
-   actor one :class:`~.actor.Request` (or, on the compiled-graph path, :mod:`.compiled`
+   actor one :class:`~.wire.Request` (or, on the compiled-graph path, :mod:`.compiled`
    sends all blocks in one graph execution);
 3. each :class:`~.actor.WorkerActor` runs ``Worker.meta_grad_groups`` on its block and
    packs the :class:`~distmeta.results.GroupResult` s (:mod:`distmeta.distributed.wire`);
@@ -67,6 +67,7 @@ class RayBackend:
     """
 
     def __init__(self, cfg: Config, worker_args: dict[str, Any]) -> None:
+        self._refuse_drills(cfg)
         self.cfg = cfg
         self.failures: list[dict[str, Any]] = []  # every failed attempt, for logs and tests
         self._stats = StepStats()
@@ -84,6 +85,12 @@ class RayBackend:
             raise
         log.info("RayBackend: %d actors (%s each) on nodes %s", self.num_workers, fmt_resources(self.pool.per_worker),
                  sorted({n[:8] for n in self.pool.node_ids}))
+
+    def _refuse_drills(self, cfg: Config) -> None:
+        """A config with ``faults`` on a backend that runs no drills is an error, never ignored in silence."""
+        if cfg.faults and type(self).actor_class is RayBackend.actor_class:
+            raise ConfigError("faults: this Ray backend runs no drills; make_backend builds the drilled one "
+                              "(distmeta.drills.ray_drill.DrilledRayBackend) for a config with faults")
 
     def actor_class(self) -> type | None:
         """The class every actor runs (None: :class:`~.actor.WorkerActor`); called once Ray is up.
@@ -238,6 +245,7 @@ class RayBackend:
         plan = plan_workers(cfg, ray.cluster_resources())
         if plan[1:] != self.pool.plan[1:] or (plan[0] != self.pool.plan[0] and not self.pool.elastic):
             raise ConfigError(f"reconfigure needs the same actors (workers, cpus, gpus) {self.pool.plan}, got {plan}")
+        self._refuse_drills(cfg)
         self._load(cfg, worker_args)
 
     def placement(self) -> dict[str, Any]:

@@ -64,7 +64,8 @@ class BackendPool:
         """
         if cfg.workers == 0:
             return make_backend(cfg, exp)
-        key = (_current_placement_group(), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        # A run with fault drills gets a drilled backend, one without a plain one: never each other's.
+        key = (_current_placement_group(), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker, bool(cfg.faults))
         held, self._held = self._held, None
         if held is not None and self._key == key and not held.closed:
             try:

@@ -63,3 +63,13 @@ def test_a_cluster_to_join_is_not_checked_against_this_machine(monkeypatch):
         with pytest.raises(ConfigError, match="workers=512"):
             check_local_fit(big)
     check_local_fit(load_config(None, ["workers=512", "ray.address=10.0.0.1:6379"]))
+
+
+def test_a_plain_ray_backend_refuses_fault_drills_before_starting_anything():
+    """Only make_backend's drilled backend runs faults; a plain one must not ignore them in silence."""
+    from distmeta.distributed.ray_backend import RayBackend
+    from distmeta.errors import ConfigError
+
+    cfg = load_config(None, ["workers=1", "faults=[{kind: stall, actor: 0, step: 1}]"])
+    with pytest.raises(ConfigError, match=r"faults: .*DrilledRayBackend"):
+        RayBackend(cfg, {})

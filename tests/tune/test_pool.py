@@ -100,3 +100,13 @@ def test_in_process_runs_are_not_pooled(made):
     pool = BackendPool()
     backend = pool.factory(load_config(None, ["workers=0"]), EXP)
     assert backend is made[0] and pool.backend is None
+
+
+def test_a_run_with_fault_drills_never_borrows_a_plain_backend_nor_the_reverse(made):
+    pool = BackendPool()
+    pool.factory(load_config(None, ["workers=2"]), EXP)
+    drilled = load_config(None, ["workers=2", "faults=[{kind: stall, actor: 0, step: 1}]"])
+    pool.factory(drilled, EXP)  # make_backend builds the drilled backend; the plain one is closed
+    assert len(made) == 2 and made[0].closed and made[1].cfg is drilled
+    pool.factory(load_config(None, ["workers=2", "seed=5"]), EXP)  # and back
+    assert len(made) == 3 and made[1].closed
