@@ -6,7 +6,7 @@
 #   cluster/local_cluster.sh start [--workers N] [--cpus-per-worker C] [--gpus-per-worker G]
 #                                  [--head-cpus C] [--port P] [--dir DIR] [--no-auth]
 #   eval "$(cluster/local_cluster.sh env)"          # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, ...
-#   distmeta train workers=2 cpus_per_worker=1      # the actors land on the worker nodes
+#   distmeta train resources.workers=2 resources.cpus_per_worker=1      # the actors land on the worker nodes
 #   cluster/local_cluster.sh status
 #   cluster/local_cluster.sh stop                    # stops exactly the processes this script started
 #

@@ -1,7 +1,7 @@
 """The cluster in a box for people: ``python -m clusterbox up`` (or ``cluster/box.sh up``), then ``exec`` into it.
 
     cluster/box.sh up [--workers 2] [--rate 100mbit] [--cpus 1] [--shm-mb 512]   # foreground; Ctrl-C removes it
-    cluster/box.sh exec head -- distmeta train workers=3 cpus_per_worker=1       # in another terminal
+    cluster/box.sh exec head -- distmeta train resources.workers=3 resources.cpus_per_worker=1      # in another terminal
     cluster/box.sh exec node1 -- bash
     cluster/box.sh cut node2 | heal node2 | rate node1 1gbit | ls
 

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-checkpoint-config", action="store_true",
                    help="take ray.*, run.*, faults, workers and paths from the saved config too (only for runs "
                         "whose author you trust: see README, Security)")
-    e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. workers=2)")
+    e.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. resources.workers=2)")
 
     c = sub.add_parser("config", help="print the resolved config (YAML): the file, its overrides and the schema "
                        "defaults, as distmeta train would run it")

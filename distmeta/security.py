@@ -5,8 +5,8 @@ Whoever writes a checkpoint also writes its manifest, so its checksums prove tha
 files are intact, not who meant what. ``distmeta eval`` and ``distmeta train --resume``
 therefore take from a saved config only what defines the model and its tasks (model,
 tokenizer, algorithm, data shape, seed, optimiser, training length). Where and how the
-run executes comes from the user: :data:`USER_KEYS` (``ray.*``, ``run.*``, ``faults``,
-``workers`` and the other resource keys) are taken from the command line over the
+run executes comes from the user: :data:`USER_KEYS` (``resources.*``, ``ray.*``, ``run.*``,
+``faults``) are taken from the command line over the
 schema defaults, never from the saved config, and a location the saved config names
 (a data file, a model or cache directory: :func:`locations`) must be one the user gave
 too, else :class:`UntrustedConfigError` names the field. ``--trust-checkpoint-config``
@@ -28,12 +28,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from distmeta.config import Config, apply_overrides, config_from_dict, parse_override
+from distmeta.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    parse_override,
+    upgrade_saved,
+)
 from distmeta.errors import ConfigError, DistmetaError
 from distmeta.files import RUN_FILE_PATTERN
 
 #: Top-level config keys that say where and how a run executes: always the user's, never a saved config's.
-USER_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "device", "threads", "run", "ray", "faults")
+USER_KEYS = ("resources", "run", "ray", "faults")
 #: Data sources that read nothing from a path or the network.
 BUILTIN_SOURCES = ("icd10cm", "sinusoid")
 #: Saved values dropped silently are harmless; these are worth a warning when a saved config sets them.
@@ -108,7 +114,7 @@ def config_from_saved(saved: dict[str, Any], overrides: list[str] | None = None,
     overrides = list(overrides or [])
     if not isinstance(saved, dict):
         raise ConfigError(f"{source}: the saved config is not a mapping")
-    raw = copy.deepcopy(saved)
+    raw = upgrade_saved(saved)
     if not trust:
         defaults = Config().model_dump(mode="json")
         for key in USER_KEYS:

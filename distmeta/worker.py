@@ -19,7 +19,7 @@ from torch import Tensor
 
 from distmeta.algorithms import Algorithm, Params, build_algorithm
 from distmeta.algorithms.by_ways import ByWays
-from distmeta.config import Config
+from distmeta.config import Config, ResourcesConfig
 from distmeta.models import DTYPES
 from distmeta.results import GroupResult, all_finite
 from distmeta.tasks.features import FeatureBank
@@ -35,9 +35,9 @@ from distmeta.text.corpus import TokenCorpus
 __all__ = ["GroupResult", "Worker", "all_finite", "resolve_device"]
 
 
-def resolve_device(cfg: Config) -> torch.device:
-    """``device: auto`` -> CUDA when this process sees a GPU, else CPU."""
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+def resolve_device(res: ResourcesConfig) -> torch.device:
+    """``resources.device: auto`` -> CUDA when this process sees a GPU, else CPU."""
+    if res.device == "cuda" or (res.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -61,15 +61,16 @@ class Worker:
             corpus: every source's tokenised rows (text runs; see
                 :meth:`distmeta.experiment.Experiment.worker_args`); read, never copied.
             vocab_size: the tokenizer's vocabulary size (the embedding table's rows).
-            device: where the replica computes (default from ``cfg.device``).
-            threads: torch threads (default ``cfg.threads``, else ``cpus_per_worker``).
+            device: where the replica computes (default from ``cfg.resources.device``).
+            threads: torch threads (default ``resources.threads``, else ``resources.cpus_per_worker``).
             prefix_cache: the frozen-prefix cache to open, from :func:`distmeta.experiment.prepare_prefix_cache`.
         """
         from distmeta.models import build_model
 
         self.cfg = cfg
-        torch.set_num_threads(threads or cfg.threads or max(1, int(cfg.cpus_per_worker)))
-        self.device = torch.device(device) if device is not None else resolve_device(cfg)
+        res = cfg.resources
+        torch.set_num_threads(threads or res.threads or max(1, int(res.cpus_per_worker)))
+        self.device = torch.device(device) if device is not None else resolve_device(res)
         self.dtype = DTYPES[cfg.dtype]
         torch.manual_seed(cfg.seed)  # every replica builds the same initial network
         out_dim = 1 if cfg.data.is_regression else cfg.data.ways

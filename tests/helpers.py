@@ -5,10 +5,10 @@ import csv
 import random
 from pathlib import Path
 
-QUIET = ["workers=0", "run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "eval.baseline=false"]
+QUIET = ["resources.workers=0", "run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "eval.baseline=false"]
 
 SINUSOID_TINY = [
-    "workers=0", "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=5", "data.queries=5",
+    "resources.workers=0", "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=5", "data.queries=5",
     "train.steps=3", "train.meta_batch=8", "algorithm.group_size=2", "eval.episodes=10", "eval.batch=5",
 ]
 
@@ -39,7 +39,7 @@ def write_tiny_csv(path: Path, per_class: int = 20, seed: int = 0) -> Path:
 
 def text_tiny(csv_path: Path) -> list[str]:
     return [
-        "workers=0", f"data.source=csv:{csv_path}", "model.name=bag", "model.dim=16", "tokenizer.vocab_size=200",
+        "resources.workers=0", f"data.source=csv:{csv_path}", "model.name=bag", "model.dim=16", "tokenizer.vocab_size=200",
         "tokenizer.min_frequency=1", "data.ways=3", "data.shots=1", "data.queries=3", "data.split.train=0.625",
         "data.split.val=0", "data.split.test=0.375", "eval.settings=[[3,1]]", "eval.queries=3",
         "train.steps=3", "train.meta_batch=4", "algorithm.group_size=2", "eval.episodes=10", "eval.batch=5",

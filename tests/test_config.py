@@ -30,9 +30,9 @@ def test_every_shipped_config_loads(path):
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(None, ["algorithm.inner_lr=0.1", "data.ways=3", "eval.settings=[[3,1]]", "workers=auto"])
+    cfg = load_config(None, ["algorithm.inner_lr=0.1", "data.ways=3", "eval.settings=[[3,1]]", "resources.workers=auto"])
     assert cfg.algorithm.inner_lr == 0.1 and cfg.data.ways == 3
-    assert cfg.eval.settings == [(3, 1)] and cfg.workers == "auto"
+    assert cfg.eval.settings == [(3, 1)] and cfg.resources.workers == "auto"
 
 
 def test_dump_round_trips(tmp_path):
@@ -53,7 +53,7 @@ def test_dump_round_trips(tmp_path):
         (["data.ways=0"], "data.ways"),
         (["data.source=ftp:x"], "unknown data source"),
         (["dtype=float16"], "dtype"),
-        (["workers=-1"], "workers"),
+        (["resources.workers=-1"], "resources.workers: workers must be >= 0"),
         (["model.trainable=last:x"], "model.trainable"),
         (["data.source=sinusoid"], "model.name=mlp"),
         (["model.name=minilm"], "tokenizer.kind=pretrained"),
@@ -156,3 +156,30 @@ def test_one_error_formatter_for_every_file_kind():
         "  unknown tune config key 'scheduler.max_tt'; did you mean 'scheduler.max_t'?"]
     with pytest.raises(ConfigError, match=r"^invalid config:\n  outer.lr: Input should be greater than 0 \(got -1\)$"):
         load_config(None, ["outer.lr=-1"])
+
+
+@pytest.mark.parametrize("key", ["workers", "cpus_per_worker", "gpus_per_worker", "device", "threads"])
+def test_a_resource_key_at_the_top_level_is_refused_naming_where_it_moved(key, tmp_path):
+    # The resource keys live in their own section now; the old spelling, on the command line or in a
+    # file, must say where the key went rather than "unknown key".
+    value = {"device": "cpu"}.get(key, 1)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}={value}"])
+    assert f"config key '{key}' moved to 'resources.{key}': write resources.{key}=..." in str(info.value)
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"'{key}' moved to 'resources.{key}'"):
+        load_config(path)
+    assert getattr(load_config(None, [f"resources.{key}={value}"]).resources, key) == value
+
+
+def test_a_config_saved_before_the_move_is_read_into_resources():
+    # A run directory or checkpoint written with top-level resource keys must stay resumable.
+    from distmeta.config import config_from_dict, upgrade_saved
+
+    old = {"workers": 2, "cpus_per_worker": 0.5, "threads": 3, "data": {"source": "sinusoid"}, "model": {"name": "mlp"}}
+    cfg = config_from_dict(upgrade_saved(old))
+    assert (cfg.resources.workers, cfg.resources.cpus_per_worker, cfg.resources.threads) == (2, 0.5, 3)
+    assert "workers" in old, "the saved mapping itself is left as it was"
+    both = {**old, "resources": {"workers": 4}}  # a section already written wins over a moved key
+    assert config_from_dict(upgrade_saved(both)).resources.workers == 4

@@ -19,7 +19,7 @@ def test_the_shipped_default_is_the_pretrained_encoder_with_cache_and_selection(
     assert cfg.model.name == "minilm" and cfg.model.trainable == "last:2" and cfg.model.prefix_cache == "auto"
     assert cfg.algorithm.name == "protonet" and cfg.algorithm.distance == "auto"
     assert cfg.train.select_best and cfg.run.eval_every and cfg.eval.baseline
-    assert cfg.workers == "auto" and cfg.eval.episodes == 600
+    assert cfg.resources.workers == "auto" and cfg.eval.episodes == 600
 
 
 def test_the_shipped_default_runs_end_to_end_on_a_small_corpus(tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_the_shipped_default_runs_end_to_end_on_a_small_corpus(tmp_path, capsys)
     scaled = [  # the corpus and what it forces (8 classes, 30 rows each), and a short run
         f"data.source=csv:{csv}", "data.split.train=0.5", "data.split.val=0.25", "data.split.test=0.25",
         "data.ways=2", "data.ways_range=[3,3]", "data.shots_range=[2,2]", "eval.settings=[[2,1],[2,5]]",
-        "train.steps=4", "run.eval_every=2", "eval.episodes=20", "eval.val_episodes=20", "workers=0",
+        "train.steps=4", "run.eval_every=2", "eval.episodes=20", "eval.val_episodes=20", "resources.workers=0",
         f"model.cache_dir={tmp_path / 'cache'}", f"run.dir={run}", "run.progress=false",
     ]
     assert main(["train", "--config", str(DEFAULT_CONFIG), *scaled]) == 0

@@ -210,3 +210,21 @@ def test_no_two_modules_share_a_name_for_different_jobs() -> None:
             clashes.append(f"{seen[stem]} and {name}")
         seen[stem] = name
     assert clashes == []
+
+
+#: The modules of the distribution and persistence layers that may hold the whole ``Config``, and why:
+#: the Ray backend and its pool ship the experiment to the actors (each Worker is built from it),
+#: and reopening a saved run reads one back. Everything else there takes its own section.
+WHOLE_CONFIG = {"distmeta.distributed.ray_backend", "distmeta.distributed.actor_pool", "distmeta.persistence.reopen"}
+
+
+def _imported_names(path: Path, module: str) -> set[str]:
+    return {a.name for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.ImportFrom) and n.module == module for a in n.names}
+
+
+def test_the_layers_below_training_take_their_own_config_section() -> None:
+    """Distribution and persistence code reads ``resources`` / ``ray`` / ``run``, never the whole run's config."""
+    holders = {name for name, path in modules().items()
+               if layer_of(name) in ("distribution", "persistence") and "Config" in _imported_names(path, "distmeta.config")}
+    assert holders == WHOLE_CONFIG

@@ -10,7 +10,7 @@ import pytest
 from distmeta.config import load_config
 from distmeta.training.trainer import Trainer
 
-QUIET = ["workers=0", "run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "threads=1"]
+QUIET = ["resources.workers=0", "run.progress=false", "run.checkpoint_every=0", "run.eval_every=0", "resources.threads=1"]
 
 SINUSOID = [
     "data.source=sinusoid", "model.name=mlp", "data.shots=10", "data.queries=10",

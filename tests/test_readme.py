@@ -39,7 +39,7 @@ def fenced(text: str, lang: str) -> list[str]:
 
 def _scaled_base(tmp_path: Path) -> Path:
     raw = yaml.safe_load((ROOT / "configs" / "bag_protonet.yaml").read_text())
-    raw["workers"] = 0  # no Ray start: the same commands, without a cluster's start-up on a shared CI machine
+    raw["resources"]["workers"] = 0  # no Ray start: the same commands, without a cluster's start-up on a shared CI machine
     raw["train"]["steps"] = 30  # seconds, not minutes (2000 steps in the shipped file)
     raw["run"].update(eval_every=10, checkpoint_every=10, progress=False)  # still validates and checkpoints
     raw["eval"]["episodes"] = 100  # the train command's own meta-test; eval's --episodes 1000 stays as written

@@ -121,7 +121,7 @@ def test_default_sized_models_choose_the_faster_path():
         (["model.dim=64", "algorithm.name=maml"], 4000, False),
         (SINUSOID_TINY, 0, True),
     ]:
-        cfg = load_config(None, [*overrides, "workers=0"])
+        cfg = load_config(None, [*overrides, "resources.workers=0"])
         out = 1 if cfg.data.is_regression else cfg.data.ways
         algorithm, _ = build_algorithm(cfg, build_model(cfg, vocab, out))
         assert algorithm.prefers_vmap(cfg.algorithm.vmap_max_params) is want, overrides

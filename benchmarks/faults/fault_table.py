@@ -17,7 +17,7 @@ reduced; the table reports, over the runs of each fault:
 Faults: ``kill`` (a Ray actor SIGKILLed mid-step), ``stall`` (an actor silent past
 ``ray.step_timeout``), ``stale`` (an answer for old parameters), ``nan`` (a task's
 loss and gradient NaN, ``skip_task``), ``driver`` (the driver process SIGKILLed
-mid-run, ``workers: 0``, then resumed from its checkpoint), ``ckpt`` (the newest
+mid-run, ``resources.workers: 0``, then resumed from its checkpoint), ``ckpt`` (the newest
 checkpoint corrupted after the run, then resumed from the previous one to the same
 length). ``--node-loss`` adds one run of ``tests/faults/node_loss_check.py`` (a
 two-node cluster losing a node, then the other).
@@ -47,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("DISTMETA_BASE_CONFIG", str(ROOT / "configs" / "bag_protonet.yaml"))
 
 BASE = [
-    "workers=0", "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=5", "data.queries=5",
+    "resources.workers=0", "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "data.shots=5", "data.queries=5",
     "train.meta_batch=8", "algorithm.group_size=2", "eval.episodes=4", "eval.batch=4", "eval.baseline=false",
     "run.progress=false", "run.eval_every=0", "run.log_every=1", "run.checkpoint_every=2",
 ]
 META_BATCH = 8
-RAY = ["workers=2", "cpus_per_worker=0.25"]
+RAY = ["resources.workers=2", "resources.cpus_per_worker=0.25"]
 
 
 class Recorder:
@@ -130,7 +130,7 @@ class Pool:
     def __call__(self, cfg: Any, exp: Any) -> Any:
         from distmeta.training.backend import Lent, make_backend
 
-        if cfg.workers == 0:
+        if cfg.resources.workers == 0:
             return make_backend(cfg, exp)
         if self.backend is None:
             self.backend = make_backend(cfg, exp)

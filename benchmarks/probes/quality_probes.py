@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--params", type=Path, help="meta-trained parameters (default: the run's best.safetensors)")
     ap.add_argument("--episodes", type=int, default=600)
     args = ap.parse_args()
-    cfg = load_config(args.run / "config.yaml", ["workers=0"])
+    cfg = load_config(args.run / "config.yaml", ["resources.workers=0"])
     exp = prepare_experiment(cfg, args.run, reuse_saved=True)
     worker = Worker(cfg, **exp.worker_args())
     frozen = {n: t.numpy() for n, t in worker.initial_meta.items()}

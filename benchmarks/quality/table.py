@@ -18,7 +18,7 @@ otherwise used as shipped: the point is to measure what users get. Corpora: ``ic
 Writes OUT/quality.json (every run's numbers, wall time, command, git commit, date,
 machine), OUT/quality.md (the table in docs/results.md, also printed) and OUT/quality.png (5-way
 1-shot and 5-shot accuracy against wall time). ``--set`` is appended to every command;
-it is a smoke-test knob (``--set train.steps=5 --set workers=0``), not for the table.
+it is a smoke-test knob (``--set train.steps=5 --set resources.workers=0``), not for the table.
 A run dir whose results.json is newer than its config and corpus files and whose
 recorded command matches is reused unless ``--rerun``. A failed run is recorded with
 its last 20 stderr lines, shown as FAILED, and the script exits 1; so does a missing

@@ -36,7 +36,7 @@ from benchmarks.speed.common import experiment, median_ratio, parse_args
 #: The from-scratch bag (about 1M float32 meta-parameters, 4 MiB a gradient); 12 groups of one task, so each of
 #: the 3 actors' blocks is an aligned subtree of the reduction tree: one sum per worker node.
 OVERRIDES = ["data.source=icd10cm", "algorithm.group_size=1", "train.meta_batch=12", "dtype=float32",
-             "workers=3", "cpus_per_worker=1", "threads=1", "run.progress=false"]
+             "resources.workers=3", "resources.cpus_per_worker=1", "resources.threads=1", "run.progress=false"]
 QUICK = {"rates": "1gbit", "steps": 2}
 
 
@@ -158,7 +158,7 @@ def corpus(rows: int, steps: int, out: str | None) -> None:
         sampler.start()
         t0 = time.perf_counter()
         proc = box.run("head", ["distmeta", "train", "--config", "configs/bag_protonet.yaml", "data.source=csv:/tmp/corpus.csv",
-                                "workers=3", "cpus_per_worker=1", f"train.steps={steps}", "run.eval_every=0",
+                                "resources.workers=3", "resources.cpus_per_worker=1", f"train.steps={steps}", "run.eval_every=0",
                                 "run.checkpoint_every=0", "eval.baseline=false", "eval.episodes=20", "run.progress=false",
                                 "run.dir=/tmp/runs/corpus"], env={"RAY_ADDRESS": box.address}, timeout=3600)
         wall = time.perf_counter() - t0

@@ -100,7 +100,7 @@ def actor_pids() -> list[int]:
 
 
 def overrides(csv_path: Path, workers: int, steps: int, run_dir: Path) -> list[str]:
-    return [f"data.source=csv:{csv_path}", "data.small_classes=drop", f"workers={workers}", f"train.steps={steps}",
+    return [f"data.source=csv:{csv_path}", "data.small_classes=drop", f"resources.workers={workers}", f"train.steps={steps}",
             "run.eval_every=0", "run.checkpoint_every=0", "run.log_every=1", "run.progress=false",
             "eval.settings=[[5,1]]", "eval.episodes=2", "eval.baseline=false", f"run.dir={run_dir}"]
 

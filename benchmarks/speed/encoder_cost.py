@@ -42,7 +42,7 @@ def since(t: tuple[float, float]) -> tuple[float, float]:
 
 def setup(path: str, steps: int, cache_dir: Path) -> dict[str, Any]:
     """The config's worker over a prefix cache of just the rows its timed episodes read; prints the cache's cost."""
-    cfg, exp = experiment(path, ["workers=0", "run.progress=false", "model.prefix_cache=false"])
+    cfg, exp = experiment(path, ["resources.workers=0", "run.progress=false", "model.prefix_cache=false"])
     corpus = exp.corpus
     train = [exp.sampler("train").batch(s, cfg.train.meta_batch) for s in range(steps)]
     evals = [(split, shots, exp.sampler(split, ways=5, shots=shots, queries=15).batch(0, 10))
@@ -59,7 +59,7 @@ def setup(path: str, steps: int, cache_dir: Path) -> dict[str, Any]:
     print(f"{path}: prefix cache, {layers} layers, {len(rows)} rows / {tokens} tokens: wall {wall:.1f} s, cpu {cpu:.1f} s;"
           f" the whole corpus ({scale * tokens:.0f} tokens): wall {scale * wall / 60:.1f} min, cpu {scale * cpu / 60:.1f} min",
           flush=True)
-    run = load_config(path, ["workers=0", "run.progress=false"])
+    run = load_config(path, ["resources.workers=0", "run.progress=false"])
     worker = Worker(run, corpus=corpus, vocab_size=exp.vocab_size, threads=2,
                     prefix_cache={"path": str(cache.path), "layers": layers, "rows": rows.tolist()})
     return {"cfg": run, "worker": worker, "train": train, "evals": evals}

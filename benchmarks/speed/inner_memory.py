@@ -39,7 +39,7 @@ def worker_for(variant: str, steps: int, args: argparse.Namespace) -> Any:
     os.environ.pop("DISTMETA_BASE_CONFIG", None)
     _, exp, worker = in_process_worker(BASE, [*CASE, *VARIANTS[variant], f"algorithm.inner_steps={steps}",
                                               f"dtype={args.dtype}", f"train.meta_batch={args.tasks}",
-                                              f"algorithm.group_size={args.tasks}", "threads=1", "workers=0", *args.set])
+                                              f"algorithm.group_size={args.tasks}", "resources.threads=1", "resources.workers=0", *args.set])
     return worker, exp.sampler("train").batch(0, args.tasks)
 
 

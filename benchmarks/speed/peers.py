@@ -56,8 +56,8 @@ def build(base: str | None, overrides: list[str], meta_batch: int, dtype: str, e
     """The case's worker, meta-parameters, task specs and the tensors of those tasks."""
     os.environ.pop("DISTMETA_BASE_CONFIG", None)
     cfg, exp, worker = in_process_worker(base, [*overrides, f"train.meta_batch={meta_batch}",
-                                                f"algorithm.group_size={meta_batch}", f"dtype={dtype}", "threads=1",
-                                                "workers=0", *extra])
+                                                f"algorithm.group_size={meta_batch}", f"dtype={dtype}", "resources.threads=1",
+                                                "resources.workers=0", *extra])
     specs = exp.sampler("train").batch(0, meta_batch)
     meta = {n: t.to(worker.dtype) for n, t in worker.initial_meta.items()}
     return {"cfg": cfg, "worker": worker, "specs": specs, "meta": meta, "batch": worker.builder.build(specs)}

@@ -75,11 +75,11 @@ def main() -> None:
     if args.csv_rows:
         args.overrides = [*generated_corpus(args.csv_rows), *args.overrides]
     t0 = time.perf_counter()
-    cfg, exp = experiment(args.config, ["workers=0", "run.progress=false", *args.overrides])
+    cfg, exp = experiment(args.config, ["resources.workers=0", "run.progress=false", *args.overrides])
     prep_s = time.perf_counter() - t0
     if exp.prefix is None:
         raise SystemExit(f"{args.config}: no frozen prefix to cache (model.trainable / algorithm.adapt move every layer)")
-    today = load_config(args.config, ["workers=0", "run.progress=false", *args.overrides, "model.length_buckets=1"])
+    today = load_config(args.config, ["resources.workers=0", "run.progress=false", *args.overrides, "model.length_buckets=1"])
     rows = {  # name -> worker; "today" is the full forward of every layer at data.max_length, as before the cache
         "full forward, rows padded to data.max_length (before)": Worker(today, **{**exp.worker_args(), "prefix_cache": None},
                                                                          threads=args.threads),

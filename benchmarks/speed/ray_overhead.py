@@ -30,7 +30,7 @@ from distmeta.distributed.ray_backend import RayBackend
 from distmeta.groups import chunks
 from distmeta.worker import Worker
 
-OVERRIDES = ["workers=1", "threads=1", "cpus_per_worker=1", "data.source=sinusoid", "model.name=mlp",
+OVERRIDES = ["resources.workers=1", "resources.threads=1", "resources.cpus_per_worker=1", "data.source=sinusoid", "model.name=mlp",
              "algorithm.name=maml", "train.meta_batch=32", "algorithm.group_size=8"]
 RAY_TEMP_DIR = "/tmp/dmray_ovh"
 QUICK = {"steps": 3}

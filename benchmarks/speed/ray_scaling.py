@@ -2,7 +2,7 @@
 
 For each case, on the same tasks and with one torch thread per process:
 
-* ``1 proc``: one Worker in this process (the ``workers: 0`` trainer's compute);
+* ``1 proc``: one Worker in this process (the ``resources.workers: 0`` trainer's compute);
 * ``2 procs``: two plain processes (multiprocessing, no Ray), each computing half of
   every meta-batch at the same time; meta-parameters and gradients go over pipes;
 * ``ray 1`` / ``ray 2``: distmeta's RayBackend with one and two actors (plain actor
@@ -54,7 +54,7 @@ from distmeta.worker import Worker
 
 # The cases build on the from-scratch bag config (the embedded default loads MiniLM; its speed is
 # benchmarks.speed.prefix_cache's subject).
-COMMON = ["workers=0", "threads=1", "cpus_per_worker=1", "outer.name=sgd"]
+COMMON = ["resources.workers=0", "resources.threads=1", "resources.cpus_per_worker=1", "outer.name=sgd"]
 STEPS = {"transformer2m": 16}  # measured steps per case when --steps is not given; others DEFAULT_STEPS
 DEFAULT_STEPS = 40
 CASES = {
@@ -245,7 +245,7 @@ def run_case(key: str, steps: int) -> None:
         rows["2 procs"] = DriverLoop(cfg, exp, TwoProcesses(cfg, exp.worker_args()))
         for n, shm in ((1, True), (2, True), (2, False)):
             c = cfg.model_copy(deep=True)
-            c.workers = n
+            c.resources.workers = n
             c.ray.compiled_graph = False
             c.ray.shared_memory = shm
             rows[f"ray {n}" + ("" if shm else " no shm")] = DriverLoop(c, exp, RayBackend(c, exp.worker_args()))

@@ -31,7 +31,7 @@ from distmeta.groups import chunks
 #: ~260K meta-parameters (benchmarks.speed.ray_scaling's bag250k), 16 tasks in 8 groups of 2.
 OVERRIDES = ["model.name=bag", "model.dim=64", "tokenizer.vocab_size=4000", "algorithm.name=maml",
              "algorithm.inner_lr=0.5", "data.queries=5", "train.meta_batch=16", "algorithm.group_size=2",
-             "threads=1", "cpus_per_worker=0.5", "outer.name=sgd"]
+             "resources.threads=1", "resources.cpus_per_worker=0.5", "outer.name=sgd"]
 TEMP_DIR = "/tmp/dmray_tb"
 QUICK = {"steps": 2, "nodes": "2"}
 
@@ -52,7 +52,7 @@ def run_cluster(nodes: int, steps: int) -> dict[str, float]:
         for _ in range(nodes - 1):
             cluster.add_node(**spec)
         cluster.wait_for_nodes()
-        cfg, exp = experiment(BAG_CONFIG, [*OVERRIDES, f"workers={2 * nodes}", f"ray.address={cluster.address}"])
+        cfg, exp = experiment(BAG_CONFIG, [*OVERRIDES, f"resources.workers={2 * nodes}", f"ray.address={cluster.address}"])
         backend = RayBackend(cfg, exp.worker_args())
         meta = {n: t.numpy() for n, t in backend.initial_meta.items()}
         names, sampler = list(meta), exp.sampler("train")

@@ -41,7 +41,7 @@ def main() -> None:
     print(f"meta-batch {args.meta_batch}, {args.repeats} repeats each, interleaved; median seconds per meta-batch")
     print(f"{'case':36} {'params':>9} {'vmap s':>8} {'loop s':>8} {'loop/vmap':>9}")
     for name, overrides in CASES.items():
-        cfg, exp = experiment(args.config, [*overrides, "threads=1", "workers=0"])
+        cfg, exp = experiment(args.config, [*overrides, "resources.threads=1", "resources.workers=0"])
         specs = exp.sampler("train").batch(0, args.meta_batch)
         workers = {}
         for use_vmap in (True, False):

@@ -37,6 +37,7 @@ from distmeta.config.loading import (
     read_yaml,
     set_key,
     split_overrides,
+    upgrade_saved,
     validate,
 )
 from distmeta.config.schema import Config
@@ -49,14 +50,15 @@ from distmeta.config.sections import (
     OuterConfig,
     PretrainConfig,
     RayConfig,
+    ResourcesConfig,
     RunConfig,
     TrainConfig,
 )
 
 __all__ = [
     "BASE_CONFIG_ENV", "DEFAULT_CONFIG", "PRETRAINED_MODELS", "AlgorithmConfig", "Config", "DataConfig", "EvalConfig",
-    "FaultConfig", "MixtureComponent", "ModelConfig", "OuterConfig", "PretrainConfig", "RayConfig", "RunConfig",
-    "SinusoidConfig", "SplitConfig", "TokenizerConfig", "TrainConfig", "apply_overrides", "base_config_path",
-    "config_from_dict", "dump_config", "format_errors", "load_config", "parse_override", "read_yaml", "set_key",
-    "split_overrides", "validate",
+    "FaultConfig", "MixtureComponent", "ModelConfig", "OuterConfig", "PretrainConfig", "RayConfig", "ResourcesConfig",
+    "RunConfig", "SinusoidConfig", "SplitConfig", "TokenizerConfig", "TrainConfig", "apply_overrides",
+    "base_config_path", "config_from_dict", "dump_config", "format_errors", "load_config", "parse_override", "read_yaml", "set_key",
+    "split_overrides", "upgrade_saved", "validate",
 ]

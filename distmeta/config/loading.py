@@ -49,7 +49,11 @@ def format_errors(err: ValidationError, root: type[BaseModel], what: str = "conf
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         dotted = ".".join(loc) if loc else f"<{what}>"
-        if e["type"] == "extra_forbidden":
+        moved = getattr(root, "MOVED_KEYS", {}).get(dotted)
+        if e["type"] == "extra_forbidden" and moved:
+            lines.append(f"{what} key {dotted!r} moved to {moved!r}: write {moved}=... (in YAML, under "
+                         f"{moved.split('.')[0]}:)")
+        elif e["type"] == "extra_forbidden":
             parent = _section_model(root, loc[:-1])
             near = difflib.get_close_matches(loc[-1], list(parent.model_fields), n=1, cutoff=0.6) if parent else []
             hint = f"; did you mean {'.'.join(loc[:-1] + (near[0],))!r}?" if near else ""
@@ -143,6 +147,29 @@ def split_overrides(overrides: list[str] | None, own_keys: Any) -> tuple[list[st
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a plain dict; errors name each bad field."""
     return validate(Config, raw)
+
+
+def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a run's ``config.yaml``, a checkpoint's) in today's layout: moved keys put where they live now.
+
+    Configs written before a key moved (:attr:`Config.MOVED_KEYS`) stay readable, so an old run
+    can still be resumed and evaluated; what a user types is held to today's layout instead.
+
+    Args:
+        raw: the saved mapping.
+
+    Returns:
+        A copy with each moved top-level key under its section, unless the section already sets it.
+    """
+    out = copy.deepcopy(raw)
+    for old, new in Config.MOVED_KEYS.items():
+        if old in out:
+            section, key = new.split(".")
+            value = out.pop(old)
+            node = out.setdefault(section, {})
+            if isinstance(node, dict):
+                node.setdefault(key, value)
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The root :class:`Config`: every section, plus the checks that span sections."""
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from distmeta.config._base import _Section
 from distmeta.config.data_sections import DataConfig, TokenizerConfig
@@ -16,6 +16,7 @@ from distmeta.config.sections import (
     OuterConfig,
     PretrainConfig,
     RayConfig,
+    ResourcesConfig,
     RunConfig,
     TrainConfig,
 )
@@ -24,19 +25,16 @@ from distmeta.config.sections import (
 class Config(_Section):
     """A whole run. Field names are the public config vocabulary (``train.steps`` ...)."""
 
+    #: Keys that moved into a section: naming the old spelling is an error that gives the new one.
+    MOVED_KEYS: ClassVar[dict[str, str]] = {k: f"resources.{k}" for k in
+                                            ("workers", "cpus_per_worker", "gpus_per_worker", "device", "threads")}
+
     seed: int = Field(0, description="everything random derives from it: the class split, every task (a pure "
                       "function of seed, step, index), the initial weights")
-    workers: Union[int, Literal["auto"]] = Field(0, description="0 = in-process (no Ray); N Ray actors; auto = one "
-                                                 "per GPU, else one per cpus_per_worker CPUs")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per Ray actor (fractions allowed)")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per Ray actor (fractions allowed); a GPU actor keeps "
-                                   "its replica and data on its GPU")
     dtype: Literal["float32", "float64"] = Field("float32", description="float type of parameters and computation")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes under bfloat16 autocast "
                                                "(parameters and gradients stay dtype)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where a worker computes: auto = its GPU when "
-                                                   "torch sees one, else the CPU")
-    threads: int | None = Field(None, ge=1, description="torch threads per worker; default cpus_per_worker")
+    resources: ResourcesConfig = ResourcesConfig()
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -51,13 +49,6 @@ class Config(_Section):
         "raise", description="a task with a non-finite loss or meta-gradient: raise (name it and stop, parameters "
         "untouched) | skip_task (leave it out; the mean divides by the tasks used) | skip_step (no update this step)")
     faults: list[FaultConfig] = Field(default_factory=list, description="injected faults (tests, drills): none by default")
-
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, v: Any) -> Any:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("workers must be >= 0 (0 = in-process) or 'auto'")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -83,13 +74,16 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _faults_fit_workers(self) -> "Config":
+        workers = self.resources.workers
         for i, f in enumerate(self.faults):
-            if self.workers == 0 and f.actor not in (0, "all"):
-                raise ValueError(f"faults.{i}.actor={f.actor}: workers=0 has one in-process worker, actor 0")
-            if isinstance(self.workers, int) and self.workers > 0 and isinstance(f.actor, int) and f.actor >= self.workers:
-                raise ValueError(f"faults.{i}.actor={f.actor}: there are only workers={self.workers} actors (0..{self.workers - 1})")
-            if self.workers == 0 and f.kind == "stale":
-                raise ValueError(f"faults.{i}.kind=stale needs Ray workers (workers >= 1): the in-process worker has no versions")
+            if workers == 0 and f.actor not in (0, "all"):
+                raise ValueError(f"faults.{i}.actor={f.actor}: resources.workers=0 has one in-process worker, actor 0")
+            if isinstance(workers, int) and workers > 0 and isinstance(f.actor, int) and f.actor >= workers:
+                raise ValueError(f"faults.{i}.actor={f.actor}: there are only resources.workers={workers} actors "
+                                 f"(0..{workers - 1})")
+            if workers == 0 and f.kind == "stale":
+                raise ValueError(f"faults.{i}.kind=stale needs Ray workers (resources.workers >= 1): the in-process "
+                                 "worker has no versions")
         return self
 
     @model_validator(mode="after")

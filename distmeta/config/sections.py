@@ -194,6 +194,31 @@ class EvalConfig(_Section):
         "the same episodes; 0: off. Needs an algorithm that leaves the encoder fixed while adapting")
 
 
+class ResourcesConfig(_Section):
+    """Where the workers run: how many, what each reserves, and where each computes.
+
+    These keys sat at the top level of the config until 2026-12-07 (``workers: 2``). That
+    spelling is now refused with an error naming the new key; run directories and checkpoints
+    saved before are still read (:func:`distmeta.config.upgrade_saved`).
+    """
+
+    workers: Union[int, Literal["auto"]] = Field(0, description="0 = in-process (no Ray); N Ray actors; auto = one "
+                                                 "per GPU, else one per cpus_per_worker CPUs")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per Ray actor (fractions allowed)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per Ray actor (fractions allowed); a GPU actor keeps "
+                                   "its replica and data on its GPU")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where a worker computes: auto = its GPU when "
+                                                   "torch sees one, else the CPU")
+    threads: int | None = Field(None, ge=1, description="torch threads per worker; default cpus_per_worker")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("workers must be >= 0 (0 = in-process) or 'auto'")
+        return v
+
+
 class RayConfig(_Section):
     """Ray: which cluster, and how the actors exchange parameters and gradients."""
 
@@ -219,15 +244,16 @@ class RayConfig(_Section):
         "every group's gradient: true | false | auto (on when the actors span more than one node)")
     elastic: bool | Literal["auto"] = Field(
         "auto", description="grow the actor pool when nodes join the cluster: actors start on the new capacity and "
-        "take work from the step after their Worker is built, up to `workers` (without limit for workers: auto); "
-        "with a fixed `workers` the run starts with as many as fit now instead of failing. The parameters do not "
-        "depend on when actors came or went. true | false | auto (on for workers: auto)")
+        "take work from the step after their Worker is built, up to `resources.workers` (without limit for "
+        "resources.workers: auto); with a fixed `resources.workers` the run starts with as many as fit now instead "
+        "of failing. The parameters do not depend on when actors came or went. true | false | auto (on for "
+        "resources.workers: auto)")
 
 
 class FaultConfig(_Section):
     """One injected fault, for tests, benchmarks and drills (``faults: [...]``; see :mod:`distmeta.drills.faults`).
 
-    ``kind``: ``kill`` (SIGKILL the actor's process; with ``workers: 0`` that is the driver
+    ``kind``: ``kill`` (SIGKILL the actor's process; with ``resources.workers: 0`` that is the driver
     itself), ``exit`` (the process exits at once, as a crash would), ``stall`` (sleep
     ``seconds`` before computing: past ``ray.step_timeout`` the actor is replaced),
     ``stale`` (answer for the previous parameter version; Ray only), ``nan`` (task ``task``

@@ -20,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from distmeta.config import Config
+from distmeta.config import Config, RayConfig, ResourcesConfig
 from distmeta.distributed import answers
 from distmeta.distributed.actor import WorkerActor
 from distmeta.distributed.plan import (
@@ -45,13 +45,14 @@ class ActorPool:
     """``n`` actors of ``cpus``/``gpus`` each, in this pool's placement group or the enclosing Tune trial's.
 
     Args:
-        cfg: the config whose ``workers``, ``cpus_per_worker``, ``gpus_per_worker``,
-            ``device``, ``threads`` and ``ray.step_timeout`` size and start the pool.
+        resources: the run's ``resources`` section: how many actors, what each reserves, where it computes.
+        ray_cfg: its ``ray`` section (``address``, ``step_timeout``, ``elastic``; a later :meth:`load` may
+            bring a new one, as a sweep's next trial does).
         actor_class: what each actor runs (default :class:`~.actor.WorkerActor`; drills pass a subclass).
     """
 
-    def __init__(self, cfg: Config, actor_class: type | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, resources: ResourcesConfig, ray_cfg: RayConfig, actor_class: type | None = None) -> None:
+        self.resources, self.ray_cfg = resources, ray_cfg
         self.actor_class = actor_class  # None: WorkerActor (looked up when an actor starts)
         self.actors: list[Any] = []
         self.infos: list[dict[str, Any]] = []
@@ -62,13 +63,14 @@ class ActorPool:
         self.generation = 0
         self.order: list[int] = []  # the actor computing each block (see load)
         self._args_ref: Any = None
-        n, cpus, gpus = self.plan = plan_workers(cfg, ray.cluster_resources())
-        if cfg.device == "cuda" and gpus == 0:
-            raise ConfigError("device=cuda with Ray workers needs gpus_per_worker > 0 (Ray hides GPUs from actors without one)")
+        n, cpus, gpus = self.plan = plan_workers(resources, ray.cluster_resources())
+        if resources.device == "cuda" and gpus == 0:
+            raise ConfigError("resources.device=cuda with Ray workers needs resources.gpus_per_worker > 0 (Ray hides "
+                              "GPUs from actors without one)")
         self.per_worker = bundle(cpus, gpus)
         self.driver_node = ray.get_runtime_context().get_node_id()
-        self.elastic = elastic_target(cfg) is not None
-        if self.elastic and cfg.workers != "auto":  # ray.elastic: start with what fits now, grow up to workers
+        self.elastic = elastic_target(resources, ray_cfg) is not None
+        if self.elastic and resources.workers != "auto":  # ray.elastic: start with what fits now, grow up to workers
             n = max(1, min(n, fitting(self.per_worker, ray.available_resources())))
             self.plan = (n, cpus, gpus)
         first = self._place(n)
@@ -81,7 +83,7 @@ class ActorPool:
         return ray.remote(self.actor_class or WorkerActor).options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle_index),
-        ).remote(k, "cuda" if gpus > 0 else "cpu", self.cfg.threads or max(1, int(cpus)))
+        ).remote(k, "cuda" if gpus > 0 else "cpu", self.resources.threads or max(1, int(cpus)))
 
     def adopt(self, actors: list[Any], infos: list[dict[str, Any]], pg: Any) -> None:
         """Take actors started by growth (their Workers built) into the pool, from the next step on."""
@@ -100,29 +102,38 @@ class ActorPool:
             return worker_bundles(trial_pg.bundle_specs, n, self.per_worker)
         resources = ray.cluster_resources()
         need = {k: v * n for k, v in self.per_worker.items()}
-        remote_cluster = bool(self.cfg.ray.address or os.environ.get("RAY_ADDRESS")) and self.cfg.ray.address != "local"
+        remote_cluster = bool(self.ray_cfg.address or os.environ.get("RAY_ADDRESS")) and self.ray_cfg.address != "local"
         if shortfall(need, resources) and not remote_cluster:  # an impossible request fails now, not as a hang
             raise ConfigError(
-                f"workers={self.cfg.workers} needs {n} x (cpus_per_worker={self.plan[1]:g}, gpus_per_worker="
-                f"{self.plan[2]:g}) = {fmt_resources(need)}, but the Ray cluster has {fmt_resources(resources)}; "
-                f"lower workers or cpus_per_worker/gpus_per_worker"
+                f"resources.workers={self.resources.workers} needs {n} x (cpus_per_worker={self.plan[1]:g}, "
+                f"gpus_per_worker={self.plan[2]:g}) = {fmt_resources(need)}, but the Ray cluster has "
+                f"{fmt_resources(resources)}; lower resources.workers or resources.cpus_per_worker/gpus_per_worker"
             )
         self.pg = placement_group([dict(self.per_worker) for _ in range(n)], strategy="SPREAD")
         try:
-            ray.get(self.pg.ready(), timeout=self.cfg.ray.step_timeout)
+            ray.get(self.pg.ready(), timeout=self.ray_cfg.step_timeout)
         except GetTimeoutError:
             raise WorkerFailedError(
                 f"the Ray cluster ({fmt_resources(ray.cluster_resources())}) did not grant {n} workers of "
-                f"{fmt_resources(self.per_worker)} within ray.step_timeout={self.cfg.ray.step_timeout:g}s"
+                f"{fmt_resources(self.per_worker)} within ray.step_timeout={self.ray_cfg.step_timeout:g}s"
             ) from None
         return 0
 
     # ------------------------------------------------------------------ Workers
     def load(self, cfg: Config, worker_args: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Put config and data in the object store once; every actor builds its Worker. Returns the initial meta-parameters."""
+        """Put the experiment and its data in the object store once; every actor builds its Worker from them.
+
+        Args:
+            cfg: the experiment every Worker computes (shipped whole: it is what the actors build);
+                the pool itself takes only its ``ray`` section from it, for the timeouts of the calls to come.
+            worker_args: the data the Workers share (tokenised texts, splits).
+
+        Returns:
+            The initial meta-parameters, from actor 0.
+        """
         self.generation += 1
         self._args_ref = ray.put({"cfg": cfg, "worker_args": worker_args})
-        self.cfg = cfg
+        self.ray_cfg = cfg.ray
         timeout = self.startup_timeout
         refs = [a.setup.remote(self.args()) for a in self.actors]
         infos = []
@@ -155,7 +166,7 @@ class ActorPool:
 
     @property
     def startup_timeout(self) -> float:
-        return max(self.cfg.ray.step_timeout, STARTUP_TIMEOUT)
+        return max(self.ray_cfg.step_timeout, STARTUP_TIMEOUT)
 
     @property
     def node_ids(self) -> list[str]:
@@ -214,7 +225,7 @@ class ActorPool:
             if time.monotonic() > deadline:
                 raise WorkerFailedError(
                     f"none of the {n} Ray actors is available (dead or restarting) "
-                    f"within ray.step_timeout={self.cfg.ray.step_timeout:g}s"
+                    f"within ray.step_timeout={self.ray_cfg.step_timeout:g}s"
                 )
             time.sleep(0.25)
 

@@ -97,7 +97,7 @@ class StepDispatch:
         self.batches: dict[Any, NodeBatch] = {}  # a node's summing call, by its ref
         self._make_delivery = delivery
         self._delivery: Delivery | None = None
-        self.timeout = pool.cfg.ray.step_timeout
+        self.timeout = pool.ray_cfg.step_timeout
         # Blocks go to the actors believed healthy now, in node order: after a loss the step is cut evenly over
         # those that remain instead of piling the lost actor's blocks onto one of them. Groups and their
         # summation do not depend on this, so neither do the parameters.
@@ -211,7 +211,7 @@ class StepDispatch:
                               "time": time.time()})
         self.pool.suspect.add(call.actor)
         self.attempts[b] += 1
-        retries = self.pool.cfg.ray.max_retries
+        retries = self.pool.ray_cfg.max_retries
         if self.attempts[b] > retries:
             raise WorkerFailedError(
                 f"{self.method}: {describe_tasks(self.groups, self.blocks[b])} failed on every attempt "

@@ -1,8 +1,8 @@
 """Growing the actor pool while a run goes on, when nodes join the cluster (``ray.elastic``).
 
 Every few seconds (and whenever a caller asks) :class:`Elastic` compares the capacity the
-cluster has free with what the pool may still grow by (``workers``, or without limit for
-``workers: auto``). New actors start in a placement group of their own and build their
+cluster has free with what the pool may still grow by (``resources.workers``, or without limit for
+``resources.workers: auto``). New actors start in a placement group of their own and build their
 Worker from the pool's object-store entry while the run goes on; once every one of them
 has answered, the pool adopts them and they take blocks from the next step on. Because
 groups and their summation do not depend on the actor count, the parameters do not
@@ -115,7 +115,7 @@ class Elastic:
 
     def _start(self) -> None:
         """Start as many actors as the free capacity holds, up to the pool's limit."""
-        target = elastic_target(self.pool.cfg)
+        target = elastic_target(self.pool.resources, self.pool.ray_cfg)
         room = fitting(self.pool.per_worker, ray.available_resources())
         count = int(min(room, (target or 0) - len(self.pool.actors)))
         if count < 1:

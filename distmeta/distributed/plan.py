@@ -5,7 +5,7 @@ the cluster (:mod:`distmeta.sweeps.fit`).
 """
 from __future__ import annotations
 
-from distmeta.config import Config
+from distmeta.config import RayConfig, ResourcesConfig
 from distmeta.errors import ConfigError
 
 
@@ -19,20 +19,27 @@ def bundle(cpus: float, gpus: float) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
 
 
-def plan_workers(cfg: Config, resources: dict[str, float]) -> tuple[int, float, float]:
-    """``(actors, CPUs per actor, GPUs per actor)`` for ``cfg.workers`` on a cluster with ``resources``.
+def plan_workers(res: ResourcesConfig, cluster: dict[str, float]) -> tuple[int, float, float]:
+    """``(actors, CPUs per actor, GPUs per actor)`` for ``res.workers`` on a cluster with ``cluster`` resources.
 
-    ``workers: auto`` is one actor per GPU (per ``gpus_per_worker`` GPUs when that is set)
+    ``resources.workers: auto`` is one actor per GPU (per ``gpus_per_worker`` GPUs when that is set)
     when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs.
 
+    Args:
+        res: the run's ``resources`` section.
+        cluster: the Ray cluster's total resources (``{"CPU": 8.0, "GPU": 1.0}``).
+
+    Returns:
+        How many actors, and the CPUs and GPUs each reserves.
+
     Raises:
-        ConfigError: ``workers: auto`` and not even one actor fits.
+        ConfigError: ``resources.workers: auto`` and not even one actor fits.
     """
-    cpus, gpus = float(cfg.cpus_per_worker), float(cfg.gpus_per_worker)
-    if cfg.workers != "auto":
-        return int(cfg.workers), cpus, gpus
-    total_cpu = float(resources.get("CPU", 0.0))
-    total_gpu = float(resources.get("GPU", 0.0))
+    cpus, gpus = float(res.cpus_per_worker), float(res.gpus_per_worker)
+    if res.workers != "auto":
+        return int(res.workers), cpus, gpus
+    total_cpu = float(cluster.get("CPU", 0.0))
+    total_gpu = float(cluster.get("GPU", 0.0))
     by_cpu = int(total_cpu / cpus + 1e-9)
     if total_gpu > 0:
         gpus = gpus or 1.0
@@ -41,8 +48,8 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> tuple[int, float, 
         n = by_cpu
     if n < 1:
         raise ConfigError(
-            f"workers=auto: the Ray cluster ({fmt_resources(resources)}) cannot hold one worker of "
-            f"cpus_per_worker={cpus:g}, gpus_per_worker={gpus:g}"
+            f"resources.workers=auto: the Ray cluster ({fmt_resources(cluster)}) cannot hold one worker of "
+            f"resources.cpus_per_worker={cpus:g}, resources.gpus_per_worker={gpus:g}"
         )
     return n, cpus, gpus
 
@@ -52,12 +59,12 @@ def fitting(per_worker: dict[str, float], available: dict[str, float]) -> int:
     return int(min(available.get(k, 0.0) / v for k, v in per_worker.items() if v > 0) + 1e-9)
 
 
-def elastic_target(cfg: Config) -> int | float | None:
-    """How far an elastic pool grows (``ray.elastic``): ``workers``, unbounded for ``workers: auto``, None when fixed."""
-    setting = cfg.ray.elastic
-    if setting is False or (setting == "auto" and cfg.workers != "auto"):
+def elastic_target(res: ResourcesConfig, ray_cfg: RayConfig) -> int | float | None:
+    """How far an elastic pool grows (``ray.elastic``): ``resources.workers`` (unbounded for ``auto``), None if fixed."""
+    setting = ray_cfg.elastic
+    if setting is False or (setting == "auto" and res.workers != "auto"):
         return None
-    return float("inf") if cfg.workers == "auto" else int(cfg.workers)
+    return float("inf") if res.workers == "auto" else int(res.workers)
 
 
 def shortfall(need: dict[str, float], resources: dict[str, float]) -> dict[str, float]:
@@ -80,7 +87,7 @@ def worker_bundles(bundles: list[dict[str, float]], n: int, per_worker: dict[str
     if first < 0 or small:
         raise ConfigError(
             f"this process runs in a placement group with bundles {bundles}, which has no room for "
-            f"workers={n} of {fmt_resources(per_worker)} in its last {n} bundles; size it as "
+            f"{n} workers of {fmt_resources(per_worker)} in its last {n} bundles; size it as "
             f"[driver bundle] + {n} x {per_worker} (the sweeps size trials this way)"
         )
     return first

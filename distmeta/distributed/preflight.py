@@ -1,10 +1,10 @@
 """Does the run's actor plan fit this machine? Checked before any cache is built or Ray starts.
 
 Without ``ray.address`` / ``RAY_ADDRESS`` distmeta starts a private Ray on this machine, with
-the CPUs Ray counts here and the GPUs torch sees. ``workers x cpus_per_worker`` (and
-``gpus_per_worker``) beyond that would be refused by the actor pool only after the run
+the CPUs Ray counts here and the GPUs torch sees. ``resources.workers x cpus_per_worker`` (and
+``gpus_per_worker``) of the ``resources`` section beyond that would be refused by the actor pool only after the run
 directory, the tokenizer and the prefix cache were built and Ray had started; this check
-refuses it first, so a wrong ``workers=`` costs nothing and leaves nothing behind. A cluster
+refuses it first, so a wrong ``resources.workers=`` costs nothing and leaves nothing behind. A cluster
 distmeta joins, or a Ray already running in this process (a Tune trial, a test's cluster),
 sizes itself: nothing is checked then.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from distmeta.config import Config
+from distmeta.config import RayConfig, ResourcesConfig
 from distmeta.distributed.plan import (
     bundle,
     elastic_target,
@@ -24,10 +24,10 @@ from distmeta.distributed.plan import (
 from distmeta.errors import ConfigError
 
 
-def joins_cluster(cfg: Config) -> bool:
+def joins_cluster(ray_cfg: RayConfig) -> bool:
     """Whether the run joins an existing cluster (``ray.address`` or ``RAY_ADDRESS``, not ``local``), as
     :func:`distmeta.distributed.session.connect` decides."""
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
     return bool(address) and address != "local"
 
 
@@ -51,35 +51,40 @@ def _ray_running() -> bool:
     return ray is not None and bool(ray.is_initialized())
 
 
-def fit_problem(cfg: Config, resources: dict[str, float]) -> str | None:
-    """Why ``cfg``'s actors cannot fit a private Ray with ``resources``, or None when they fit.
+def fit_problem(res: ResourcesConfig, ray_cfg: RayConfig, local: dict[str, float]) -> str | None:
+    """Why the actors of ``res`` cannot fit a private Ray with ``local`` resources, or None when they fit.
 
     An elastic pool (``ray.elastic``) starts with what fits, so it needs room for one actor.
     """
     try:
-        n, cpus, gpus = plan_workers(cfg, resources)
+        n, cpus, gpus = plan_workers(res, local)
     except ConfigError as err:  # workers=auto with not even one actor's room
         return str(err)
-    first = 1 if elastic_target(cfg) is not None else n
+    first = 1 if elastic_target(res, ray_cfg) is not None else n
     need = {k: v * first for k, v in bundle(cpus, gpus).items()}
-    if not shortfall(need, resources):
+    if not shortfall(need, local):
         return None
-    return (f"workers={cfg.workers} needs {first} x (cpus_per_worker={cpus:g}, gpus_per_worker={gpus:g}) = "
-            f"{fmt_resources(need)}, but this machine has {fmt_resources(resources)} for the private Ray distmeta "
-            f"starts (no ray.address / RAY_ADDRESS); lower workers (workers=auto takes what fits, workers=0 runs "
-            f"in-process) or cpus_per_worker/gpus_per_worker, or join a cluster with ray.address")
+    return (f"resources.workers={res.workers} needs {first} x (cpus_per_worker={cpus:g}, "
+            f"gpus_per_worker={gpus:g}) = {fmt_resources(need)}, but this machine has "
+            f"{fmt_resources(local)} for the private Ray distmeta starts (no ray.address / RAY_ADDRESS); lower "
+            f"resources.workers (auto takes what fits, 0 runs in-process) or resources.cpus_per_worker / "
+            f"gpus_per_worker, or join a cluster with ray.address")
 
 
-def check_local_fit(cfg: Config) -> None:
+def check_local_fit(res: ResourcesConfig, ray_cfg: RayConfig) -> None:
     """Refuse, before anything is built, a plan of Ray actors that cannot fit the private Ray on this machine.
 
-    Nothing is checked for ``workers: 0``, a cluster to join, or a Ray already running here.
+    Nothing is checked for ``resources.workers: 0``, a cluster to join, or a Ray already running here.
+
+    Args:
+        res: the run's ``resources`` section.
+        ray_cfg: its ``ray`` section (the cluster to join, the elastic setting).
 
     Raises:
         ConfigError: naming the plan, what this machine has and the keys to change.
     """
-    if cfg.workers == 0 or joins_cluster(cfg) or _ray_running():
+    if res.workers == 0 or joins_cluster(ray_cfg) or _ray_running():
         return
-    problem = fit_problem(cfg, local_resources())
+    problem = fit_problem(res, ray_cfg, local_resources())
     if problem is not None:
         raise ConfigError(problem)

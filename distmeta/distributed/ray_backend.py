@@ -15,7 +15,7 @@ It only ties the parts together; one step reads:
    the driver then sums them in that fixed order, so any actor count gives the same
    parameters bit for bit.
 
-Typical use is through :class:`~distmeta.training.trainer.Trainer` (``workers: N``); directly::
+Typical use is through :class:`~distmeta.training.trainer.Trainer` (``resources.workers: N``); directly::
 
     backend = RayBackend(cfg, experiment.worker_args())
     results = backend.compute(meta, groups, version=step)
@@ -60,15 +60,20 @@ log = logging.getLogger(__name__)
 class RayBackend:
     """A pool of Ray actors, each with one Worker; implements :class:`~distmeta.training.backend.ReusableBackend`.
 
+    The backend distributes a whole experiment, so it takes the whole ``cfg`` and ships it to
+    every actor (it is what each Worker is built from). For itself it reads only the
+    ``resources`` section (the pool's size), the ``ray`` section (``ray_cfg``: cluster,
+    transport, timeouts) and whether ``faults`` are set (refused: drills have their own backend).
+
     Args:
-        cfg: the run's config (``workers``, resources, ``ray.*``).
+        cfg: the run's config.
         worker_args: :meth:`~distmeta.experiment.Experiment.worker_args`, put in the object
             store once and read by every actor (and every restart of one).
     """
 
     def __init__(self, cfg: Config, worker_args: dict[str, Any]) -> None:
         self._refuse_drills(cfg)
-        self.cfg = cfg
+        self.ray_cfg = cfg.ray
         self.failures: list[dict[str, Any]] = []  # every failed attempt, for logs and tests
         self._stats = StepStats()
         self._closed = False
@@ -76,7 +81,7 @@ class RayBackend:
         self.elastic: Elastic | None = None
         self._session: Any = session.connect(cfg.ray)
         try:
-            self.pool = ActorPool(cfg, self.actor_class())
+            self.pool = ActorPool(cfg.resources, cfg.ray, self.actor_class())
             self.graph = CompiledGraph(self.pool)
             self.elastic = Elastic(self.pool) if self.pool.elastic else None
             self._load(cfg, worker_args)
@@ -105,7 +110,7 @@ class RayBackend:
         assert self.pool is not None
         self.graph.tear_down()
         self._initial_meta = self.pool.load(cfg, worker_args)
-        self.cfg = cfg
+        self.ray_cfg = cfg.ray
         self._pool_changed()
 
     def _pool_changed(self) -> None:
@@ -115,7 +120,7 @@ class RayBackend:
         local = {k for k, node in enumerate(self.pool.node_ids) if node == self.pool.driver_node}
         if getattr(self, "transport", None) is not None:
             self.transport.close()
-        self.transport = choose_transport(self.cfg.ray, local)
+        self.transport = choose_transport(self.ray_cfg, local)
 
     def grow(self, wait_s: float = 0.0) -> int:
         """Look for room to grow the pool now (``ray.elastic``), waiting up to ``wait_s`` for new actors.
@@ -172,9 +177,9 @@ class RayBackend:
     def _run(self, dispatch: StepDispatch, meta: dict[str, Any], version: int,
              overlap: Callable[[], Any] | None) -> list[Any]:
         """The step on the compiled graph when it should and can, else as plain calls."""
-        deadline = time.monotonic() + self.cfg.ray.step_timeout
+        deadline = time.monotonic() + self.ray_cfg.step_timeout
         refs = None
-        if len(dispatch.blocks) == self.num_workers and self.graph.wanted(self.cfg.ray.compiled_graph):
+        if len(dispatch.blocks) == self.num_workers and self.graph.wanted(self.ray_cfg.compiled_graph):
             blocks = graph_blocks(dispatch)
             refs = self.graph.execute(self.pool.generation, meta, blocks, version)
             dispatch.stats.compiled_graph = refs is not None
@@ -182,7 +187,7 @@ class RayBackend:
             return run_plain(dispatch, overlap)
         if overlap is not None:
             overlap()
-        return collect_graph(dispatch, self.graph.answers(refs, deadline, self.cfg.ray.step_timeout), deadline)
+        return collect_graph(dispatch, self.graph.answers(refs, deadline, self.ray_cfg.step_timeout), deadline)
 
     def evaluate(self, meta: dict[str, Any], groups: Sequence[Sequence[TaskSpec]], inner_steps: int,
                  cache_key: str | None = None, baseline: bool = False) -> list[dict[str, list[float]]]:
@@ -222,7 +227,7 @@ class RayBackend:
 
     def _node_reduce(self) -> bool:
         """Whether nodes other than the driver's sum their own groups (``ray.node_reduce``)."""
-        setting = self.cfg.ray.node_reduce
+        setting = self.ray_cfg.node_reduce
         return setting is True or (setting == "auto" and len(set(self.node_ids)) > 1)
 
     def stats(self) -> StepStats:
@@ -242,7 +247,7 @@ class RayBackend:
         """
         if self._closed or self.pool is None:
             raise WorkerFailedError("the Ray backend is closed")
-        plan = plan_workers(cfg, ray.cluster_resources())
+        plan = plan_workers(cfg.resources, ray.cluster_resources())
         if plan[1:] != self.pool.plan[1:] or (plan[0] != self.pool.plan[0] and not self.pool.elastic):
             raise ConfigError(f"reconfigure needs the same actors (workers, cpus, gpus) {self.pool.plan}, got {plan}")
         self._refuse_drills(cfg)

@@ -16,7 +16,7 @@ A fault hits the first ``times`` calls that the actor gets for that step (a retr
 lands on the same actor again counts), so ``actor: all`` with a large ``times`` makes
 every attempt fail and spends the retry budget. Kinds (see
 :class:`~distmeta.config.FaultConfig`): ``kill``, ``exit``, ``stall``, ``stale``, ``nan``, ``raise``.
-With ``workers: 0`` the worker is the driver process, so ``kill``/``exit`` end the run (a
+With ``resources.workers: 0`` the worker is the driver process, so ``kill``/``exit`` end the run (a
 driver crash, for ``--resume`` drills) and ``stall`` just sleeps.
 
 How it stays outside the production code: the backend factory

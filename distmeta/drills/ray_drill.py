@@ -70,8 +70,8 @@ class DrilledRayBackend(RayBackend):
         super().__init__(cfg, worker_args)
 
     def actor_class(self) -> type:
-        """The drilled actor, bound to a new plan holder (Ray is up by now)."""
-        self.holder = ray.remote(PlanHolder).options(num_cpus=0).remote(list(self.cfg.faults))
+        """The drilled actor, bound to a new plan holder (Ray is up by now; :meth:`_load` gives it the drill)."""
+        self.holder = ray.remote(PlanHolder).options(num_cpus=0).remote([])
         return drilled_actor_class(self.holder)
 
     def _load(self, cfg: Config, worker_args: dict[str, Any]) -> None:

@@ -8,17 +8,18 @@ that cannot fit is an error naming the shortfall; on a cluster distmeta joined
 sweep waits for, and the sweep goes on::
 
     problem = fit_problem(bundles, "PACK", ray.cluster_resources(), node_resources())
-    check_fits(bundles, "PACK", cfg, "one trial", hint="lower driver_cpus, workers or cpus_per_worker")
+    check_fits(bundles, "PACK", cfg.ray, "one trial",
+               hint="lower driver_cpus, resources.workers or resources.cpus_per_worker")
 """
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 
-from distmeta.config import Config
+from distmeta.config import RayConfig
 from distmeta.distributed.plan import fmt_resources, shortfall
+from distmeta.distributed.preflight import joins_cluster
 from distmeta.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,18 +86,14 @@ def node_resources() -> list[dict[str, float]]:
     return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
 
 
-def joined_cluster(cfg: Config) -> bool:
-    """Whether distmeta joined an existing cluster (which may autoscale) rather than its private local Ray."""
-    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS")) and cfg.ray.address != "local"
-
-
-def check_fits(bundles: Sequence[Bundle], strategy: str, cfg: Config, what: str, hint: str) -> str | None:
+def check_fits(bundles: Sequence[Bundle], strategy: str, ray_cfg: RayConfig, what: str, hint: str) -> str | None:
     """Fail at once when ``what`` (one trial, one grid cell) can never run on the connected cluster.
 
     Args:
         bundles: its placement group's bundles.
         strategy: the group's placement strategy.
-        cfg: the base config (``ray.address`` tells a joined cluster from the private one).
+        ray_cfg: the base config's ``ray`` section (``address`` tells a joined cluster, which may
+            autoscale, from the private one).
         what: the unit named in messages ("one trial", "a grid cell").
         hint: what to lower, for the error.
 
@@ -112,7 +109,7 @@ def check_fits(bundles: Sequence[Bundle], strategy: str, cfg: Config, what: str,
     problem = fit_problem(bundles, strategy, ray.cluster_resources(), node_resources())
     if problem is None:
         return None
-    if joined_cluster(cfg):
+    if joins_cluster(ray_cfg):
         msg = (f"waiting for the cluster to grow: {what} needs {problem}; it starts once the autoscaler adds "
                f"that (or stays pending if this cluster does not autoscale)")
         log.warning(msg)
@@ -155,4 +152,4 @@ def copies_that_fit(bundles: Sequence[Bundle], strategy: str, nodes: Sequence[di
     return count
 
 
-__all__ = ["check_fits", "copies_that_fit", "describe_bundles", "fit_problem", "joined_cluster", "node_resources", "total"]
+__all__ = ["check_fits", "copies_that_fit", "describe_bundles", "fit_problem", "node_resources", "total"]

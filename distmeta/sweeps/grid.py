@@ -16,7 +16,7 @@ Tune trials (:mod:`distmeta.sweeps.grid_tune`), each in a placement group of its
 (``[driver_cpus] + workers x [cpus_per_worker, gpus_per_worker]``), ``max_concurrent`` at a
 time (default: as many as fit the cluster), after a check that every cell fits it. Each
 trial runs the cell's config as ``distmeta train`` would, so a cell's result is the one of
-that cell alone. ``max_concurrent: 1`` with ``workers: 0`` cells runs them one after another
+that cell alone. ``max_concurrent: 1`` with ``resources.workers: 0`` cells runs them one after another
 in this process, without Ray. A cell whose run directory already holds results for the same
 resolved config is reused, so rerunning a killed grid runs only the cells it had not finished.
 Written to the experiment directory: ``grid.csv``, ``grid.md`` (meta-test accuracy ± 95% CI
@@ -101,13 +101,13 @@ def check_cells_fit(grid: Grid) -> None:
         if key in seen:
             continue
         seen.add(key)
-        check_fits(pgf.bundles, res.strategy, cell.cfg, f"the cell {cell.name}",
-                   "lower driver_cpus, workers or cpus_per_worker / gpus_per_worker (fractions are fine, "
-                   "e.g. cpus_per_worker=0.5)")
+        check_fits(pgf.bundles, res.strategy, cell.cfg.ray, f"the cell {cell.name}",
+                   "lower driver_cpus, resources.workers or resources.cpus_per_worker / gpus_per_worker "
+                   "(fractions are fine, e.g. resources.cpus_per_worker=0.5)")
 
 
 def _run_here(cells: list[Cell]) -> dict[str, dict[str, Any]]:
-    """``workers: 0`` cells one after another in this process (no Ray)."""
+    """``resources.workers: 0`` cells one after another in this process (no Ray)."""
     from distmeta.training.trainer import Trainer
 
     out = {}

@@ -148,20 +148,26 @@ def load_grid(path: str | Path | dict[str, Any], overrides: list[str] | None = N
 
 
 def in_process(grid: Grid, cells: list[Cell] | None = None) -> bool:
-    """Whether the cells run one after another in this process, without Ray: ``max_concurrent: 1``, all ``workers: 0``."""
+    """Whether the cells run one after another in this process, without Ray.
+
+    That is ``max_concurrent: 1`` with every cell at ``resources.workers: 0``.
+    """
     cells = grid.cells if cells is None else cells
-    return grid.spec.max_concurrent == 1 and all(c.cfg.workers == 0 for c in cells)
+    return grid.spec.max_concurrent == 1 and all(c.cfg.resources.workers == 0 for c in cells)
 
 
 def _check_trials(grid: Grid) -> None:
-    """Cells that cannot be sized as Tune trials: ``workers: auto``, or a ``workers: 0`` cell without a driver bundle."""
+    """Refuse cells that cannot be sized as Tune trials.
+
+    Those are ``resources.workers: auto``, and a ``resources.workers: 0`` cell without a driver bundle.
+    """
     if in_process(grid):
         return
     spec = grid.spec
     for cell in grid.cells:
-        if cell.cfg.workers == "auto":
-            raise sweep_error(WHAT, grid.where, f"the cell {cell.name}: workers=auto cannot size its trial; "
-                                                "give workers an integer")
-        if cell.cfg.workers == 0 and spec.driver_cpus == 0 and spec.driver_gpus == 0:
-            raise sweep_error(WHAT, grid.where, f"driver_cpus: the cell {cell.name} has workers=0, so it trains "
-                                                "in its driver, which needs driver_cpus > 0")
+        if cell.cfg.resources.workers == "auto":
+            raise sweep_error(WHAT, grid.where, f"the cell {cell.name}: resources.workers=auto cannot size its "
+                                                "trial; give resources.workers an integer")
+        if cell.cfg.resources.workers == 0 and spec.driver_cpus == 0 and spec.driver_gpus == 0:
+            raise sweep_error(WHAT, grid.where, f"driver_cpus: the cell {cell.name} has resources.workers=0, "
+                                                "so it trains in its driver, which needs driver_cpus > 0")

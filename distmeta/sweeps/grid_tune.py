@@ -4,7 +4,7 @@ Every cell that has to run becomes one trial of a Tune grid search over the cell
 A trial's placement group is the one a Tune trial of :mod:`distmeta.sweeps.trial` gets,
 ``[driver_cpus CPU] + workers x [cpus_per_worker CPU, gpus_per_worker GPU]``
 (:func:`~distmeta.sweeps.trial.trial_resources`, sized per cell), and its Ray backend puts
-the cell's actors in that group's worker bundles; a ``workers: 0`` cell trains inside its
+the cell's actors in that group's worker bundles; a ``resources.workers: 0`` cell trains inside its
 trial's process. As many trials run at once as ``max_concurrent`` allows, by default as
 many placement groups as fit the cluster side by side
 (:func:`~distmeta.sweeps.fit.copies_that_fit`).

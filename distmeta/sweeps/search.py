@@ -42,7 +42,7 @@ PBT_MUTABLE = {
     "data.shots", "data.queries", "train.meta_batch", "eval.inner_steps",
 }
 # Keys that size a trial's placement group: fixed for a whole search.
-RESOURCE_KEYS = {"workers", "cpus_per_worker", "gpus_per_worker"}
+RESOURCE_KEYS = {"resources.workers", "resources.cpus_per_worker", "resources.gpus_per_worker"}
 
 
 class _Spec(BaseModel):
@@ -225,10 +225,11 @@ def _abs_storage(storage: str, root: Path) -> str:
 def _base_problems(search: Search) -> list[str]:
     spec, cfg = search.spec, search.base_cfg
     problems: list[str] = []
-    if cfg.workers == "auto":
-        problems.append("base workers: 'auto' cannot size a trial; give workers an integer (0 = in-process)")
-    elif cfg.workers == 0 and spec.driver_cpus == 0 and spec.driver_gpus == 0:
-        problems.append("driver_cpus: a trial with workers=0 trains in its driver, which needs driver_cpus > 0")
+    if cfg.resources.workers == "auto":
+        problems.append("base resources.workers: 'auto' cannot size a trial; give it an integer (0 = in-process)")
+    elif cfg.resources.workers == 0 and spec.driver_cpus == 0 and spec.driver_gpus == 0:
+        problems.append("driver_cpus: a trial with resources.workers=0 trains in its driver, which needs "
+                        "driver_cpus > 0")
     if cfg.run.eval_every <= 0:
         problems.append("base run.eval_every: must be > 0: trials report at every meta-validation")
     if not cfg.data.is_regression:
@@ -247,7 +248,7 @@ def _space_problems(search: Search) -> list[str]:
         if key == BASE_KEY:
             problems.append(f"search_space.{key}: reserved name")
             continue
-        if key.split(".")[0] in RESOURCE_KEYS:
+        if key in RESOURCE_KEYS or key == "resources":
             problems.append(f"search_space.{key}: trial resources are fixed for a search; set {key} in the base")
             continue
         try:

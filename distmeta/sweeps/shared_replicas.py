@@ -17,7 +17,7 @@ previous run, rebuilt for the new config
 
 Only the public backend interface is used: a pooled backend is reused while it is open,
 of the same size and in the same placement group; anything else is closed and replaced.
-In-process runs (``workers: 0``) are not pooled.
+In-process runs (``resources.workers: 0``) are not pooled.
 """
 from __future__ import annotations
 
@@ -60,12 +60,13 @@ class BackendPool:
 
         Returns:
             A :class:`~distmeta.training.backend.Lent` view whose ``close()`` keeps the replicas;
-            for ``workers: 0``, a plain in-process backend of the run's own.
+            for ``resources.workers: 0``, a plain in-process backend of the run's own.
         """
-        if cfg.workers == 0:
+        res = cfg.resources
+        if res.workers == 0:
             return make_backend(cfg, exp)
         # A run with fault drills gets a drilled backend, one without a plain one: never each other's.
-        key = (_current_placement_group(), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker, bool(cfg.faults))
+        key = (_current_placement_group(), res.workers, res.cpus_per_worker, res.gpus_per_worker, bool(cfg.faults))
         held, self._held = self._held, None
         if held is not None and self._key == key and not held.closed:
             try:

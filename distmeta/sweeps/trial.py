@@ -52,17 +52,18 @@ def trial_resources(cfg: Config, driver_cpus: float = 1.0, driver_gpus: float = 
     """``PlacementGroupFactory([driver] + workers x [cpus_per_worker CPU, gpus_per_worker GPU])``.
 
     An all-zero driver bundle reserves nothing for the driver process (Tune drops it),
-    and the worker bundles are the group's last ``workers`` bundles either way.
+    and the worker bundles are the group's last ``resources.workers`` bundles either way.
     """
     from ray import tune
 
     from distmeta.distributed.plan import bundle
 
-    if cfg.workers == "auto":
-        raise ConfigError("workers=auto cannot size a Tune trial; give workers an integer")
+    res = cfg.resources
+    if res.workers == "auto":
+        raise ConfigError("resources.workers=auto cannot size a Tune trial; give resources.workers an integer")
     driver = {"CPU": driver_cpus, **({"GPU": driver_gpus} if driver_gpus else {})}
-    worker = bundle(cfg.cpus_per_worker, cfg.gpus_per_worker)
-    return tune.PlacementGroupFactory([driver] + [dict(worker) for _ in range(int(cfg.workers))], strategy=strategy)
+    worker = bundle(res.cpus_per_worker, res.gpus_per_worker)
+    return tune.PlacementGroupFactory([driver] + [dict(worker) for _ in range(int(res.workers))], strategy=strategy)
 
 
 def trial_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -48,8 +48,8 @@ BEST_FILE = "best.json"
 #: Tune's tables and the trials' own output, kept out of the terminal: in the experiment directory.
 RAY_LOG_FILE = "tune.log"
 BEST_CONFIG_FILE = "best_config.yaml"
-FIT_HINT = ("lower driver_cpus, workers or cpus_per_worker / gpus_per_worker in the search (fractions are fine, "
-            "e.g. cpus_per_worker=0.5), or run it on a bigger cluster (ray.address)")
+FIT_HINT = ("lower driver_cpus, resources.workers or resources.cpus_per_worker / gpus_per_worker in the search "
+            "(fractions are fine, e.g. resources.cpus_per_worker=0.5), or run it on a bigger cluster (ray.address)")
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -129,7 +129,7 @@ def _best_test(search: Search, best: Any) -> tuple[dict[str, Any], str]:
     with best.checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="dmbest") as tmp:
         run = Path(tmp) / "best"
         shutil.copytree(d, run)
-        over = ["workers=0", "run.progress=false"]
+        over = ["resources.workers=0", "run.progress=false"]
         # Local storage is checked private by run_search: the trial is this search's own, its paths ours.
         # Remote storage cannot be checked: its config is a foreign one, with the search's own locations.
         trust = search.local_storage
@@ -266,7 +266,7 @@ def run_search(path: str | Path | dict[str, Any], overrides: list[str] | None = 
     try:
         spec = search.spec
         pgf = trial_resources(search.base_cfg, spec.driver_cpus, spec.driver_gpus, spec.placement_strategy)
-        check_fits(pgf.bundles, spec.placement_strategy, search.base_cfg, "one trial", FIT_HINT)
+        check_fits(pgf.bundles, spec.placement_strategy, search.base_cfg.ray, "one trial", FIT_HINT)
         if search.local_storage:
             search.experiment_path.mkdir(parents=True, exist_ok=True)
         log_path = (search.experiment_path if search.local_storage else Path("runs") / spec.name) / RAY_LOG_FILE

@@ -2,7 +2,7 @@
 
 Read :mod:`.trainer` first (the loop, top to bottom). Around it: :mod:`.backend` (the one
 interface to whatever computes meta-gradients, and the factory that picks one),
-:mod:`.in_process` (the reference backend, ``workers: 0``), :mod:`.reduce` (group results
+:mod:`.in_process` (the reference backend, ``resources.workers: 0``), :mod:`.reduce` (group results
 to one update, ``nan_policy``), :mod:`.evaluation` (meta-validation and meta-test with the
 baselines), :mod:`.selection` (best-on-validation, early stopping), :mod:`.metrics`
 (``metrics.jsonl`` and TensorBoard), :mod:`.report` (what a run prints) and

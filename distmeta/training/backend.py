@@ -6,7 +6,7 @@ metrics after adaptation (:meth:`Backend.evaluate`), always in group order, so t
 driver's fixed-order reduction gives the same parameters whatever computed them.
 
 Two implement it: :class:`~distmeta.training.in_process.LocalBackend` (one Worker in the
-driver's process, ``workers: 0``) and :class:`~distmeta.distributed.ray_backend.RayBackend`
+driver's process, ``resources.workers: 0``) and :class:`~distmeta.distributed.ray_backend.RayBackend`
 (a pool of Ray actors). :func:`make_backend` picks one from the config; a
 :class:`~distmeta.training.trainer.Trainer` takes any other through its
 ``backend_factory`` argument (tests, sweeps that lend a pool of actors to many runs)::
@@ -107,7 +107,7 @@ BackendFactory = Callable[["Config", "Experiment"], Backend]
 
 
 def make_backend(cfg: Config, exp: Experiment) -> Backend:
-    """The backend ``cfg`` asks for: in-process for ``workers: 0``, a Ray actor pool otherwise.
+    """The backend ``cfg`` asks for: in-process for ``resources.workers: 0``, a Ray actor pool otherwise.
 
     With ``faults`` in the config (a drill) the backend is the drilled one of
     :mod:`distmeta.drills`: the in-process Worker wrapped by a
@@ -122,7 +122,7 @@ def make_backend(cfg: Config, exp: Experiment) -> Backend:
     Returns:
         A started backend; the caller closes it.
     """
-    if cfg.workers == 0:
+    if cfg.resources.workers == 0:
         backend = LocalBackend(cfg, exp.worker_args())
         if cfg.faults:
             from distmeta.drills.faults import DrilledWorker, FaultPlan, check_actors

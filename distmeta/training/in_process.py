@@ -1,4 +1,4 @@
-"""The in-process backend: one Worker in the driver's own process (``workers: 0``).
+"""The in-process backend: one Worker in the driver's own process (``resources.workers: 0``).
 
 It implements :class:`~distmeta.training.backend.Backend` with no Ray at all, which makes
 it the reference every other backend is tested against.

@@ -145,15 +145,16 @@ def _encoder_line(cfg: Config, exp: Any, meta: dict[str, Any]) -> str:
 
 def _actors_line(cfg: Config, backend: Any) -> str:
     """How many workers compute, on which resources (and on how many Ray nodes)."""
-    if cfg.workers == 0:
-        device = getattr(getattr(backend, "worker", None), "device", cfg.device)
-        return f"actors: none, one in-process worker (workers=0) on {device}"
+    res = cfg.resources
+    if res.workers == 0:
+        device = getattr(getattr(backend, "worker", None), "device", res.device)
+        return f"actors: none, one in-process worker (resources.workers=0) on {device}"
     infos = list(getattr(backend, "infos", []) or [])
     nodes = len({i.get("node") for i in infos}) if infos else 0
     devices = sorted({str(i.get("device")) for i in infos}) or ["?"]
-    gpus = f", {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else ""
+    gpus = f", {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else ""
     where = f" on {nodes} node{'s' if nodes != 1 else ''}" if nodes else ""
-    return (f"actors: {backend.num_workers} Ray actors x ({cfg.cpus_per_worker:g} CPU{gpus}, device "
+    return (f"actors: {backend.num_workers} Ray actors x ({res.cpus_per_worker:g} CPU{gpus}, device "
             f"{'/'.join(devices)}){where}")
 
 

@@ -1,6 +1,6 @@
 """The driver: sample tasks, dispatch groups, reduce in group order, update, log, checkpoint.
 
-The same loop runs in-process (``workers: 0``) and over Ray actors; only the backend
+The same loop runs in-process (``resources.workers: 0``) and over Ray actors; only the backend
 differs. Groups are fixed by the meta-batch, not by the worker count, and their
 results are summed in group order, so every backend gives the same parameters.
 """
@@ -103,10 +103,10 @@ class Trainer:
 
     def _preflight(self) -> None:
         """Refuse Ray actors the private Ray on this machine cannot hold, before any cache or Ray start."""
-        if self.backend_factory is make_backend and self.cfg.workers != 0:
+        if self.backend_factory is make_backend and self.cfg.resources.workers != 0:
             from distmeta.distributed.preflight import check_local_fit
 
-            check_local_fit(self.cfg)
+            check_local_fit(self.cfg.resources, self.cfg.ray)
 
     def _build(self, reuse_saved: bool) -> None:
         cfg = self.cfg

@@ -26,7 +26,7 @@ def overrides(csv_path: Path) -> list[str]:
     """configs/default.yaml (MiniLM) on the eight-topic CSV: five meta-train and three test classes."""
     return [f"data.source=csv:{csv_path}", "data.ways_range=null", "data.shots_range=null", "data.ways=3",
             "data.shots=1", "data.queries=2", "data.split.train=0.625", "data.split.val=0", "data.split.test=0.375",
-            "eval.settings=[[3,1],[3,2]]", "eval.queries=4", "workers=0"]
+            "eval.settings=[[3,1],[3,2]]", "eval.queries=4", "resources.workers=0"]
 
 
 class RecordingBackend:

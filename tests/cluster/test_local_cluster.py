@@ -34,7 +34,7 @@ print("RESULT " + json.dumps({
 }), flush=True)
 """
 
-TRAIN = ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "workers=2", "cpus_per_worker=1",
+TRAIN = ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "resources.workers=2", "resources.cpus_per_worker=1",
          "train.steps=2", "train.meta_batch=4", "algorithm.group_size=2", "eval.episodes=4", "eval.batch=4",
          "run.eval_every=0", "run.checkpoint_every=0", "run.progress=false", "eval.baseline=false"]
 

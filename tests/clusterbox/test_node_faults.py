@@ -17,13 +17,13 @@ pytestmark = pytest.mark.cluster
 
 BASE = ["data.source=icd10cm", "algorithm.group_size=2", "train.meta_batch=16", "dtype=float64", "train.steps=40",
         "run.progress=false", "run.eval_every=0", "eval.baseline=false", "run.log_every=1", "run.checkpoint_every=0",
-        "cpus_per_worker=1", "ray.step_timeout=20"]
+        "resources.cpus_per_worker=1", "ray.step_timeout=20"]
 
 
 @pytest.fixture(scope="module")
 def clean(box):
     """The fault-free run on the box's three nodes: the reference every fault run must equal."""
-    run = drive(box, "clean", [*BASE, "workers=3", "run.dir=/tmp/runs/clean"], timeout=600)
+    run = drive(box, "clean", [*BASE, "resources.workers=3", "run.dir=/tmp/runs/clean"], timeout=600)
     assert run.result, run.tail()
     return run
 
@@ -37,7 +37,7 @@ def test_node_killed_mid_run_then_restarted(box, clean):
         box.wait_until(lambda: box.available().get("CPU", 0) == 0, "the lost actor's bundle placed on node2")
         time.sleep(10)
 
-    run = drive(box, "kill", [*BASE, "workers=3", "run.dir=/tmp/runs/kill"], faults={3: kill, 7: restart}, timeout=600)
+    run = drive(box, "kill", [*BASE, "resources.workers=3", "run.dir=/tmp/runs/kill"], faults={3: kill, 7: restart}, timeout=600)
     assert run.result, run.tail()
     steps_each_task_once(run, 16)
     by_step = {s["step"]: s for s in run.steps}
@@ -52,7 +52,7 @@ def test_node_joins_mid_run(box, clean):
     def join():
         joined.append(box.add_node("node3"))
 
-    run = drive(box, "join", [*BASE, "workers=auto", "run.dir=/tmp/runs/join"], faults={3: join}, timeout=600)
+    run = drive(box, "join", [*BASE, "resources.workers=auto", "run.dir=/tmp/runs/join"], faults={3: join}, timeout=600)
     try:
         assert run.result, run.tail()
         steps_each_task_once(run, 16)
@@ -66,7 +66,7 @@ def test_node_joins_mid_run(box, clean):
 
 
 def test_storage_lost_for_a_while_then_back(box):
-    base = [*SINUSOID, "dtype=float64", "train.steps=10", "workers=2", "cpus_per_worker=1", "run.checkpoint_every=2"]
+    base = [*SINUSOID, "dtype=float64", "train.steps=10", "resources.workers=2", "resources.cpus_per_worker=1", "run.checkpoint_every=2"]
     ref = drive(box, "st-ref", [*base, "run.dir=/tmp/runs/st-ref"], timeout=300)
     assert ref.result, ref.tail()
     timers: list[threading.Timer] = []

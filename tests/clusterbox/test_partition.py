@@ -20,7 +20,7 @@ pytestmark = pytest.mark.cluster
 STEP_TIMEOUT = 10
 BASE = ["data.source=icd10cm", "algorithm.group_size=2", "train.meta_batch=16", "dtype=float64", "train.steps=40",
         "run.progress=false", "run.eval_every=0", "eval.baseline=false", "run.log_every=1", "run.checkpoint_every=0",
-        "cpus_per_worker=1", f"ray.step_timeout={STEP_TIMEOUT}", "ray.elastic=false"]
+        "resources.cpus_per_worker=1", f"ray.step_timeout={STEP_TIMEOUT}", "ray.elastic=false"]
 CUT, HEAL = 5, 14
 
 
@@ -29,7 +29,7 @@ def _median_wall(steps: list[dict]) -> float:
 
 
 def test_partitioned_node_rerun_rejoin_same_bits(box):
-    clean = drive(box, "clean", [*BASE, "workers=3", "run.dir=/tmp/runs/clean"], timeout=600)
+    clean = drive(box, "clean", [*BASE, "resources.workers=3", "run.dir=/tmp/runs/clean"], timeout=600)
     assert clean.result, clean.tail()
 
     events: dict[str, float] = {}
@@ -45,7 +45,7 @@ def test_partitioned_node_rerun_rejoin_same_bits(box):
         box.wait_until(lambda: box.available().get("CPU", 0) == 0, "the lost actor's bundle placed on node2")
         time.sleep(10)
 
-    cut_run = drive(box, "cut", [*BASE, "workers=3", "run.dir=/tmp/runs/cut"], faults={CUT: cut, HEAL: heal},
+    cut_run = drive(box, "cut", [*BASE, "resources.workers=3", "run.dir=/tmp/runs/cut"], faults={CUT: cut, HEAL: heal},
                     timeout=900)
     assert cut_run.result, cut_run.tail()
     steps_each_task_once(cut_run, 16)
@@ -64,7 +64,7 @@ def test_partitioned_node_rerun_rejoin_same_bits(box):
     box.partition("node2")
     box.wait_for_nodes(2, timeout=120, exact=True)
     try:
-        two = drive(box, "two", [*BASE, "workers=2", "run.dir=/tmp/runs/two"], timeout=600)
+        two = drive(box, "two", [*BASE, "resources.workers=2", "run.dir=/tmp/runs/two"], timeout=600)
     finally:
         box.heal("node2")
         box.restart_node("node2")

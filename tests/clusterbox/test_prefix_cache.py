@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cluster
 
 #: all-MiniLM-L6-v2, its last 2 layers trained over a frozen prefix (the default), on the README's toy CSV.
 ARGS = ["data.source=csv:docs/examples/topics.csv", "train.steps=2", "train.meta_batch=6", "algorithm.group_size=1",
-        "workers=6", "cpus_per_worker=0.5", "run.progress=false", "run.eval_every=0", "eval.baseline=false",
+        "resources.workers=6", "resources.cpus_per_worker=0.5", "run.progress=false", "run.eval_every=0", "eval.baseline=false",
         "run.checkpoint_every=0", "run.log_every=1", "train.select_best=false"]
 
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.cluster
 
 ARGS = ["data.source=icd10cm", "algorithm.group_size=2", "train.meta_batch=16", "run.progress=false",
         "run.eval_every=0", "eval.baseline=false", "run.log_every=1", "run.checkpoint_every=4", "eval.episodes=20",
-        "workers=2", "cpus_per_worker=1"]
+        "resources.workers=2", "resources.cpus_per_worker=1"]
 URI = "s3://distmeta/runs/elsewhere"
 
 

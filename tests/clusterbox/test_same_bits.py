@@ -16,10 +16,10 @@ pytestmark = pytest.mark.cluster
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_three_nodes_equal_one_process(box, dtype):
     base = [*SINUSOID, f"dtype={dtype}", "train.steps=4", "run.checkpoint_every=0"]
-    ref = drive(box, f"ref-{dtype}", [*base, "workers=0", f"run.dir=/tmp/runs/ref-{dtype}"])
+    ref = drive(box, f"ref-{dtype}", [*base, "resources.workers=0", f"run.dir=/tmp/runs/ref-{dtype}"])
     assert ref.result, ref.tail()
     for node_reduce in ("true", "false"):
-        run = drive(box, f"three-{dtype}-{node_reduce}", [*base, "workers=3", "cpus_per_worker=1",
+        run = drive(box, f"three-{dtype}-{node_reduce}", [*base, "resources.workers=3", "resources.cpus_per_worker=1",
                                                          f"ray.node_reduce={node_reduce}",
                                                          f"run.dir=/tmp/runs/three-{dtype}-{node_reduce}"])
         assert run.result, run.tail()

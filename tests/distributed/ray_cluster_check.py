@@ -32,12 +32,12 @@ def main(run_dir: str, overrides: list[str]) -> dict:
         out: dict = {}
 
         def train(workers: int, extra: list[str]):
-            cfg = distmeta.load_config(None, overrides + extra + [f"workers={workers}", f"run.dir={run_dir}/w{workers}"])
+            cfg = distmeta.load_config(None, overrides + extra + [f"resources.workers={workers}", f"run.dir={run_dir}/w{workers}"])
             with distmeta.Trainer(cfg) as trainer:
                 trainer.fit()
                 return trainer.meta_params, trainer.backend.infos, trainer.backend.stats()
 
-        params, infos, last = train(2, [f"ray.address={cluster.address}", "cpus_per_worker=1"])
+        params, infos, last = train(2, [f"ray.address={cluster.address}", "resources.cpus_per_worker=1"])
         torch.save(params, f"{run_dir}/params.pt")
         out["ray_initialized_after_close"] = ray.is_initialized()
         out["actor_nodes"] = [i["node"] for i in infos]

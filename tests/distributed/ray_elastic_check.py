@@ -41,7 +41,7 @@ def main(run_dir: str, overrides: list[str]) -> dict:
                 cluster.wait_for_nodes()
                 joined.append(trainer.backend.grow(wait_s=240))
 
-        cfg = distmeta.load_config(None, overrides + ["workers=auto", "cpus_per_worker=1", f"run.dir={run_dir}/run",
+        cfg = distmeta.load_config(None, overrides + ["resources.workers=auto", "resources.cpus_per_worker=1", f"run.dir={run_dir}/run",
                                                       f"ray.address={cluster.address}"])
         with distmeta.Trainer(cfg, callbacks=[on_event]) as trainer:
             trainer.fit()

@@ -44,7 +44,7 @@ def main(run_dir: str, overrides: list[str]) -> dict:
             for dtype, tree in (("float32", True), ("float64", True), ("float32", False)):
                 name = f"{dtype}-{'tree' if tree else 'flat'}"
                 cfg = distmeta.load_config(None, overrides + [
-                    f"dtype={dtype}", f"ray.node_reduce={str(tree).lower()}", "workers=4", "cpus_per_worker=1",
+                    f"dtype={dtype}", f"ray.node_reduce={str(tree).lower()}", "resources.workers=4", "resources.cpus_per_worker=1",
                     f"ray.address={cluster.address}", f"run.dir={run_dir}/{name}"])
                 with distmeta.Trainer(cfg, backend_factory=factory) as trainer:
                     trainer.fit()

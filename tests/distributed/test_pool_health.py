@@ -50,7 +50,7 @@ def pool(ray_local):
               ray.remote(Answers).options(num_cpus=0).remote()]
     ray.get(actors[0].ping.remote())
     p = ActorPool.__new__(ActorPool)  # the health bookkeeping only: no placement group, no Workers
-    p.cfg = load_config(None, ["ray.step_timeout=30"])
+    p.ray_cfg = load_config(None, ["ray.step_timeout=30"]).ray
     p.actors, p.suspect, p._pings, p.order = actors, {1}, {}, [0, 1, 2]
     yield p
     for a in actors:

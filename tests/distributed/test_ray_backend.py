@@ -25,7 +25,7 @@ from distmeta.training.backend import Lent, make_backend
 SINUSOID = [
     "data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.steps=3", "train.meta_batch=8",
     "algorithm.group_size=2", "run.checkpoint_every=0", "run.eval_every=0", "eval.episodes=10",
-    "eval.baseline=false", "run.progress=false", "cpus_per_worker=0.25", "eval.batch=4",
+    "eval.baseline=false", "run.progress=false", "resources.cpus_per_worker=0.25", "eval.batch=4",
 ]
 
 WORDS = ("river stone cloud apple engine paper violin garden winter rocket copper forest "
@@ -56,7 +56,7 @@ def protonet_overrides(path) -> list[str]:
         "algorithm.name=protonet", "data.small_classes=drop", "data.ways=3", "data.shots=1", "data.queries=3",
         "eval.settings=[[3,1]]", "eval.queries=3", "train.steps=3", "train.meta_batch=6", "algorithm.group_size=2",
         "run.checkpoint_every=0", "run.eval_every=0", "eval.episodes=10", "eval.baseline=false",
-        "run.progress=false", "cpus_per_worker=0.25", "eval.batch=4",
+        "run.progress=false", "resources.cpus_per_worker=0.25", "eval.batch=4",
     ]
 
 
@@ -77,13 +77,13 @@ def actor_pools(ray_local):
 
 
 def pooled_backend(pools: dict[int, RayBackend], cfg, exp) -> RayBackend:
-    """The module's backend with ``cfg.workers`` actors, built as the driver does or rebuilt for ``cfg``."""
-    if cfg.workers in pools:
-        pools[cfg.workers].reconfigure(cfg, exp.worker_args())
+    """The module's backend with ``cfg.resources.workers`` actors, built as the driver does or rebuilt for ``cfg``."""
+    if cfg.resources.workers in pools:
+        pools[cfg.resources.workers].reconfigure(cfg, exp.worker_args())
     else:
-        pools[cfg.workers] = make_backend(cfg, exp)
-    assert isinstance(pools[cfg.workers], RayBackend)
-    return pools[cfg.workers]
+        pools[cfg.resources.workers] = make_backend(cfg, exp)
+    assert isinstance(pools[cfg.resources.workers], RayBackend)
+    return pools[cfg.resources.workers]
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def pooled(actor_pools):
     """A ``backend_factory`` lending the module's backends (in-process for ``workers: 0``); ``.pools`` holds them."""
 
     def factory(cfg, exp):
-        if cfg.workers == 0:
+        if cfg.resources.workers == 0:
             return make_backend(cfg, exp)
         return Lent(pooled_backend(actor_pools, cfg, exp))
 
@@ -101,7 +101,7 @@ def pooled(actor_pools):
 
 def train(run_dir, overrides: list[str], workers: int, backend_factory=None):
     """Meta-train; return final parameters, meta-test results and the actors of the last step's results."""
-    cfg = load_config(None, overrides + [f"workers={workers}", f"run.dir={run_dir}"])
+    cfg = load_config(None, overrides + [f"resources.workers={workers}", f"run.dir={run_dir}"])
     with distmeta.Trainer(cfg, backend_factory=backend_factory) as trainer:
         results = trainer.fit()
         actors = sorted(trainer.backend.stats().actor_compute_s) if workers else []
@@ -141,12 +141,12 @@ def test_blocks_are_contiguous_balanced_and_cover_every_group_once():
 
 
 def test_auto_workers_one_per_gpu_else_per_cpu_share():
-    cfg = load_config(None, SINUSOID + ["workers=auto", "cpus_per_worker=2"])
-    assert plan_workers(cfg, {"CPU": 8.0}) == (4, 2.0, 0.0)
-    assert plan_workers(cfg, {"CPU": 16.0, "GPU": 4.0}) == (4, 2.0, 1.0)
-    half = load_config(None, SINUSOID + ["workers=auto", "cpus_per_worker=1", "gpus_per_worker=0.5"])
-    assert plan_workers(half, {"CPU": 16.0, "GPU": 2.0}) == (4, 1.0, 0.5)
-    assert plan_workers(load_config(None, SINUSOID + ["workers=3"]), {"CPU": 1.0}) == (3, 0.25, 0.0)
+    cfg = load_config(None, SINUSOID + ["resources.workers=auto", "resources.cpus_per_worker=2"])
+    assert plan_workers(cfg.resources, {"CPU": 8.0}) == (4, 2.0, 0.0)
+    assert plan_workers(cfg.resources, {"CPU": 16.0, "GPU": 4.0}) == (4, 2.0, 1.0)
+    half = load_config(None, SINUSOID + ["resources.workers=auto", "resources.cpus_per_worker=1", "resources.gpus_per_worker=0.5"])
+    assert plan_workers(half.resources, {"CPU": 16.0, "GPU": 2.0}) == (4, 1.0, 0.5)
+    assert plan_workers(load_config(None, SINUSOID + ["resources.workers=3"]).resources, {"CPU": 1.0}) == (3, 0.25, 0.0)
 
 
 # ---------------------------------------------------------------------- bit-identical training
@@ -229,7 +229,7 @@ def test_dead_hung_and_stale_actors_are_recomputed_once_then_named(ray_local, tr
     monkeypatch.setattr(ray_transport, "INLINE_META_BYTES", 0)  # meta-parameters through shared memory too
     # The compiled graph's failures (a death, a hang, a raise) are pinned on their actor as well.
     graph = str(transport == "compiled-graph").lower()
-    cfg = load_config(None, SINUSOID + ["workers=2", "ray.step_timeout=120", "ray.max_retries=2", f"ray.compiled_graph={graph}"])
+    cfg = load_config(None, SINUSOID + ["resources.workers=2", "ray.step_timeout=120", "ray.max_retries=2", f"ray.compiled_graph={graph}"])
     exp, groups = _groups(cfg)
     meta = {n: t.numpy() for n, t in distmeta.Worker(cfg).initial_meta.items()}
     # The drilled backend make_backend builds for a config with faults; its drill is replaced as the test goes.
@@ -255,7 +255,7 @@ def _drill(backend, compiled: bool, meta, groups) -> None:
 
     for kind in ("exit", "stale", "stall"):
         if kind == "stall":
-            backend.cfg.ray.step_timeout = 5.0  # warm now: a short deadline keeps the test short
+            backend.ray_cfg.step_timeout = 5.0  # warm now: a short deadline keeps the test short
         backend.set_faults([FaultConfig(kind=kind, actor=1, step=5, seconds=60.0)])
         got = backend.compute(meta, groups, version=5)
         _same(ref, got)
@@ -265,7 +265,7 @@ def _drill(backend, compiled: bool, meta, groups) -> None:
         backend.wait_ready(120)  # actor 1 restarted (exit, hang) before the next fault
     # Back to the long deadline: the next step rebuilds the compiled graph, which took over 5 s in a
     # loaded full run and had actor 0's block re-run on actor 1.
-    backend.cfg.ray.step_timeout = 120.0
+    backend.ray_cfg.step_timeout = 120.0
     failures = backend.failures[f0:]
     assert "Actor" in failures[0]["reason"]  # ActorDiedError / ActorUnavailableError
     assert "stale" in failures[1]["reason"] and "within ray.step_timeout" in failures[2]["reason"]
@@ -298,7 +298,7 @@ def _drill(backend, compiled: bool, meta, groups) -> None:
 def test_impossible_request_fails_fast_and_names_resources(ray_local):
     from distmeta.errors import ConfigError
 
-    cfg = load_config(None, SINUSOID + ["workers=3", "cpus_per_worker=1"])
+    cfg = load_config(None, SINUSOID + ["resources.workers=3", "resources.cpus_per_worker=1"])
     with pytest.raises(ConfigError, match=r"needs 3 x \(cpus_per_worker=1"):
         RayBackend(cfg, {})
 
@@ -315,7 +315,7 @@ def test_two_node_cluster_spreads_actors_and_matches_one_node(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).with_name("ray_cluster_check.py")
-    overrides = [o for o in SINUSOID if not o.startswith("cpus_per_worker")]
+    overrides = [o for o in SINUSOID if not o.startswith("resources.cpus_per_worker")]
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), *overrides],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ref, _, _ = train(tmp_path / "local", overrides, workers=0)  # meanwhile, the one-process reference
@@ -344,7 +344,7 @@ def test_three_nodes_sum_their_own_groups_and_give_the_in_process_parameters(tmp
     from pathlib import Path
 
     script = Path(__file__).with_name("ray_tree_check.py")
-    overrides = [o for o in SINUSOID if not o.startswith(("cpus_per_worker", "train.meta_batch"))] + ["train.meta_batch=16"]
+    overrides = [o for o in SINUSOID if not o.startswith(("resources.cpus_per_worker", "train.meta_batch"))] + ["train.meta_batch=16"]
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), *overrides],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     refs = {dtype: train(tmp_path / f"local-{dtype}", overrides + [f"dtype={dtype}"], workers=0)[0]
@@ -377,7 +377,7 @@ def test_a_node_that_joins_mid_run_gets_actors_and_the_parameters_do_not_change(
     from pathlib import Path
 
     script = Path(__file__).with_name("ray_elastic_check.py")
-    overrides = [o for o in SINUSOID if not o.startswith(("cpus_per_worker", "train.steps"))] + ["train.steps=4"]
+    overrides = [o for o in SINUSOID if not o.startswith(("resources.cpus_per_worker", "train.steps"))] + ["train.steps=4"]
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), *overrides],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ref, _, _ = train(tmp_path / "local", overrides, workers=0)
@@ -400,8 +400,8 @@ def test_gpu_actor_keeps_replica_on_cuda_and_matches_cpu(ray_local, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     overrides = SINUSOID + ["dtype=float64"]
-    cpu, _, _ = train(tmp_path / "cpu", overrides + ["device=cpu"], workers=0)
-    cfg = load_config(None, overrides + ["workers=1", "gpus_per_worker=1", f"run.dir={tmp_path / 'gpu'}"])
+    cpu, _, _ = train(tmp_path / "cpu", overrides + ["resources.device=cpu"], workers=0)
+    cfg = load_config(None, overrides + ["resources.workers=1", "resources.gpus_per_worker=1", f"run.dir={tmp_path / 'gpu'}"])
     with distmeta.Trainer(cfg) as trainer:
         trainer.fit()
         assert trainer.backend.infos[0]["device"].startswith("cuda")
@@ -423,13 +423,13 @@ def test_group_size_auto_is_measured_in_the_actors_not_the_driver(pooled, tmp_pa
         raise AssertionError("a Worker was built in the driver process")
 
     monkeypatch.setattr(worker_module.Worker, "__init__", no_driver_worker)
-    cfg = load_config(None, overrides + ["workers=2", "algorithm.group_size=auto", "algorithm.memory_budget_mb=4096",
+    cfg = load_config(None, overrides + ["resources.workers=2", "algorithm.group_size=auto", "algorithm.memory_budget_mb=4096",
                                          f"run.dir={tmp_path / 'ray'}"])
     with distmeta.Trainer(cfg, backend_factory=pooled) as trainer:
         trainer.fit()
         assert trainer.group_size == 8, "the whole meta-batch fits 4 GB"
         assert_bit_identical(ref, trainer.meta_params, "group_size auto on 2 actors vs a fixed 8 in-process")
-    cfg = load_config(None, overrides + ["workers=2", "algorithm.group_size=auto", "algorithm.memory_budget_mb=0.000001",
+    cfg = load_config(None, overrides + ["resources.workers=2", "algorithm.group_size=auto", "algorithm.memory_budget_mb=0.000001",
                                          f"run.dir={tmp_path / 'tiny'}"])
     with distmeta.Trainer(cfg, backend_factory=pooled) as trainer:
         with pytest.raises(MemoryBudgetError, match=r"group of 1 task peaks at .* MB, over algorithm.memory_budget_mb=1e-06"):
@@ -440,7 +440,7 @@ def test_group_size_auto_is_measured_in_the_actors_not_the_driver(pooled, tmp_pa
 def test_group_peak_on_a_gpu_actor_reads_the_gpu(ray_local, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    cfg = load_config(None, SINUSOID + ["workers=1", "gpus_per_worker=1", "algorithm.group_size=auto",
+    cfg = load_config(None, SINUSOID + ["resources.workers=1", "resources.gpus_per_worker=1", "algorithm.group_size=auto",
                                         "algorithm.memory_budget_mb=64", f"run.dir={tmp_path / 'gpu'}"])
     with distmeta.Trainer(cfg) as trainer:
         driver_peak = torch.cuda.max_memory_allocated()

@@ -88,7 +88,7 @@ def test_a_bad_joiner_is_dropped_and_retried_and_the_parameters_do_not_change(ra
             _wait_for_cpus(ray_local, 1.0)  # Ray's view of free resources catches up with what was freed
             joined.append(trainer.backend.grow(wait_s=120))
 
-    cfg = load_config(None, OVERRIDES + ["workers=4", "cpus_per_worker=0.5", "ray.elastic=true",
+    cfg = load_config(None, OVERRIDES + ["resources.workers=4", "resources.cpus_per_worker=0.5", "ray.elastic=true",
                                          f"run.dir={tmp_path / 'run'}"])
     with caplog.at_level(logging.WARNING, logger=elastic_mod.__name__), \
             distmeta.Trainer(cfg, callbacks=[on_event]) as trainer:

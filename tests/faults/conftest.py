@@ -21,7 +21,7 @@ from distmeta.training.backend import Lent, make_backend
 from tests.helpers import QUIET, SINUSOID_TINY, pairwise_tree_sum
 
 #: Two actors on a quarter CPU each: they fit the session's 2-CPU Ray with room to restart.
-RAY2 = ["workers=2", "cpus_per_worker=0.25"]
+RAY2 = ["resources.workers=2", "resources.cpus_per_worker=0.25"]
 #: Sinusoid MAML, 8 tasks in 4 groups of 2: actor 0 gets groups 0-1 (tasks 0-3), actor 1 groups 2-3 (tasks 4-7).
 BASE = [*SINUSOID_TINY, *QUIET, "train.steps=4", "run.log_every=1"]
 
@@ -34,13 +34,13 @@ class FaultPool(dict):
     """
 
     def __call__(self, cfg: Config, exp: Any) -> Any:
-        if cfg.workers == 0:
+        if cfg.resources.workers == 0:
             return make_backend(cfg, exp)
-        if cfg.workers in self:
-            self[cfg.workers].reconfigure(cfg, exp.worker_args())
+        if cfg.resources.workers in self:
+            self[cfg.resources.workers].reconfigure(cfg, exp.worker_args())
         else:
-            self[cfg.workers] = make_backend(cfg, exp)
-        return Lent(self[cfg.workers])
+            self[cfg.resources.workers] = make_backend(cfg, exp)
+        return Lent(self[cfg.resources.workers])
 
 
 @pytest.fixture(scope="package")

@@ -58,7 +58,7 @@ def main(run_dir: str, step_timeout: float, overrides: list[str]) -> dict:
                 lost_at[0] = time.monotonic()
 
         cfg = distmeta.load_config(None, overrides + [
-            f"ray.address={cluster.address}", "workers=2", "cpus_per_worker=1", f"run.dir={run_dir}/run",
+            f"ray.address={cluster.address}", "resources.workers=2", "resources.cpus_per_worker=1", f"run.dir={run_dir}/run",
             "run.checkpoint_every=1", f"ray.step_timeout={step_timeout}"])
         t0 = time.monotonic()
         try:

@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import QUIET, text_tiny, write_tiny_csv
 
 CHILD = Path(__file__).with_name("cli_child.py")
-RAY2 = ["workers=2", "cpus_per_worker=0.25"]
+RAY2 = ["resources.workers=2", "resources.cpus_per_worker=0.25"]
 
 # name -> (overrides on the tiny text run, words the message must contain)
 CASES: dict[str, tuple[list[str], list[str]]] = {
@@ -26,7 +26,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "negative inner lr": (["algorithm.inner_lr=-1"], ["algorithm.inner_lr"]),
     "unknown key, near miss": (["algorithm.inner_lrr=0.1"], ["unknown config key 'algorithm.inner_lrr'", "did you mean 'algorithm.inner_lr'"]),
     "unknown nan_policy": (["nan_policy=ignore"], ["nan_policy"]),
-    "fault on a missing actor": (["faults=[{kind: kill, actor: 5, step: 1}]"], ["faults.0.actor=5", "workers=2"]),
+    "fault on a missing actor": (["faults=[{kind: kill, actor: 5, step: 1}]"], ["faults.0.actor=5", "resources.workers=2"]),
     "more ways than train classes": (["data.ways=6"], ["split 'train' has 5 classes", "data.ways=6"]),
     "shots + queries over every class": (["data.shots=15", "data.queries=10"], ["d.csv", "25 examples", "data.shots"]),
     "shots + queries over one class": (["data.source=csv:SMALL", "data.small_classes=error"], ["small.csv", "1 of 8 classes", "fewer than 4", "sport"]),

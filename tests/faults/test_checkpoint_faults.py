@@ -177,7 +177,7 @@ def test_planted_pickle_is_refused_by_eval_and_resume_and_never_runs(four_steps,
 
     started = []
     monkeypatch.setattr(driver, "make_backend", lambda *a: started.append(a) or pytest.fail("a backend was started"))
-    assert main(["train", "--resume", str(run), *ARGS, "train.steps=6", "workers=2", "cpus_per_worker=0.25"]) == 2
+    assert main(["train", "--resume", str(run), *ARGS, "train.steps=6", "resources.workers=2", "resources.cpus_per_worker=0.25"]) == 2
     err = capsys.readouterr().err
     assert "refusing to unpickle" in err and "step_00000004" in err and not marker.exists()
     assert started == [], "refused before any worker or actor started"

@@ -129,7 +129,7 @@ def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_and_resumes(tm
 @pytest.mark.ray
 def test_driver_of_a_ray_run_sigkilled_then_resumed(ray_local, tmp_path):
     """As above with workers=2: the killed driver's actors are gone with it; the resumed run uses the session's Ray."""
-    args = [*sinusoid_args(), "workers=2", "cpus_per_worker=0.25", "ray.step_timeout=120"]
+    args = [*sinusoid_args(), "resources.workers=2", "resources.cpus_per_worker=0.25", "ray.step_timeout=120"]
     run, straight = tmp_path / "run", tmp_path / "straight"
     proc = child(["run"], ["train", *args, f"run.dir={run}", "faults=[{kind: stall, actor: 1, step: 7, seconds: 600}]"])
     try:

@@ -62,8 +62,8 @@ def test_resolve_group_size_on_a_real_worker():
     from distmeta.groups.sizing import resolve_group_size
     from distmeta.training.in_process import LocalBackend
 
-    base = ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.meta_batch=8", "workers=0",
-            "threads=1", "data.shots=10", "data.queries=10"]
+    base = ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.meta_batch=8", "resources.workers=0",
+            "resources.threads=1", "data.shots=10", "data.queries=10"]
     cfg = load_config(None, [*base, "algorithm.group_size=auto", "algorithm.memory_budget_mb=4096"])
     exp = prepare_experiment(cfg)
     specs = exp.sampler("train").batch(0, 8)
@@ -91,7 +91,7 @@ def test_group_peak_grows_with_the_group():
     from distmeta.worker import Worker
 
     cfg = load_config(None, ["data.source=sinusoid", "model.name=mlp", "model.hidden=[512,512]", "algorithm.name=maml",
-                             "workers=0", "threads=1", "data.shots=50", "data.queries=50", "dtype=float64",
+                             "resources.workers=0", "resources.threads=1", "data.shots=50", "data.queries=50", "dtype=float64",
                              "algorithm.vmap=true"])
     exp = prepare_experiment(cfg)
     worker = Worker(cfg, **exp.worker_args())
@@ -106,7 +106,7 @@ def test_trainer_chunks_by_the_measured_group_size(tmp_path):
     from distmeta.training.trainer import Trainer
 
     cfg = load_config(None, ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "train.meta_batch=4",
-                             "train.steps=2", "workers=0", "threads=1", "algorithm.group_size=auto",
+                             "train.steps=2", "resources.workers=0", "resources.threads=1", "algorithm.group_size=auto",
                              "algorithm.memory_budget_mb=4096", "run.progress=false", "run.checkpoint_every=0",
                              "run.eval_every=0", "eval.episodes=4", "eval.batch=4", f"run.dir={tmp_path / 'run'}"])
     with Trainer(cfg) as trainer:

@@ -21,7 +21,7 @@ import json, sys, ray
 from distmeta.sweeps.tune import run_search
 ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, _temp_dir="/tmp/dmray_s3",
          logging_level="warning")
-over = ["workers=0", "train.steps=4", "run.eval_every=2", "train.meta_batch=8", "algorithm.group_size=2",
+over = ["resources.workers=0", "train.steps=4", "run.eval_every=2", "train.meta_batch=8", "algorithm.group_size=2",
         "eval.val_episodes=10", "eval.episodes=10", "eval.batch=5", "eval.baseline=false",
         f"storage_path={sys.argv[1]}", "name=s3search", "num_samples=2", "driver_cpus=1", "verbose=0",
         "search_seed=0"]

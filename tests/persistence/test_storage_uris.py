@@ -89,7 +89,7 @@ def test_a_refused_run_dir_leaves_no_trace_in_the_bucket_nor_the_secret_in_stder
 
 
 def test_sweeps_refuse_credentials_in_their_storage_before_tune_stores_them(tmp_path) -> None:
-    base = {"data": {"source": "sinusoid"}, "model": {"name": "mlp"}, "workers": 0}
+    base = {"data": {"source": "sinusoid"}, "model": {"name": "mlp"}, "resources": {"workers": 0}}
     bad = f"abfss://c@acct.dfs.core.windows.net/tune?client_secret={SECRET}"
     with pytest.raises(ConfigError, match="storage_path: .*client_secret") as info:
         load_search({"base": base, "storage_path": bad, "search_space": {"outer.lr": {"loguniform": [0.001, 0.01]}}})

@@ -58,7 +58,7 @@ def test_version_check_names_the_actor_and_versions():
 
 @pytest.mark.ray
 def test_a_wrong_shape_gradient_is_retried_never_applied(ray_local, tmp_path, monkeypatch):
-    cfg = load_config(None, [*SINUSOID, "workers=2", "ray.shared_memory=false", f"run.dir={tmp_path}"])
+    cfg = load_config(None, [*SINUSOID, "resources.workers=2", "ray.shared_memory=false", f"run.dir={tmp_path}"])
     from distmeta.experiment import prepare_experiment
 
     exp = prepare_experiment(cfg, tmp_path)
@@ -92,7 +92,7 @@ def test_a_wrong_shape_gradient_is_retried_never_applied(ray_local, tmp_path, mo
 
 @pytest.mark.ray
 def test_actors_of_another_distmeta_version_are_refused_at_start(ray_local, tmp_path, monkeypatch):
-    cfg = load_config(None, [*SINUSOID, "workers=1", f"run.dir={tmp_path}"])
+    cfg = load_config(None, [*SINUSOID, "resources.workers=1", f"run.dir={tmp_path}"])
     from distmeta.experiment import prepare_experiment
 
     exp = prepare_experiment(cfg, tmp_path)

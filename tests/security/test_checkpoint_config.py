@@ -13,7 +13,7 @@ from distmeta.distributed import session as ray_session
 from distmeta.persistence import checkpoint as ck
 from tests.helpers import QUIET, SINUSOID_TINY, text_tiny, write_tiny_csv
 
-HOSTILE = {"ray": {"address": "10.66.66.66:6379"}, "workers": 2, "run": {"dir": "/tmp/attacker-run"},
+HOSTILE = {"ray": {"address": "10.66.66.66:6379"}, "resources": {"workers": 2}, "run": {"dir": "/tmp/attacker-run"},
            "faults": [{"kind": "stall", "step": 0, "seconds": 3600}]}
 
 
@@ -60,7 +60,7 @@ def test_eval_refuses_a_data_path_the_user_did_not_give(tmp_path, no_ray, capsys
     # Given by the user (or trusted on purpose), the same path is used.
     assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", f"data.source=csv:{secret}"]) == 0
     assert main(["eval", "--checkpoint", str(run), "--episodes", "4", "--no-baseline", "--trust-checkpoint-config",
-                 "workers=0"]) == 0
+                 "resources.workers=0"]) == 0
 
 
 def test_resume_ignores_a_crafted_config_yaml_environment(tmp_path, no_ray):

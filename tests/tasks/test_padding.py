@@ -66,7 +66,7 @@ def reference_maml(module, params, tasks, lr: float, steps: int) -> dict[str, to
 
 def transformer_maml(path, *extra: str):
     return load_config(None, [
-        "workers=0", f"data.source=csv:{path}", "model.name=transformer", "model.dim=16", "model.heads=2",
+        "resources.workers=0", f"data.source=csv:{path}", "model.name=transformer", "model.dim=16", "model.heads=2",
         "model.layers=1", "model.ff_dim=32", "tokenizer.vocab_size=200", "tokenizer.min_frequency=1",
         "data.max_length=24", "data.ways=3", "data.shots=2", "data.queries=3", "eval.queries=3", "eval.settings=[[3,2]]", "data.split.train=0.625",
         "data.split.val=0", "data.split.test=0.375", "algorithm.name=maml", "algorithm.inner_steps=2",

@@ -41,7 +41,7 @@ def test_startup_summary_validation_lines_and_logs(tmp_path, capsys):
     assert "split: train 4 classes (80 rows), val 2 classes (40 rows), test 2 classes (40 rows)" in out, out
     params = sum(t.numel() for t in trainer.initial_meta.values())
     assert f"encoder: bag (an embedding bag of width 16); meta-trains model.trainable=all ({params:,} parameters)" in out
-    assert "actors: none, one in-process worker (workers=0)" in out
+    assert "actors: none, one in-process worker (resources.workers=0)" in out
     # Validation lines: step 0 first, then % ± CI once, with the best so far.
     lines = [line for line in out.splitlines() if re.match(r"step \d+.*: val ", line)]
     assert lines[0].startswith("step 0 (before meta-training): val accuracy") and len(lines) == 4, out
@@ -114,7 +114,7 @@ def test_validation_line_shows_the_ci_once_and_each_source():
 
 
 def test_the_summary_names_the_ray_actors_and_their_resources(ray_local, tmp_path, capsys):
-    cfg = load_config(None, [*SINUSOID_TINY, "workers=2", "run.progress=false", "run.checkpoint_every=0",
+    cfg = load_config(None, [*SINUSOID_TINY, "resources.workers=2", "run.progress=false", "run.checkpoint_every=0",
                              "run.eval_every=0", "train.steps=1", f"run.dir={tmp_path / 'run'}"])
     with Trainer(cfg) as trainer:
         trainer.fit()

@@ -34,7 +34,7 @@ COMPUTE_TOPS = ("algorithms", "models", "tasks", "groups", "worker.py", "optim.p
 
 def traced_step(workers: int, tmp_path: Path) -> list[str]:
     """The package files whose functions one warm training step calls, with ``workers`` actors."""
-    cfg = load_config(None, SINUSOID + [f"workers={workers}", f"run.dir={tmp_path / 'run'}"])
+    cfg = load_config(None, SINUSOID + [f"resources.workers={workers}", f"run.dir={tmp_path / 'run'}"])
     seen: set[str] = set()
 
     def profile(frame, event, arg):  # noqa: ANN001 - sys.setprofile's signature

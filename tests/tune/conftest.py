@@ -10,7 +10,7 @@ import pytest
 # Tiny sinusoid MAML searches: 2 workers of 0.5 CPU per trial (and no CPU reserved for the trial's driver), so
 # one trial fits the session's 2-CPU Ray twice over. A report every 2 steps.
 SINUSOID_TRIAL = [
-    "workers=2", "cpus_per_worker=0.5", "train.steps=6", "run.eval_every=2", "train.meta_batch=8",
+    "resources.workers=2", "resources.cpus_per_worker=0.5", "train.steps=6", "run.eval_every=2", "train.meta_batch=8",
     "algorithm.group_size=2", "eval.val_episodes=10", "eval.episodes=10", "eval.batch=5", "eval.baseline=false",
 ]
 

@@ -51,14 +51,14 @@ def small_cluster(monkeypatch):
 
 def test_a_fixed_cluster_fails_at_once_and_a_joined_one_says_what_it_waits_for(small_cluster, capsys):
     bundles = [{"CPU": 1.0}] * 3
-    local = load_config(None, ["workers=2"])
+    local = load_config(None, ["resources.workers=2"])
     with pytest.raises(ConfigError, match=r"one trial needs .* \(short of CPU=1\), so it could never start; lower it"):
-        fit.check_fits(bundles, "PACK", local, "one trial", "lower it")
-    joined = load_config(None, ["workers=2", "ray.address=auto"])  # an existing cluster: it may autoscale
-    msg = fit.check_fits(bundles, "PACK", joined, "one trial", "lower it")
+        fit.check_fits(bundles, "PACK", local.ray, "one trial", "lower it")
+    joined = load_config(None, ["resources.workers=2", "ray.address=auto"])  # an existing cluster: it may autoscale
+    msg = fit.check_fits(bundles, "PACK", joined.ray, "one trial", "lower it")
     assert msg is not None and msg.startswith("waiting for the cluster to grow: one trial needs")
     assert "short of CPU=1" in capsys.readouterr().out
-    assert fit.check_fits([{"CPU": 0.5}] * 2, "PACK", local, "one trial", "lower it") is None
+    assert fit.check_fits([{"CPU": 0.5}] * 2, "PACK", local.ray, "one trial", "lower it") is None
 
 
 class FakeTrainer:

@@ -89,7 +89,7 @@ def test_plot_ticks_at_the_axis_values_and_dashes_each_lines_baseline(tmp_path):
 
 
 def test_a_cell_that_cannot_be_a_trial_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="driver_cpus: the cell ways=2_shots=1 has workers=0"):
+    with pytest.raises(ConfigError, match="driver_cpus: the cell ways=2_shots=1 has resources.workers=0"):
         load_grid(tiny_grid(tmp_path, max_concurrent=None, driver_cpus=0))
     load_grid(tiny_grid(tmp_path, driver_cpus=0))  # max_concurrent 1 and workers=0: in this process
 

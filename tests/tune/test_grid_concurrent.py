@@ -23,7 +23,7 @@ from tests.helpers import SINUSOID_TINY
 # Each cell: a driver bundle of 1 CPU and 2 workers of 0.5 CPU, so one cell fills one 2-CPU node: two cells at
 # once, the third in a finished cell's trial process and placement group (Tune's reuse_actors, the pooled actors
 # rebuilt for its config).
-BASE = [*SINUSOID_TINY, "workers=2", "cpus_per_worker=0.5", "train.steps=8", "run.progress=false",
+BASE = [*SINUSOID_TINY, "resources.workers=2", "resources.cpus_per_worker=0.5", "train.steps=8", "run.progress=false",
         "run.checkpoint_every=0", "run.eval_every=0", "eval.baseline=true"]
 
 
@@ -45,7 +45,8 @@ def test_cells_run_two_at_once_on_two_nodes_and_equal_each_cell_alone(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     refs = {}
     for cell in load_grid(spec).cells:  # meanwhile: each cell alone, in this process
-        cfg = cell.cfg.model_copy(update={"workers": 0, "run": cell.cfg.run.model_copy(
+        cfg = cell.cfg.model_copy(update={"resources": cell.cfg.resources.model_copy(update={"workers": 0}),
+                                           "run": cell.cfg.run.model_copy(
             update={"dir": str(tmp_path / "ref" / cell.name)})})
         with distmeta.Trainer(cfg) as trainer:
             refs[cell.name] = trainer.fit()

@@ -15,7 +15,7 @@ class FakeBackend:
     """A ReusableBackend that records what was done to it."""
 
     def __init__(self, cfg, fail_reconfigure=False):
-        self.num_workers, self.cfg, self.fail = cfg.workers, cfg, fail_reconfigure
+        self.num_workers, self.cfg, self.fail = cfg.resources.workers, cfg, fail_reconfigure
         self.closed_, self.reconfigured = False, []
 
     initial_meta: dict = {}  # noqa: RUF012 - read only
@@ -69,9 +69,9 @@ EXP = SimpleNamespace(worker_args=dict)
 
 
 def test_runs_of_one_size_share_one_backend_and_closing_a_run_keeps_it(made):
-    assert isinstance(FakeBackend(load_config(None, ["workers=2"])), ReusableBackend)
+    assert isinstance(FakeBackend(load_config(None, ["resources.workers=2"])), ReusableBackend)
     pool = BackendPool()
-    a, b = load_config(None, ["workers=2", "seed=1"]), load_config(None, ["workers=2", "seed=2"])
+    a, b = load_config(None, ["resources.workers=2", "seed=1"]), load_config(None, ["resources.workers=2", "seed=2"])
     first = pool.factory(a, EXP)
     assert isinstance(first, Lent) and len(made) == 1
     first.close()
@@ -85,28 +85,28 @@ def test_runs_of_one_size_share_one_backend_and_closing_a_run_keeps_it(made):
 
 def test_another_size_a_closed_or_a_broken_backend_is_replaced(made):
     pool = BackendPool()
-    pool.factory(load_config(None, ["workers=2"]), EXP)
-    pool.factory(load_config(None, ["workers=1"]), EXP)  # another size: a new backend, the old one closed
+    pool.factory(load_config(None, ["resources.workers=2"]), EXP)
+    pool.factory(load_config(None, ["resources.workers=1"]), EXP)  # another size: a new backend, the old one closed
     assert len(made) == 2 and made[0].closed and not made[1].closed
     made[1].close()
-    pool.factory(load_config(None, ["workers=1"]), EXP)  # closed: never lent again
+    pool.factory(load_config(None, ["resources.workers=1"]), EXP)  # closed: never lent again
     assert len(made) == 3
     made[2].fail = True
-    pool.factory(load_config(None, ["workers=1", "seed=3"]), EXP)  # its rebuild failed: replaced, not trusted
+    pool.factory(load_config(None, ["resources.workers=1", "seed=3"]), EXP)  # its rebuild failed: replaced, not trusted
     assert len(made) == 4 and made[2].closed and pool.backend is made[3]
 
 
 def test_in_process_runs_are_not_pooled(made):
     pool = BackendPool()
-    backend = pool.factory(load_config(None, ["workers=0"]), EXP)
+    backend = pool.factory(load_config(None, ["resources.workers=0"]), EXP)
     assert backend is made[0] and pool.backend is None
 
 
 def test_a_run_with_fault_drills_never_borrows_a_plain_backend_nor_the_reverse(made):
     pool = BackendPool()
-    pool.factory(load_config(None, ["workers=2"]), EXP)
-    drilled = load_config(None, ["workers=2", "faults=[{kind: stall, actor: 0, step: 1}]"])
+    pool.factory(load_config(None, ["resources.workers=2"]), EXP)
+    drilled = load_config(None, ["resources.workers=2", "faults=[{kind: stall, actor: 0, step: 1}]"])
     pool.factory(drilled, EXP)  # make_backend builds the drilled backend; the plain one is closed
     assert len(made) == 2 and made[0].closed and made[1].cfg is drilled
-    pool.factory(load_config(None, ["workers=2", "seed=5"]), EXP)  # and back
+    pool.factory(load_config(None, ["resources.workers=2", "seed=5"]), EXP)  # and back
     assert len(made) == 3 and made[1].closed

@@ -140,7 +140,7 @@ def test_asha_search_is_cut_off_then_restored_and_reports_the_best_trial(ray_loc
     assert best["test"]["test_10shot_mse"] > 0 and best["test"]["test_10shot_mse_ci95"] > 0
     assert best["best_value"] == max(rows_of(r)[-1]["val_neg_mse"] for r in grid)
     cfg = load_config(state / BEST_CONFIG_FILE)  # the resolved best config trains as it is
-    assert cfg.algorithm.inner_lr == best["best_params"]["algorithm.inner_lr"] and cfg.workers == 2
+    assert cfg.algorithm.inner_lr == best["best_params"]["algorithm.inner_lr"] and cfg.resources.workers == 2
     assert "meta-test 10shot: mse" in capsys.readouterr().out
 
 
@@ -170,7 +170,7 @@ def test_pbt_replaces_a_diverged_trial_with_another_trials_checkpoint(ray_local,
     assert all(rows_of(r)[-1]["final"] and rows_of(r)[-1]["step"] == 6 for r in grid)
 
     # The reference, without Tune: the same run diverges on its own, so the rows above are its true result.
-    cfg = load_config("configs/sinusoid_maml.yaml", [*SINUSOID_TRIAL, "workers=0", "run.progress=false",
+    cfg = load_config("configs/sinusoid_maml.yaml", [*SINUSOID_TRIAL, "resources.workers=0", "run.progress=false",
                                                      "algorithm.inner_lr=100.0", f"run.dir={tune_storage}/ref"])
     with Trainer(cfg) as trainer:
         trainer.fit()

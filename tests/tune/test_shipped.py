@@ -64,7 +64,8 @@ def test_the_shipped_asha_search_runs_and_records_its_diverged_trial(ray_local, 
     # and stops at step 11.
     params = [f"{k}={v}" for k, v in diverged["params"].items()]
     cfg = load_search(ASHA, [*over, *params]).base_cfg  # the search's base with that trial's draws
-    cfg = cfg.model_copy(update={"workers": 0, "run": cfg.run.model_copy(update={"dir": f"{tune_storage}/ref"})})
+    cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"workers": 0}),
+                             "run": cfg.run.model_copy(update={"dir": f"{tune_storage}/ref"})})
     with pytest.raises(NonFiniteError, match=r"\(step 11, task"), Trainer(cfg) as trainer:
         trainer.fit()
     logged = [json.loads(line) for line in (Path(tune_storage) / "ref" / "metrics.jsonl").read_text().splitlines()]
@@ -87,7 +88,7 @@ def test_the_shipped_pbt_search_runs(ray_local, tune_storage):
 def test_a_trial_too_big_for_the_cluster_fails_at_once(ray_local, tune_storage, capsys):
     before = ray_local.available_resources().get("CPU")
     t0 = time.monotonic()
-    over = [f"storage_path={tune_storage}", "cpus_per_worker=1", "driver_cpus=1"]  # the shipped size of old
+    over = [f"storage_path={tune_storage}", "resources.cpus_per_worker=1", "driver_cpus=1"]  # the shipped size of old
     with pytest.raises(ConfigError, match=r"one trial needs a placement group of 3 x \[CPU=1\] = CPU=3, GPU=0, but the "
                                           r"Ray cluster has CPU=2, GPU=0 in all \(short of CPU=1\)"):
         run_search(ASHA, over)
@@ -100,7 +101,7 @@ def test_a_trial_too_big_for_the_cluster_fails_at_once(ray_local, tune_storage, 
 def test_a_grid_cell_too_big_for_the_cluster_fails_before_the_first_cell(ray_local, tmp_path):
     base = apply_overrides({}, [*text_tiny(write_tiny_csv(tmp_path / "d.csv")), *QUIET, "algorithm.name=protonet"])
     spec = {"base": base, "name": "big", "output_dir": str(tmp_path / "grids"), "axes": {"data.shots": [1, 2]},
-            "overrides": ["workers=3", "cpus_per_worker=1"]}
+            "overrides": ["resources.workers=3", "resources.cpus_per_worker=1"]}
     with pytest.raises(DistmetaError, match=r"the cell shots=1 needs a placement group of 4 x \[CPU=1\] = CPU=4.*short of CPU=2"):
         run_grid(spec)
     assert not (tmp_path / "grids" / "big" / "cells").exists()

@@ -10,7 +10,7 @@ from distmeta.sweeps.search import load_search
 from distmeta.sweeps.trial import trial_config, trial_resources
 
 SINUSOID_BASE = {"data": {"source": "sinusoid", "shots": 5, "queries": 5}, "model": {"name": "mlp"},
-                 "workers": 2, "cpus_per_worker": 0.5, "run": {"eval_every": 2}}
+                 "resources": {"workers": 2, "cpus_per_worker": 0.5}, "run": {"eval_every": 2}}
 
 
 def spec(**extra):
@@ -31,7 +31,7 @@ def test_shipped_tune_configs_validate():
     assert set(asha.param_space()) == {"_base", "algorithm.inner_lr", "algorithm.inner_steps", "outer.lr"}
     pbt = load_search("configs/tune_icd10cm_pbt.yaml")
     assert pbt.metric == "val_accuracy" and set(pbt.mutations()) == {"algorithm.inner_lr", "outer.lr"}
-    assert pbt.base["algorithm"]["name"] == "fomaml" and pbt.base["workers"] == 2
+    assert pbt.base["algorithm"]["name"] == "fomaml" and pbt.base["resources"]["workers"] == 2
 
 
 def test_errors_name_the_key():
@@ -47,10 +47,12 @@ def test_errors_name_the_key():
         spec(search_space={"algorithm.inner_steps": {"pick": [1, 2]}}))
     assert "search_space.algorithm.name: value 'protonet'" in error_of(
         spec(search_space={"algorithm.name": {"choice": ["maml", "protonet"]}}))  # protonet cannot do sinusoid
-    assert "search_space.workers: trial resources are fixed" in error_of(spec(search_space={"workers": {"choice": [1, 2]}}))
+    assert "search_space.resources.workers: trial resources are fixed" in error_of(
+        spec(search_space={"resources.workers": {"choice": [1, 2]}}))
     assert "metric: 'val_accuracy' is not reported" in error_of(spec(metric="val_accuracy"))
-    assert "base: invalid config" in error_of(spec(base={**SINUSOID_BASE, "workers": -1}))
-    assert "base workers: 'auto' cannot size a trial" in error_of(spec(base={**SINUSOID_BASE, "workers": "auto"}))
+    assert "base: invalid config" in error_of(spec(base={**SINUSOID_BASE, "resources": {"workers": -1}}))
+    assert "base resources.workers: 'auto' cannot size a trial" in error_of(
+        spec(base={**SINUSOID_BASE, "resources": {"workers": "auto"}}))
     assert "base run.eval_every: must be > 0" in error_of(spec(base={**SINUSOID_BASE, "run": {"eval_every": 0}}))
     assert "max_t is not a setting of the 'pbt' scheduler" in error_of(spec(scheduler={"name": "pbt", "max_t": 3}))
     assert "scheduler: grace_period=5 exceeds max_t=2" in error_of(spec(scheduler={"max_t": 2, "grace_period": 5}))
@@ -58,7 +60,7 @@ def test_errors_name_the_key():
 
 def test_pbt_may_only_mutate_what_a_checkpoint_can_continue_with():
     space = {"data.ways": {"choice": [3, 5]}, "outer.lr": {"loguniform": [0.001, 0.01]}}
-    text = {"base": {"data": {"source": "csv:x.csv", "ways": 3}, "workers": 1, "run": {"eval_every": 1}},
+    text = {"base": {"data": {"source": "csv:x.csv", "ways": 3}, "resources": {"workers": 1}, "run": {"eval_every": 1}},
             "search_space": space, "num_samples": 2,
             "scheduler": {"name": "pbt", "hyperparam_mutations": ["data.ways", "outer.lr"]}}
     assert "scheduler.hyperparam_mutations: 'data.ways' changes the meta-parameters" in error_of(text)
@@ -76,8 +78,8 @@ def test_base_path_is_relative_to_the_yaml_and_overrides_split(tmp_path):
 
 
 def test_trial_config_and_resources():
-    cfg = load_config(None, ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "workers=3", "cpus_per_worker=0.5",
-                             "gpus_per_worker=0.25"])
+    cfg = load_config(None, ["data.source=sinusoid", "model.name=mlp", "algorithm.name=maml", "resources.workers=3", "resources.cpus_per_worker=0.5",
+                             "resources.gpus_per_worker=0.25"])
     pgf = trial_resources(cfg, driver_cpus=1)
     assert pgf.bundles == [{"CPU": 1.0}] + [{"CPU": 0.5, "GPU": 0.25}] * 3
     no_driver = trial_resources(cfg, driver_cpus=0)
@@ -92,9 +94,9 @@ def test_workers_take_the_last_bundles_of_a_trial_placement_group():
     w = {"CPU": 0.5}
     assert _worker_bundles([{"CPU": 1.0}, w, w], 2, w) == 1  # driver bundle first
     assert _worker_bundles([w, w], 2, w) == 0  # empty driver bundle: dropped by Tune
-    with pytest.raises(ConfigError, match="no room for workers=3"):
+    with pytest.raises(ConfigError, match="no room for 3 workers"):
         _worker_bundles([w, w], 3, w)
-    with pytest.raises(ConfigError, match="no room for workers=2"):
+    with pytest.raises(ConfigError, match="no room for 2 workers"):
         _worker_bundles([{"CPU": 1.0}, {"CPU": 0.25}, w], 2, w)
 
 
