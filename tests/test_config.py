@@ -183,3 +183,17 @@ def test_a_config_saved_before_the_move_is_read_into_resources():
     assert "workers" in old, "the saved mapping itself is left as it was"
     both = {**old, "resources": {"workers": 4}}  # a section already written wins over a moved key
     assert config_from_dict(upgrade_saved(both)).resources.workers == 4
+
+
+def test_resume_and_eval_read_a_saved_config_from_before_the_move():
+    # distmeta train --resume and distmeta eval go through config_from_saved: an old run's config.yaml
+    # must load there, its resource keys taken only when the user trusts the saved config.
+    from distmeta.security import config_from_saved
+
+    old = {"workers": 2, "threads": 3, "data": {"source": "sinusoid"}, "model": {"name": "mlp"},
+           "algorithm": {"name": "maml"}}
+    trusted = config_from_saved(old, [], trust=True, source="old/config.yaml")
+    assert (trusted.resources.workers, trusted.resources.threads) == (2, 3)
+    mine = config_from_saved(old, ["resources.workers=1"], trust=False, source="old/config.yaml")
+    assert (mine.resources.workers, mine.resources.threads) == (1, None)  # where to run: the command line's
+    assert mine.algorithm.name == "maml"
