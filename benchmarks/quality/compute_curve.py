@@ -132,6 +132,7 @@ def render_curve_plot(rows: list[dict[str, Any]], path: Path, note: str) -> None
             if frozen:
                 ax.axhline(100 * frozen["accuracy"], color=colour, ls="--", lw=1, alpha=0.7)
         ax.set_xscale("log")
+        ax.minorticks_off()  # only the budgets measured are ticked
         ax.set_xticks(sorted({r["multiplier"] for r in rows}), [f"{m:g}x" for m in sorted({r["multiplier"] for r in rows})])
         ax.set_title(f"held-out {title}")
         ax.set_xlabel("meta-training budget (x the default's train.steps)")
