@@ -59,6 +59,6 @@ __all__ = [
     "BASE_CONFIG_ENV", "DEFAULT_CONFIG", "PRETRAINED_MODELS", "AlgorithmConfig", "Config", "DataConfig", "EvalConfig",
     "FaultConfig", "MixtureComponent", "ModelConfig", "OuterConfig", "PretrainConfig", "RayConfig", "ResourcesConfig",
     "RunConfig", "SinusoidConfig", "SplitConfig", "TokenizerConfig", "TrainConfig", "apply_overrides",
-    "base_config_path", "config_from_dict", "dump_config", "format_errors", "load_config", "parse_override", "read_yaml", "set_key",
-    "split_overrides", "upgrade_saved", "validate",
+    "base_config_path", "config_from_dict", "dump_config", "format_errors", "load_config", "parse_override",
+    "read_yaml", "set_key", "split_overrides", "upgrade_saved", "validate",
 ]

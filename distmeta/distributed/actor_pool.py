@@ -9,7 +9,6 @@ do. Every actor builds its Worker from one object-store entry per :meth:`ActorPo
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from distmeta.distributed.plan import (
     shortfall,
     worker_bundles,
 )
+from distmeta.distributed.preflight import joins_cluster
 from distmeta.distributed.ray_errors import RETRIABLE, WorkerFailedError
 from distmeta.errors import ConfigError
 
@@ -102,8 +102,7 @@ class ActorPool:
             return worker_bundles(trial_pg.bundle_specs, n, self.per_worker)
         resources = ray.cluster_resources()
         need = {k: v * n for k, v in self.per_worker.items()}
-        remote_cluster = bool(self.ray_cfg.address or os.environ.get("RAY_ADDRESS")) and self.ray_cfg.address != "local"
-        if shortfall(need, resources) and not remote_cluster:  # an impossible request fails now, not as a hang
+        if shortfall(need, resources) and not joins_cluster(self.ray_cfg):  # an impossible request fails now, not as a hang
             raise ConfigError(
                 f"resources.workers={self.resources.workers} needs {n} x (cpus_per_worker={self.plan[1]:g}, "
                 f"gpus_per_worker={self.plan[2]:g}) = {fmt_resources(need)}, but the Ray cluster has "

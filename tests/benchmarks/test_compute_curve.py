@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from benchmarks.quality.compute_curve import best_validation, curve_rows, main, parse_budget, render_curve_table
+from benchmarks.quality.compute_curve import (
+    best_validation,
+    curve_rows,
+    main,
+    parse_budget,
+    render_curve_table,
+)
 
 
 def _run(corpus: str, acc1: float, acc5: float, steps: int, asked: int | None, run_dir: str = "") -> dict:
