@@ -67,7 +67,7 @@ def inside(steps: int) -> None:
             groups = [specs[r.start: r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
             sums = {}
             for mode, knobs in modes.items():
-                backend.cfg.ray.node_reduce = knobs["node_reduce"]  # read per step: one pool serves every row
+                backend.ray_cfg.node_reduce = knobs["node_reduce"]  # read per step: one pool serves every row
                 backend.transport = transports[knobs["shared_memory"]]
                 before, t0 = rx(), time.perf_counter()
                 results = backend.compute(meta, groups, version=step)

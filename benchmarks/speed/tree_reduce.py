@@ -62,7 +62,7 @@ def run_cluster(nodes: int, steps: int) -> dict[str, float]:
             groups = [specs[r.start: r.stop] for r in chunks(len(specs), cfg.algorithm.group_size)]
             sums = {}
             for mode in ("flat", "tree"):
-                backend.cfg.ray.node_reduce = mode == "tree"  # read per step; one pool serves both rows
+                backend.ray_cfg.node_reduce = mode == "tree"  # read per step; one pool serves both rows
                 results = backend.compute(meta, groups, version=step)
                 t0 = time.perf_counter()
                 sums[mode] = reduce_groups(results, names, torch.float32)
