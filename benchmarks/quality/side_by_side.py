@@ -214,6 +214,8 @@ def render_plot(rows: list[dict[str, Any]], path: Path) -> None:
                             capsize=3, mec=colour[r["encoder"]] if hollow else "black", mew=0.8)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # 2, 5, 20, 50 ...: plain minutes
+                lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
             ax.set_title(f"{corpus}, {title}", fontsize=10)
             ax.set_xlabel("wall time (minutes, log scale)", fontsize=9)
             ax.set_ylabel("accuracy (%)", fontsize=9)
