@@ -131,6 +131,7 @@ def vs_frozen(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def wall_text(row: dict[str, Any]) -> str:
+    """A row's wall time as shown: minutes and seconds, marked when projected; a dash where nothing is trained."""
     if "wall_s" not in row:
         return "— (no training)"
     text = minutes(row["wall_s"])
@@ -251,6 +252,7 @@ def collect(tables: list[tuple[str, str]], setfits: list[tuple[str, str]]) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Read the reports, write ``side_by_side.md`` and ``side_by_side.png`` into ``--out``; prints the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", action="append", default=[], type=lambda s: parse_source(s, "--table"),
                     metavar="ENCODER=quality.json[#CONFIG]", help="a quality table report and its encoder's label")
